@@ -1,0 +1,1 @@
+"""Datasets: the output contract of `download`, and one module per kind of source."""

@@ -1,0 +1,125 @@
+"""A user's own videos: a directory plus a CSV with columns path, label and (optionally) split.
+
+Each file is validated (does it open, does every frame decode, is it truncated?). Unreadable files are
+skipped and listed in manifest.json with the reason. With `short_side` > 0, videos are normalised with
+ffmpeg: rotation metadata applied, pixels made square, rescaled so the short side is at most
+`short_side` (never upscaled), keeping the aspect ratio. Videos that already conform are copied as they are.
+"""
+from __future__ import annotations
+
+import csv
+import hashlib
+import re
+import shutil
+from pathlib import Path
+
+from fourtier.data.contract import SPLITS, Annotation, write_dataset
+from fourtier.errors import DataError, VideoError
+from fourtier.parallel import map_progress
+from fourtier import video
+
+VERSION = "folder-1"
+
+
+def read_label_csv(csv_path: Path) -> list[dict]:
+    if not csv_path.is_file():
+        raise DataError(f"label CSV not found: {csv_path} (set datasets.<name>.csv in params.yaml)")
+    with open(csv_path, newline="") as fh:
+        reader = csv.DictReader(fh)
+        columns = [c.strip() for c in (reader.fieldnames or [])]
+        missing = {"path", "label"} - set(columns)
+        if missing:
+            raise DataError(f"{csv_path}: missing column(s) {sorted(missing)}; expected a header "
+                            f"'path,label[,split]', found {columns}")
+        rows = [{k.strip(): (v or "").strip() for k, v in row.items() if k} for row in reader]
+    if not rows:
+        raise DataError(f"{csv_path} has a header but no rows")
+    return rows
+
+
+def video_id_for(rel_path: str) -> str:
+    stem = re.sub(r"\.[^./]+$", "", rel_path.replace("\\", "/"))
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", stem.replace("/", "__")).strip("_") or "video"
+
+
+def _split_for(row: dict, seed: int, val_fraction: float, where: str) -> str:
+    split = row.get("split", "")
+    if split:
+        if split not in SPLITS:
+            raise DataError(f"{where}: split {split!r} is not one of {', '.join(SPLITS)}")
+        return split
+    # stable across runs and machines: a hash of the path, not a random draw
+    h = int(hashlib.sha256(f"{seed}:{row['path']}".encode()).hexdigest()[:8], 16) / 0xFFFFFFFF
+    return "val" if h < val_fraction else "train"
+
+
+def normalised_size(stream: video.VideoStream, short_side: int) -> tuple[int, int] | None:
+    """Target (width, height) with square pixels and rotation applied, or None if the video conforms."""
+    dw, dh = stream.display_size
+    scale = min(1.0, short_side / min(dw, dh))
+    if stream.rotation == 0 and stream.sar == 1 and scale == 1.0:
+        return None
+    even = lambda v: max(2, int(round(v / 2)) * 2)  # noqa: E731 (yuv420p needs even sizes)
+    return even(dw * scale), even(dh * scale)
+
+
+def _ingest_one(job) -> dict:
+    src, dst_stem, short_side = job
+    try:
+        info = video.probe(src)
+        problem = video.readability_problem(info, video.decode_check(src))
+        if problem:
+            return {"ok": False, "reason": problem}
+        target = normalised_size(info.main_stream, short_side) if short_side else None
+        if target is None:
+            dst = dst_stem.with_suffix(src.suffix.lower())
+            shutil.copyfile(src, dst)
+            return {"ok": True, "file": dst.name, "normalised": False}
+        dst = dst_stem.with_suffix(".mp4")
+        w, h = target
+        proc = video.run_ffmpeg(["-y", "-i", str(src), "-an", "-sn", "-dn", "-vf", f"scale={w}:{h},setsar=1",
+                                 "-c:v", "libx264", "-crf", "18", "-preset", "fast", "-pix_fmt", "yuv420p",
+                                 "-threads", "1", "-map_metadata", "-1", str(dst)])
+        if proc.returncode != 0:
+            return {"ok": False, "reason": "normalisation failed: " + proc.stderr.decode(errors="replace").strip()[-200:]}
+        return {"ok": True, "file": dst.name, "normalised": True}
+    except VideoError as exc:
+        return {"ok": False, "reason": str(exc)}
+
+
+def download(spec, out_dir, workers: int) -> dict:
+    out_dir = Path(out_dir)
+    videos = out_dir / "videos"
+    videos.mkdir(parents=True, exist_ok=True)
+    root = spec.root
+    if not root.is_dir():
+        raise DataError(f"dataset {spec.name!r}: folder not found: {root} (set datasets.{spec.name}.root)")
+    csv_path = spec.csv if spec.csv.is_absolute() else root / spec.csv
+    rows = read_label_csv(csv_path)
+    jobs, meta, skipped, seen = [], [], [], {}
+    for line, row in enumerate(rows, start=2):
+        where = f"{csv_path}:{line}"
+        if not row.get("label"):
+            raise DataError(f"{where}: empty label for {row.get('path')!r}")
+        src = Path(row["path"]) if Path(row["path"]).is_absolute() else root / row["path"]
+        vid = video_id_for(row["path"])
+        if vid in seen:
+            raise DataError(f"{where}: {row['path']!r} gives the same video id as line {seen[vid]} ({vid!r})")
+        seen[vid] = line
+        if not src.is_file():
+            skipped.append({"item": row["path"], "reason": "file not found"})
+            continue
+        jobs.append((src, videos / vid, spec.short_side))
+        meta.append((vid, row["label"], _split_for(row, spec.seed, spec.val_fraction, where), row["path"]))
+    annotations, normalised = [], 0
+    for (vid, label, split, rel), result in zip(meta, map_progress(_ingest_one, jobs, workers, desc=f"ingest {spec.name}")):
+        if not result["ok"]:
+            skipped.append({"item": rel, "reason": result["reason"]})
+            continue
+        normalised += result["normalised"]
+        annotations.append(Annotation(vid, f"videos/{result['file']}", label, split))
+    classes = sorted({r["label"] for r in rows})
+    source = {"kind": "folder", "version": VERSION, "root": str(root), "csv": str(csv_path),
+              "short_side": spec.short_side}
+    return write_dataset(out_dir, annotations, classes, source, skipped,
+                         extra={"normalised": normalised, "expected": len(rows)})

@@ -1,0 +1,19 @@
+"""Dataset kinds and their `download` functions.
+
+Adding a public dataset is one module with `download(spec, out_dir, workers) -> manifest` that writes
+the contract of fourtier.data.contract, one entry here, and its spec type in fourtier.params.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+from fourtier.data import folder, synthact
+
+DOWNLOADERS = {
+    "synthact": synthact.download,
+    "folder": folder.download,
+}
+
+
+def download(spec, out_dir: Path, workers: int) -> dict:
+    return DOWNLOADERS[spec.kind](spec, out_dir, workers)

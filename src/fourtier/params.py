@@ -1,0 +1,245 @@
+"""Typed loading and validation of params.yaml.
+
+Every stage calls `load_params()` first, so a bad value fails before any work starts, with a message
+that names the key, the bad value and what is allowed. Sections that a later stage owns are kept as
+plain mappings here and checked by that stage's own module.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar
+
+import yaml
+
+from fourtier.errors import ParamsError
+
+PROMPT_IDS = ("A", "B", "C", "D")
+DATASET_TYPES = ("synthact", "folder")
+SYNTHACT_VARIANTS = ("pretrain", "scenes", "motion")
+
+
+@dataclass(frozen=True)
+class SynthActSpec:
+    kind: ClassVar[str] = "synthact"
+    name: str
+    variant: str
+    seed: int
+    clips: int  # pretrain only: total clips
+    val_fraction: float  # pretrain only
+    train_per_class: int  # targets only
+    val_per_class: int  # targets only
+
+
+@dataclass(frozen=True)
+class FolderSpec:
+    kind: ClassVar[str] = "folder"
+    name: str
+    root: Path
+    csv: Path
+    val_fraction: float  # used for rows whose CSV has no split
+    short_side: int  # 0 = keep the videos as they are (still validated)
+    seed: int
+
+
+@dataclass(frozen=True)
+class TileParams:
+    height: int
+    jpeg_quality: int
+    shard_above: int
+    shard_size: int
+
+
+@dataclass(frozen=True)
+class Params:
+    vlm: str
+    K: int
+    backbone: str
+    text_encoder: str
+    prompts: tuple[str, ...]
+    pretrain: tuple[str, ...]
+    targets: tuple[str, ...]
+    datasets: dict[str, SynthActSpec | FolderSpec]
+    vlms: dict[str, dict]
+    backbones: dict[str, dict]
+    text_encoders: dict[str, dict]
+    tile: TileParams
+    workers: int
+    raw: dict[str, Any]
+
+    def dataset(self, name: str) -> SynthActSpec | FolderSpec:
+        if name not in self.datasets:
+            raise ParamsError(f"dataset {name!r} is not defined under 'datasets:' in params.yaml "
+                              f"(defined: {', '.join(sorted(self.datasets))})")
+        return self.datasets[name]
+
+
+def _get(mapping: dict, key: str, where: str, kind: type | tuple, default: Any = ...) -> Any:
+    """Read mapping[key], checking its type; `where` is the dotted path for the message."""
+    dotted = f"{where}.{key}" if where else key
+    if key not in mapping:
+        if default is ...:
+            raise ParamsError(f"params.yaml: missing key '{dotted}'")
+        return default
+    value = mapping[key]
+    kinds = kind if isinstance(kind, tuple) else (kind,)
+    # bool is a subclass of int; a YAML 'yes' where a number belongs is a mistake
+    if isinstance(value, bool) and bool not in kinds:
+        ok = False
+    else:
+        ok = isinstance(value, kinds)
+    if not ok:
+        names = " or ".join(k.__name__ for k in kinds)
+        raise ParamsError(f"params.yaml: '{dotted}' must be {names}, got {value!r} ({type(value).__name__})")
+    return value
+
+
+def _choice(value: str, allowed, dotted: str, hint: str = "") -> str:
+    if value not in allowed:
+        raise ParamsError(f"params.yaml: '{dotted}' is {value!r}, which is not one of: "
+                          f"{', '.join(map(str, allowed))}{hint}")
+    return value
+
+
+def _int_at_least(mapping: dict, key: str, where: str, low: int, default: Any = ...) -> int:
+    value = _get(mapping, key, where, int, default)
+    if value < low:
+        raise ParamsError(f"params.yaml: '{where}.{key}' must be >= {low}, got {value}")
+    return value
+
+
+def _fraction(mapping: dict, key: str, where: str, default: Any = ...) -> float:
+    value = float(_get(mapping, key, where, (int, float), default))
+    if not 0.0 <= value < 1.0:
+        raise ParamsError(f"params.yaml: '{where}.{key}' must be in [0, 1), got {value}")
+    return value
+
+
+def _presets(raw: dict, key: str) -> dict[str, dict]:
+    presets = _get(raw, key, "", dict)
+    if not presets:
+        raise ParamsError(f"params.yaml: '{key}' must define at least one preset")
+    for name, preset in presets.items():
+        if not isinstance(preset, dict):
+            raise ParamsError(f"params.yaml: preset '{key}.{name}' must be a mapping, got {preset!r}")
+    return presets
+
+
+def _selector(raw: dict, key: str, presets: dict[str, dict], presets_key: str) -> str:
+    value = _get(raw, key, "", str)
+    # hf:<model id> and local directories are allowed wherever the preset mapping says so
+    if value.startswith("hf:") and len(value) > 3:
+        return value
+    return _choice(value, sorted(presets), key, f" (presets under '{presets_key}:', or hf:<model id>)")
+
+
+def _dataset_spec(name: str, spec: Any) -> SynthActSpec | FolderSpec:
+    where = f"datasets.{name}"
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_-]*", str(name)):
+        # the name becomes a folder, a DVC stage suffix and a dotted params key
+        raise ParamsError(f"params.yaml: dataset name {name!r} under 'datasets:' may use only letters, "
+                          "digits, '-' and '_'")
+    if not isinstance(spec, dict):
+        raise ParamsError(f"params.yaml: '{where}' must be a mapping, got {spec!r}")
+    kind = _choice(_get(spec, "type", where, str), DATASET_TYPES, f"{where}.type")
+    if kind == "synthact":
+        variant = _choice(_get(spec, "variant", where, str), SYNTHACT_VARIANTS, f"{where}.variant")
+        pretrain = variant == "pretrain"  # pretrain draws `clips` at random; targets are per class
+        return SynthActSpec(
+            name=name,
+            variant=variant,
+            seed=_get(spec, "seed", where, int),
+            clips=_int_at_least(spec, "clips", where, 1) if pretrain else 0,
+            val_fraction=_fraction(spec, "val_fraction", where) if pretrain else 0.0,
+            train_per_class=0 if pretrain else _int_at_least(spec, "train_per_class", where, 1),
+            val_per_class=0 if pretrain else _int_at_least(spec, "val_per_class", where, 1),
+        )
+    return FolderSpec(
+        name=name,
+        root=Path(_get(spec, "root", where, str)),
+        csv=Path(_get(spec, "csv", where, str)),
+        val_fraction=_fraction(spec, "val_fraction", where, 0.2),
+        short_side=_int_at_least(spec, "short_side", where, 0, 0),
+        seed=_get(spec, "seed", where, int, 0),
+    )
+
+
+def _dataset_list(raw: dict, key: str, datasets: dict) -> tuple[str, ...]:
+    names = _get(raw, key, "", list)
+    if not names:
+        raise ParamsError(f"params.yaml: '{key}' is an empty list; name at least one dataset "
+                          f"(defined under 'datasets:': {', '.join(sorted(datasets))})")
+    for i, name in enumerate(names):
+        if not isinstance(name, str):
+            raise ParamsError(f"params.yaml: '{key}[{i}]' must be a dataset name, got {name!r}")
+        _choice(name, sorted(datasets), f"{key}[{i}]", " (defined under 'datasets:')")
+    if len(set(names)) != len(names):
+        raise ParamsError(f"params.yaml: '{key}' lists a dataset twice: {names}")
+    return tuple(names)
+
+
+def parse_params(raw: Any) -> Params:
+    if not isinstance(raw, dict):
+        raise ParamsError("params.yaml must be a mapping at the top level")
+    vlms = _presets(raw, "vlms")
+    backbones = _presets(raw, "backbones")
+    text_encoders = _presets(raw, "text_encoders")
+
+    K = _get(raw, "K", "", int)
+    if K < 1:
+        raise ParamsError(f"params.yaml: 'K' (keyframes per tile) must be >= 1, got {K}")
+
+    prompts = _get(raw, "prompts", "", list)
+    for i, p in enumerate(prompts):
+        _choice(p, PROMPT_IDS, f"prompts[{i}]", " (use [] for the no-prompt baseline)")
+    if len(set(prompts)) != len(prompts):
+        raise ParamsError(f"params.yaml: 'prompts' lists a prompt twice: {prompts}")
+
+    raw_datasets = _get(raw, "datasets", "", dict)
+    datasets = {name: _dataset_spec(name, spec) for name, spec in raw_datasets.items()}
+    pretrain = _dataset_list(raw, "pretrain", datasets)
+    targets = _dataset_list(raw, "targets", datasets)
+    both = sorted(set(pretrain) & set(targets))
+    if both:
+        raise ParamsError(f"params.yaml: {both} is listed in both 'pretrain' and 'targets'; "
+                          "a dataset is either the captioned pretraining corpus or a target")
+
+    tile = _get(raw, "tile", "", dict)
+    quality = _int_at_least(tile, "jpeg_quality", "tile", 1)
+    if quality > 100:
+        raise ParamsError(f"params.yaml: 'tile.jpeg_quality' must be in 1..100, got {quality}")
+    tile_params = TileParams(
+        height=_int_at_least(tile, "height", "tile", 16),
+        jpeg_quality=quality,
+        shard_above=_int_at_least(tile, "shard_above", "tile", 0),
+        shard_size=_int_at_least(tile, "shard_size", "tile", 1),
+    )
+    runtime = _get(raw, "runtime", "", dict, {})
+    return Params(
+        vlm=_selector(raw, "vlm", vlms, "vlms"),
+        K=K,
+        backbone=_selector(raw, "backbone", backbones, "backbones"),
+        text_encoder=_selector(raw, "text_encoder", text_encoders, "text_encoders"),
+        prompts=tuple(prompts),
+        pretrain=pretrain,
+        targets=targets,
+        datasets=datasets,
+        vlms=vlms,
+        backbones=backbones,
+        text_encoders=text_encoders,
+        tile=tile_params,
+        workers=_int_at_least(runtime, "workers", "runtime", 1, 2),
+        raw=raw,
+    )
+
+
+def load_params(path: str | Path = "params.yaml") -> Params:
+    path = Path(path)
+    if not path.exists():
+        raise ParamsError(f"{path} not found; run from the project root (where params.yaml is)")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise ParamsError(f"{path} is not valid YAML: {exc}") from None
+    return parse_params(raw)
