@@ -156,18 +156,21 @@ def readability_problem(info: VideoInfo, check: DecodeCheck) -> str | None:
 # keyframes
 
 def keyframe_indices(pts: np.ndarray, k: int) -> np.ndarray:
-    """Indices of the frames nearest the centres of k equal time segments (paper §3.2).
+    """Indices of the frames on screen at the centres of k equal time segments (paper §3.2).
 
-    `pts` are presentation times in seconds, one per frame, in decode order. Uses time, not index, so
-    variable-frame-rate clips are sampled evenly in time. With fewer frames than k, frames repeat.
+    `pts` are presentation times in seconds, one per frame, in order. Using time rather than index
+    samples variable-frame-rate clips evenly in time; for a constant frame rate it equals the index
+    rule floor((j + 0.5) * n / k). With fewer frames than k, frames repeat.
     """
     n = len(pts)
     if n == 0:
         raise VideoError("no frames")
-    step = float(np.median(np.diff(pts))) if n > 1 else 0.0
-    start, end = float(pts[0]), float(pts[-1]) + step  # the last frame lasts one frame step
+    last = float(pts[-1] - pts[-2]) if n > 1 else 1.0  # the last frame lasts as long as the one before
+    start, end = float(pts[0]), float(pts[-1]) + last
     centres = start + (np.arange(k) + 0.5) * (end - start) / k
-    return np.abs(pts[None, :] - centres[:, None]).argmin(axis=1)
+    # tolerance: a centre that falls exactly on a frame's start time must pick that frame
+    idx = np.searchsorted(pts, centres + 1e-6 * (end - start), side="right") - 1
+    return np.clip(idx, 0, n - 1)
 
 
 def _valid_pts(pts: np.ndarray) -> bool:

@@ -1,0 +1,17 @@
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))
+os.environ.setdefault("DVC_NO_ANALYTICS", "1")
+
+TESTVIDEOS = Path(os.environ.get("FOURTIER_TESTVIDEOS", Path(__file__).resolve().parents[2] / "shared" / "testvideos"))
+
+
+@pytest.fixture(scope="session")
+def testvideos() -> Path:
+    if not (TESTVIDEOS / "MANIFEST.md").exists():
+        pytest.skip(f"third-party test clips not found at {TESTVIDEOS} (set FOURTIER_TESTVIDEOS)")
+    return TESTVIDEOS

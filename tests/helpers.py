@@ -1,0 +1,41 @@
+"""Small videos built with the project's ffmpeg, with content we know frame by frame."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from fourtier.video import run_ffmpeg
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def index_frames(n: int, height: int = 96, width: int = 160) -> np.ndarray:
+    """Frame i is a flat grey of level 20 + 9*i, with a white square in the top-left corner (orientation)."""
+    frames = np.empty((n, height, width, 3), np.uint8)
+    for i in range(n):
+        frames[i] = 20 + 9 * i
+        frames[i, : height // 4, : width // 4] = 255
+    return frames
+
+
+def write_video(path: Path, frames: np.ndarray, fps: int = 10, pix_fmt: str = "yuv420p", codec: str = "libx264") -> Path:
+    n, h, w, _ = frames.shape
+    quality = ["-qp", "10"] if codec == "libx264" else []
+    proc = run_ffmpeg(["-y", "-f", "rawvideo", "-pix_fmt", "rgb24", "-s", f"{w}x{h}", "-r", str(fps), "-i", "pipe:",
+                       "-c:v", codec, *quality, "-pix_fmt", pix_fmt, str(path)], input_bytes=frames.tobytes())
+    assert proc.returncode == 0, proc.stderr.decode()[-500:]
+    return path
+
+
+def reencode(src: Path, dst: Path, before_input: list[str] = (), after_input: list[str] = ()) -> Path:
+    proc = run_ffmpeg(["-y", *before_input, "-i", str(src), *after_input, "-c:v", "libx264", "-qp", "10", str(dst)])
+    assert proc.returncode == 0, proc.stderr.decode()[-500:]
+    return dst
+
+
+def with_rotation(src: Path, dst: Path, degrees: int) -> Path:
+    """Same coded frames, plus a display-matrix rotation (stream copy: no re-encode)."""
+    proc = run_ffmpeg(["-y", "-display_rotation:v:0", str(degrees), "-i", str(src), "-c", "copy", str(dst)])
+    assert proc.returncode == 0, proc.stderr.decode()[-500:]
+    return dst

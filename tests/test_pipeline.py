@@ -1,0 +1,101 @@
+"""`dvc repro` end to end on a tiny profile, in a temporary copy of the repository."""
+import csv
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from helpers import REPO
+
+pytestmark = pytest.mark.slow
+BIN = Path(sys.executable).parent
+
+
+def run(cmd, cwd, check=True):
+    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}", "DVC_NO_ANALYTICS": "1"}
+    proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"{cmd} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
+    return proc
+
+
+def tiny_params(path: Path, **changes) -> None:
+    raw = yaml.safe_load(path.read_text())
+    raw["datasets"]["synth-pretrain"].update(clips=24, val_fraction=0.25)
+    for target in ("synth-scenes", "synth-motion"):
+        raw["datasets"][target].update(train_per_class=1, val_per_class=1)
+    raw["tile"]["height"] = 48
+    raw.update(changes)
+    path.write_text(yaml.safe_dump(raw, sort_keys=False))
+
+
+@pytest.fixture(scope="module")
+def repo(tmp_path_factory):
+    dst = tmp_path_factory.mktemp("repo")
+    files = run(["git", "ls-files", "-co", "--exclude-standard"], REPO).stdout.split()
+    for rel in files:
+        if (REPO / rel).is_file() and not rel.startswith("data/"):
+            (dst / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(REPO / rel, dst / rel)
+    for rel in files:
+        if rel.startswith("data/") and rel.endswith(".gitignore"):
+            (dst / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(REPO / rel, dst / rel)
+    run(["git", "init", "-q"], dst)
+    tiny_params(dst / "params.yaml")
+    start = time.perf_counter()
+    proc = run(["dvc", "repro"], dst)
+    print(f"tiny dvc repro: {time.perf_counter() - start:.1f} s")
+    return dst, proc
+
+
+def test_repro_produces_the_contracts(repo):
+    dst, proc = repo
+    assert "tile synth-pretrain: 24 tiled, 0 skipped" in proc.stdout
+    for ds, n in (("synth-pretrain", 24), ("synth-scenes", 20), ("synth-motion", 24)):
+        with open(dst / "data/raw" / ds / "annotations.csv") as fh:
+            rows = list(csv.DictReader(fh))
+        assert len(rows) == n and all((dst / "data/raw" / ds / r["path"]).is_file() for r in rows)
+        assert (dst / "data/raw" / ds / "classes.txt").read_text().count("\n") == {"synth-pretrain": 30, "synth-scenes": 10, "synth-motion": 12}[ds]
+    with open(dst / "data/tiles/synth-pretrain/index.csv") as fh:
+        index = list(csv.DictReader(fh))
+    assert len(index) == 24 and all(r["status"] == "ok" and len(r["frame_indices"].split(";")) == 5 for r in index)
+    assert (dst / "dvc.lock").exists()
+
+
+def test_second_repro_is_a_fast_no_op(repo):
+    dst, _ = repo
+    start = time.perf_counter()
+    proc = run(["dvc", "repro"], dst)
+    assert time.perf_counter() - start < 5
+    assert "Data and pipelines are up to date" in proc.stdout
+
+
+def test_changing_K_invalidates_only_tile(repo):
+    dst, _ = repo
+    original = (dst / "params.yaml").read_text()
+    try:
+        tiny_params(dst / "params.yaml", K=3)
+        status = run(["dvc", "status"], dst).stdout
+        changed = sorted(line.strip().rstrip(":") for line in status.splitlines() if line and not line.startswith("\t") and not line.startswith(" "))
+        assert changed == ["tile@synth-pretrain"], status
+    finally:
+        (dst / "params.yaml").write_text(original)
+
+
+def test_bad_param_fails_with_a_clear_message(repo):
+    dst, _ = repo
+    original = (dst / "params.yaml").read_text()
+    try:
+        tiny_params(dst / "params.yaml", K=0)
+        proc = run(["python", "stages/tile.py", "synth-pretrain"], dst, check=False)
+        assert proc.returncode == 2
+        assert "error: params.yaml: 'K' (keyframes per tile) must be >= 1, got 0" in proc.stderr
+        assert "Traceback" not in proc.stderr
+    finally:
+        (dst / "params.yaml").write_text(original)

@@ -1,0 +1,69 @@
+import hashlib
+from collections import Counter
+
+import numpy as np
+
+from fourtier.data import synthact as S
+
+
+def test_plan_is_deterministic_and_seeded():
+    a = S.plan("motion", 7, 0, 0, 3, 2)
+    b = S.plan("motion", 7, 0, 0, 3, 2)
+    c = S.plan("motion", 8, 0, 0, 3, 2)
+    assert a == b
+    assert [x.seed for x in a] != [x.seed for x in c]
+
+
+def test_render_and_encode_are_deterministic(tmp_path):
+    spec = S.plan("scenes", 3, 0, 0, 1, 0)[4]
+    f1, f2 = S.render(spec), S.render(spec)
+    assert f1.shape == (spec.n_frames, spec.height, spec.width, 3)
+    assert np.array_equal(f1, f2)
+    S.encode_mp4(f1, spec.fps, spec.crf, tmp_path / "a.mp4")
+    S.encode_mp4(f2, spec.fps, spec.crf, tmp_path / "b.mp4")
+    digest = lambda p: hashlib.sha256(p.read_bytes()).hexdigest()  # noqa: E731
+    assert digest(tmp_path / "a.mp4") == digest(tmp_path / "b.mp4")
+
+
+def test_targets_are_class_balanced_per_split():
+    for variant, n_classes in (("scenes", 10), ("motion", 12)):
+        specs = S.plan(variant, 1, 0, 0, 4, 6)
+        counts = Counter((s.split, s.label) for s in specs)
+        assert len(S.class_names(variant)) == n_classes
+        assert {k: v for k, v in counts.items() if k[0] == "train"} == {("train", c): 4 for c in S.class_names(variant)}
+        assert {k: v for k, v in counts.items() if k[0] == "val"} == {("val", c): 6 for c in S.class_names(variant)}
+
+
+def test_pretrain_labels_balanced_and_consistent_with_content():
+    specs = S.plan("pretrain", 0, 300, 0.1, 0, 0)
+    counts = Counter(s.label for s in specs)
+    assert len(counts) == 30 and max(counts.values()) - min(counts.values()) <= 1
+    assert sum(s.split == "val" for s in specs) == 30
+    for s in specs:
+        family, shape = s.label.split(" / ")
+        assert S.FAMILY[s.action] == family and s.shape == shape
+        assert s.action != "spin" or s.shape in S.SPIN_SHAPES
+
+
+def test_target_classes_follow_their_definition():
+    for s in S.plan("scenes", 2, 0, 0, 3, 3):
+        shape, family, scenes = S.SCENE_CLASSES[s.label]
+        assert (s.shape, s.family) == (shape, family) and s.scene in scenes
+    for s in S.plan("motion", 2, 0, 0, 3, 3):
+        assert s.action == S.MOTION_CLASSES[s.label]
+        if s.action in S.TWO_OBJECT_ACTIONS:
+            assert s.second_shape, s
+
+
+def test_motion_is_visible_in_the_pixels():
+    """The object of a 'moving something right' clip ends further right than it starts."""
+    spec = next(s for s in S.plan("motion", 5, 0, 0, 4, 0) if s.action == "slide right" and not s.second_shape
+                and s.distractors == 0)
+    frames = S.render(spec).astype(float)
+    colour = np.array(S.COLOURS[spec.colour], float)
+
+    def centre_x(frame):
+        mask = np.abs(frame - colour).sum(-1) < 60
+        return np.nonzero(mask)[1].mean()
+
+    assert centre_x(frames[-1]) - centre_x(frames[0]) > 0.3 * spec.width
