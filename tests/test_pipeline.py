@@ -76,14 +76,29 @@ def test_second_repro_is_a_fast_no_op(repo):
     assert "Data and pipelines are up to date" in proc.stdout
 
 
+def changed_stages(dst) -> list[str]:
+    status = run(["dvc", "status"], dst).stdout
+    return sorted(line.strip().rstrip(":") for line in status.splitlines() if line and not line[0].isspace())
+
+
 def test_changing_K_invalidates_only_tile(repo):
     dst, _ = repo
     original = (dst / "params.yaml").read_text()
     try:
         tiny_params(dst / "params.yaml", K=3)
-        status = run(["dvc", "status"], dst).stdout
-        changed = sorted(line.strip().rstrip(":") for line in status.splitlines() if line and not line.startswith("\t") and not line.startswith(" "))
-        assert changed == ["tile@synth-pretrain"], status
+        assert changed_stages(dst) == ["tile@synth-pretrain"]
+    finally:
+        (dst / "params.yaml").write_text(original)
+
+
+def test_changing_one_dataset_invalidates_only_its_download(repo):
+    dst, _ = repo
+    original = (dst / "params.yaml").read_text()
+    try:
+        raw = yaml.safe_load(original)
+        raw["datasets"]["synth-scenes"]["seed"] = 99
+        (dst / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
+        assert changed_stages(dst) == ["download-target@synth-scenes"]
     finally:
         (dst / "params.yaml").write_text(original)
 
