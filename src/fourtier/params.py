@@ -52,6 +52,21 @@ class TileParams:
 
 
 @dataclass(frozen=True)
+class CaptionParams:
+    prompts: dict[str, str]  # id -> text, always all four
+    max_new_tokens: int
+    temperature: float
+    max_failures: float  # fraction of requests allowed to fail after retries
+
+
+@dataclass(frozen=True)
+class EmbedParams:
+    batch_size: int
+    max_tokens: int  # token-level embeddings kept per answer (the pooled vector uses the whole answer)
+    max_length: int  # tokens the encoder reads per answer
+
+
+@dataclass(frozen=True)
 class Params:
     vlm: str
     K: int
@@ -65,6 +80,8 @@ class Params:
     backbones: dict[str, dict]
     text_encoders: dict[str, dict]
     tile: TileParams
+    caption: CaptionParams
+    embed: EmbedParams
     workers: int
     raw: dict[str, Any]
 
@@ -215,6 +232,22 @@ def parse_params(raw: Any) -> Params:
         shard_above=_int_at_least(tile, "shard_above", "tile", 0),
         shard_size=_int_at_least(tile, "shard_size", "tile", 1),
     )
+    caption = _get(raw, "caption", "", dict)
+    prompt_texts = _get(caption, "prompts", "caption", dict)
+    if sorted(prompt_texts) != list(PROMPT_IDS) or not all(isinstance(t, str) and t.strip() for t in prompt_texts.values()):
+        raise ParamsError("params.yaml: 'caption.prompts' must give a non-empty text for each of A, B, C, D "
+                          f"(got keys {sorted(prompt_texts)})")
+    temperature = float(_get(caption, "temperature", "caption", (int, float)))
+    if temperature < 0:
+        raise ParamsError(f"params.yaml: 'caption.temperature' must be >= 0, got {temperature}")
+    caption_params = CaptionParams(prompts=dict(prompt_texts),
+                                   max_new_tokens=_int_at_least(caption, "max_new_tokens", "caption", 1),
+                                   temperature=temperature,
+                                   max_failures=_fraction(caption, "max_failures", "caption"))
+    embed = _get(raw, "embed", "", dict)
+    embed_params = EmbedParams(batch_size=_int_at_least(embed, "batch_size", "embed", 1),
+                               max_tokens=_int_at_least(embed, "max_tokens", "embed", 1),
+                               max_length=_int_at_least(embed, "max_length", "embed", 8))
     runtime = _get(raw, "runtime", "", dict, {})
     return Params(
         vlm=_selector(raw, "vlm", vlms, "vlms"),
@@ -229,6 +262,8 @@ def parse_params(raw: Any) -> Params:
         backbones=backbones,
         text_encoders=text_encoders,
         tile=tile_params,
+        caption=caption_params,
+        embed=embed_params,
         workers=_int_at_least(runtime, "workers", "runtime", 1, 2),
         raw=raw,
     )

@@ -1,0 +1,142 @@
+"""The caption stage's machinery: the answer cache, the run over missing answers, the output table.
+
+Every answer is committed to a content-addressed SQLite cache the moment it arrives. Its key is a hash
+of the tile bytes, the prompt text, the model and the generation settings. A killed run loses nothing
+paid for; a re-run asks only for what is missing, and a re-run with nothing changed makes zero calls.
+The DVC output (captions.jsonl) is rebuilt from the cache, so it is the same whatever was cached when.
+
+The cache lives outside the repository (default ~/.cache/fourtier, or $FOURTIER_CACHE) so that queued
+`dvc exp run`s, which run in temporary copies, share it; `dvc push` shares the outputs with a team.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import sqlite3
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+from fourtier.errors import DataError
+from fourtier.store import ItemReader
+from fourtier.tiling import read_tile_index
+from fourtier.vlm import PROMPT_IDS, Record, Request, redact
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("FOURTIER_CACHE", Path.home() / ".cache" / "fourtier"))
+
+
+def answer_key(tile_jpeg: bytes, prompt: str, model_id: str, settings: dict) -> str:
+    digest = hashlib.sha256()
+    digest.update(hashlib.sha256(tile_jpeg).digest())
+    digest.update(json.dumps({"prompt": prompt, "model": model_id, "settings": settings}, sort_keys=True).encode())
+    return digest.hexdigest()
+
+
+class AnswerCache:
+    """key -> record (JSON), one row per answer; WAL mode so parallel experiments can share it."""
+
+    def __init__(self, path: Path | None = None):
+        path = Path(path or cache_dir() / "answers.sqlite")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.path = path
+        self.db = sqlite3.connect(path, timeout=60, isolation_level=None)
+        self.db.execute("PRAGMA journal_mode=WAL")
+        self.db.execute("CREATE TABLE IF NOT EXISTS answers (key TEXT PRIMARY KEY, record TEXT NOT NULL)")
+
+    def get_many(self, keys: list[str]) -> dict[str, dict]:
+        found = {}
+        for i in range(0, len(keys), 500):
+            chunk = keys[i:i + 500]
+            rows = self.db.execute(f"SELECT key, record FROM answers WHERE key IN ({','.join('?' * len(chunk))})", chunk)
+            found.update((k, json.loads(v)) for k, v in rows)
+        return found
+
+    def put(self, key: str, record: dict) -> None:
+        # autocommit: the answer is on disk when this returns
+        self.db.execute("INSERT OR REPLACE INTO answers (key, record) VALUES (?, ?)", (key, json.dumps(record)))
+
+    def close(self) -> None:
+        self.db.close()
+
+
+def build_requests(tile_dir: Path, k: int, prompts: dict[str, str], model_id: str, settings: dict) -> list[Request]:
+    """One request per (tiled video, prompt), always all four prompts."""
+    rows = [r for r in read_tile_index(tile_dir) if r["status"] == "ok"]
+    if not rows:
+        raise DataError(f"{tile_dir} has no tiles to caption")
+    reader = ItemReader(tile_dir)
+    requests = []
+    for row in rows:
+        jpeg = reader.get(row["location"])
+        for pid in PROMPT_IDS:
+            requests.append(Request(row["video_id"], pid, prompts[pid], jpeg, k,
+                                    answer_key(jpeg, prompts[pid], model_id, settings)))
+    reader.close()
+    return requests
+
+
+def run_captions(backend, requests: list[Request], cache: AnswerCache, max_failures: float) -> dict:
+    """Ask the backend for every answer not in the cache; returns counts for the metrics."""
+    cached = cache.get_many([r.key for r in requests])
+    missing = [r for r in requests if r.key not in cached or not _usable(cached[r.key])]
+    stats = {"requests": len(requests), "cached": len(requests) - len(missing), "called": 0, "failed": 0,
+             "first_errors": []}
+
+    def on_record(request: Request, record: Record) -> None:
+        stats["called"] += 1
+        if not record.ok:
+            record.error = redact(record.error or "empty answer")
+            stats["failed"] += 1
+            if len(stats["first_errors"]) < 5:
+                stats["first_errors"].append(f"{request.video_id}/{request.prompt_id}: {record.error}")
+            return  # failures are not cached: the next run asks again
+        cache.put(request.key, asdict(record))
+
+    start = time.perf_counter()
+    if missing:
+        backend.run(missing, on_record)
+    stats["seconds"] = time.perf_counter() - start
+    allowed = int(max_failures * len(requests))
+    if stats["failed"] > allowed:
+        raise DataError(f"{stats['failed']} of {len(missing)} caption requests failed after retries "
+                        f"(caption.max_failures allows {allowed}); answers received so far are cached, so a "
+                        f"re-run asks only for the rest. First errors: " + "; ".join(stats["first_errors"]))
+    return stats
+
+
+def _usable(record: dict) -> bool:
+    return not record.get("error") and bool(record.get("answer", "").strip())
+
+
+def write_captions(out_dir: Path, requests: list[Request], cache: AnswerCache, vlm_name: str, model_id: str,
+                   settings: dict) -> dict:
+    """captions.jsonl: one row per (video, prompt), in tile-index order, built from the cache."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    records = cache.get_many([r.key for r in requests])
+    totals = {"answers": 0, "missing": 0, "input_tokens": 0, "output_tokens": 0, "attempts": 0, "latency_s": 0.0}
+    with open(out_dir / "captions.jsonl", "w") as fh:
+        for r in requests:
+            rec = records.get(r.key)
+            row = {"video_id": r.video_id, "prompt_id": r.prompt_id, "prompt": r.prompt,
+                   "answer": rec["answer"] if rec else "", "vlm": vlm_name, "model": model_id, "settings": settings,
+                   "input_tokens": rec["input_tokens"] if rec else 0, "output_tokens": rec["output_tokens"] if rec else 0,
+                   "latency_s": round(rec["latency_s"], 4) if rec else 0.0, "attempts": rec["attempts"] if rec else 0,
+                   "error": "" if rec else "no answer (allowed by caption.max_failures)"}
+            fh.write(json.dumps(row) + "\n")
+            if rec:
+                totals["answers"] += 1
+                for k in ("input_tokens", "output_tokens", "attempts", "latency_s"):
+                    totals[k] += rec[k]
+            else:
+                totals["missing"] += 1
+    return totals
+
+
+def read_captions(path: Path) -> list[dict]:
+    if not Path(path).exists():
+        raise DataError(f"{path} not found: run the caption stage first (dvc repro)")
+    with open(path) as fh:
+        return [json.loads(line) for line in fh]

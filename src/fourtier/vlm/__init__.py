@@ -1,0 +1,132 @@
+"""VLM backends: each answers (tile image, prompt) requests and reports one record per answer.
+
+A backend is a small class with `model_id`, `settings` (everything that changes an answer, used in the
+cache key) and `run(requests, on_record)`, which calls `on_record` the moment each answer arrives so
+the caller can commit it before anything else can go wrong. `make_backend` builds one from a preset.
+"""
+from __future__ import annotations
+
+import io
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+from PIL import Image
+
+from fourtier.errors import FourtierError
+
+PROMPT_IDS = ("A", "B", "C", "D")
+
+
+class VLMError(FourtierError):
+    """A VLM cannot be used at all (unknown preset, missing key, auth failure, unreachable server)."""
+
+
+@dataclass(frozen=True)
+class Request:
+    video_id: str
+    prompt_id: str
+    prompt: str
+    tile_jpeg: bytes
+    K: int
+    key: str  # content address of the answer
+
+
+@dataclass
+class Record:
+    video_id: str
+    prompt_id: str
+    answer: str
+    input_tokens: int = 0
+    output_tokens: int = 0
+    latency_s: float = 0.0
+    attempts: int = 1
+    error: str = ""
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        return not self.error and bool(self.answer.strip())
+
+
+OnRecord = Callable[[Request, Record], None]
+
+
+def decode_tile(jpeg: bytes) -> np.ndarray:
+    return np.asarray(Image.open(io.BytesIO(jpeg)).convert("RGB"))
+
+
+class BuiltinBackend:
+    """The offline describer (fourtier.vlm.builtin); `style` full, terse or noisy."""
+
+    def __init__(self, name: str, preset: dict, workers: int = 1):
+        self.name = name
+        self.style = preset.get("style", "full")
+        if self.style not in ("full", "terse", "noisy"):
+            raise VLMError(f"vlms.{name}.style is {self.style!r}; use full, terse or noisy")
+        self.error_rate = float(preset.get("error_rate", 0.0)) if self.style == "noisy" else 0.0
+        self.seed = int(preset.get("seed", 0))
+        self.workers = workers
+        self.model_id = f"builtin-{self.style}"
+        self.settings = {"style": self.style, "error_rate": self.error_rate, "seed": self.seed}
+
+    def run(self, requests: list[Request], on_record: OnRecord) -> None:
+        from fourtier.parallel import map_progress
+
+        # one analysis per tile answers all of its prompts
+        by_tile: dict[tuple, list[Request]] = {}
+        for r in requests:
+            by_tile.setdefault((r.video_id, r.tile_jpeg, r.K), []).append(r)
+        jobs = [(vid, jpeg, k, [r.prompt_id for r in reqs], self.style, self.error_rate, self.seed)
+                for (vid, jpeg, k), reqs in by_tile.items()]
+        for (_, reqs), (answers, seconds) in zip(by_tile.items(), map_progress(_describe_job, jobs, self.workers, "caption builtin")):
+            for r in reqs:
+                on_record(r, Record(r.video_id, r.prompt_id, answers[r.prompt_id], latency_s=seconds / len(reqs)))
+
+
+def _describe_job(job):
+    from fourtier.vlm.builtin import describe
+
+    video_id, jpeg, k, prompt_ids, style, error_rate, seed = job
+    start = time.perf_counter()
+    answers = describe(decode_tile(jpeg), k, prompt_ids, style, error_rate, seed, key=video_id)
+    return answers, time.perf_counter() - start
+
+
+def make_backend(name: str, presets: dict, generation: dict, workers: int = 1):
+    """The backend for selector value `name`: a preset under `vlms:`, hf:<model id>, or a local directory."""
+    if name.startswith("hf:"):
+        preset = {"type": "hf", "model": name[3:]}
+    elif name in presets:
+        preset = presets[name]
+    elif Path(name).is_dir():
+        preset = {"type": "hf", "model": name}
+    else:
+        raise VLMError(f"unknown VLM {name!r}: use a preset under 'vlms:' ({', '.join(sorted(presets))}), "
+                       "hf:<model id>, or a local model directory")
+    kind = preset.get("type")
+    if kind == "builtin":
+        return BuiltinBackend(name, preset, workers)
+    if kind == "openai":
+        from fourtier.vlm.openai_backend import OpenAIBackend
+
+        return OpenAIBackend(name, preset, generation)
+    if kind == "hf":
+        from fourtier.vlm.hf_backend import HFBackend
+
+        return HFBackend(name, preset, generation)
+    raise VLMError(f"vlms.{name}.type is {kind!r}; use builtin, openai or hf")
+
+
+def redact(text: str) -> str:
+    """Remove anything that looks like a secret before it reaches a log, an output or an error message."""
+    import re
+
+    for var in ("OPENAI_API_KEY",):
+        value = os.environ.get(var)
+        if value and len(value) > 4:
+            text = text.replace(value, "***")
+    return re.sub(r"(sk-[A-Za-z0-9_\-]{2})[A-Za-z0-9_\-*]{6,}", r"\1***", text)

@@ -1,0 +1,55 @@
+"""caption stage: the four prompts for every tile of a pretraining dataset (data/captions/<ds>).
+
+    python stages/caption.py synth-pretrain --dry-run   # calls, tokens and cost it would spend; spends nothing
+"""
+import argparse
+import json
+from pathlib import Path
+
+from fourtier.captioning import AnswerCache, build_requests, run_captions, write_captions
+from fourtier.errors import exits_cleanly
+from fourtier.params import load_params
+from fourtier.vlm import make_backend
+
+
+@exits_cleanly
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("dataset", help="a pretraining dataset, already tiled in data/tiles/<dataset>")
+    parser.add_argument("--dry-run", action="store_true", help="print what the run would ask and cost, then stop")
+    args = parser.parse_args()
+    params = load_params()
+    params.dataset(args.dataset)
+    cap = params.caption
+    backend = make_backend(params.vlm, params.vlms, {"max_new_tokens": cap.max_new_tokens,
+                                                     "temperature": cap.temperature}, params.workers)
+    settings = {**backend.settings, "K": params.K}
+    requests = build_requests(Path("data/tiles") / args.dataset, params.K, cap.prompts, backend.model_id, settings)
+    cache = AnswerCache()
+    if args.dry_run:
+        cached = cache.get_many([r.key for r in requests])
+        missing = [r for r in requests if r.key not in cached]
+        print(f"caption {args.dataset} with {params.vlm} ({backend.model_id}): {len(requests)} answers needed, "
+              f"{len(requests) - len(missing)} cached, {len(missing)} calls to make")
+        if hasattr(backend, "estimate") and missing:
+            est = backend.estimate(missing)
+            print(f"  estimated: {est['input_tokens']:,} input + up to {est['output_tokens']:,} output tokens, "
+                  f"about ${est['cost_usd']:.2f} (prices from vlms.{params.vlm})")
+        return
+    stats = run_captions(backend, requests, cache, cap.max_failures)
+    out = Path("data/captions") / args.dataset
+    totals = write_captions(out, requests, cache, params.vlm, backend.model_id, settings)
+    cost = backend.cost(totals["input_tokens"], totals["output_tokens"]) if hasattr(backend, "cost") else 0.0
+    metrics = {"vlm": params.vlm, "model": backend.model_id, "answers": totals["answers"],
+               "missing": totals["missing"], "input_tokens": totals["input_tokens"],
+               "output_tokens": totals["output_tokens"], "estimated_cost_usd": round(cost, 4),
+               "mean_latency_s": round(totals["latency_s"] / max(totals["answers"], 1), 4),
+               "mean_attempts": round(totals["attempts"] / max(totals["answers"], 1), 3)}
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=1) + "\n")
+    rate = stats["called"] / stats["seconds"] if stats["seconds"] > 0 else 0.0
+    print(f"caption {args.dataset}: {totals['answers']} answers ({stats['cached']} from cache, {stats['called']} "
+          f"asked now at {rate:.1f}/s, {stats['failed']} failed), cache {cache.path}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,33 @@
+"""embed stage: text embeddings of every answer: token-level e_i with mask, and a pooled vector (data/embeddings/<ds>)."""
+import argparse
+import time
+from pathlib import Path
+
+import torch
+
+from fourtier.captioning import read_captions
+from fourtier.errors import exits_cleanly
+from fourtier.params import load_params
+from fourtier.text import embed_captions, make_encoder
+
+
+@exits_cleanly
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("dataset", help="a captioned pretraining dataset (data/captions/<dataset>)")
+    args = parser.parse_args()
+    params = load_params()
+    params.dataset(args.dataset)
+    torch.set_num_threads(params.workers)
+    captions = read_captions(Path("data/captions") / args.dataset / "captions.jsonl")
+    encoder = make_encoder(params.text_encoder, params.text_encoders, params.embed.max_length)
+    start = time.perf_counter()
+    meta = embed_captions(captions, Path("data/embeddings") / args.dataset, encoder, params.embed.batch_size,
+                          params.embed.max_tokens)
+    seconds = time.perf_counter() - start
+    print(f"embed {args.dataset}: {meta['texts']} answers with {params.text_encoder} ({meta['model']}), "
+          f"{meta['texts'] / seconds:.0f} texts/s, tokens {meta['token_dim']}-d, pooled {meta['pooled_dim']}-d")
+
+
+if __name__ == "__main__":
+    main()
