@@ -1,4 +1,5 @@
 import os
+import tempfile
 import sys
 from pathlib import Path
 
@@ -6,6 +7,8 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 os.environ.setdefault("DVC_NO_ANALYTICS", "1")
+# the answer cache of the tests' own runs never mixes with the user's
+os.environ["FOURTIER_CACHE"] = tempfile.mkdtemp(prefix="fourtier-test-cache-")
 
 TESTVIDEOS = Path(os.environ.get("FOURTIER_TESTVIDEOS", Path(__file__).resolve().parents[2] / "shared" / "testvideos"))
 

@@ -1,0 +1,116 @@
+"""A local OpenAI-compatible chat server for fault tests: scripted replies, every call counted.
+
+Binds 127.0.0.1 only. `script(n, key)` chooses the reply to call number n (0-based) for the request
+with content key `key`: "ok", "429", "500", "hang", "malformed", "empty", "401".
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+
+class FakeOpenAI:
+    def __init__(self, script=lambda n, key: "ok", delay: float = 0.0, retry_after: str = "0.2"):
+        self.script = script
+        self.delay = delay
+        self.retry_after = retry_after
+        self.calls: list[dict] = []  # one per request: key, reply, time
+        self.answered: list[str] = []  # keys whose "ok" reply was sent completely
+        self.in_flight = 0
+        self.max_in_flight = 0
+        self.lock = threading.Lock()
+        self.release = threading.Event()  # set to end every hanging request
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args):
+                pass
+
+            def do_POST(self):
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                server.handle(self, body)
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd.daemon_threads = True
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
+
+    def __enter__(self):
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.release.set()
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+    @staticmethod
+    def key_of(body: dict) -> str:
+        content = body["messages"][0]["content"]
+        text = next(c["text"] for c in content if c["type"] == "text")
+        image = next(c["image_url"]["url"] for c in content if c["type"] == "image_url")
+        return hashlib.sha256((text + image).encode()).hexdigest()[:16]
+
+    def calls_per_key(self) -> dict[str, int]:
+        counts: dict[str, int] = {}
+        for c in self.calls:
+            counts[c["key"]] = counts.get(c["key"], 0) + 1
+        return counts
+
+    def handle(self, handler, body: dict) -> None:
+        key = self.key_of(body)
+        with self.lock:
+            n = len(self.calls)
+            reply = self.script(n, key)
+            self.calls.append({"key": key, "reply": reply, "time": time.time(), "auth": handler.headers.get("Authorization", "")})
+            self.in_flight += 1
+            self.max_in_flight = max(self.max_in_flight, self.in_flight)
+        try:
+            if self.delay:
+                time.sleep(self.delay)
+            if reply == "hang":
+                self.release.wait(30)
+                return
+            if reply == "ok" or reply == "empty":
+                text = "" if reply == "empty" else f"answer {key} to: {body['messages'][0]['content'][0]['text']}"
+                payload = {"id": f"c{n}", "object": "chat.completion", "created": 0, "model": body["model"],
+                           "choices": [{"index": 0, "finish_reason": "stop",
+                                        "message": {"role": "assistant", "content": text}}],
+                           "usage": {"prompt_tokens": 120, "completion_tokens": 9, "total_tokens": 129}}
+                self._send(handler, 200, json.dumps(payload).encode())
+                if reply == "ok":
+                    with self.lock:
+                        self.answered.append(key)
+            elif reply == "malformed":
+                self._send(handler, 200, b'{"id": "x", "choices": [ {"broken')
+            elif reply == "429":
+                self._send(handler, 429, b'{"error": {"message": "slow down", "type": "rate_limit"}}',
+                           {"Retry-After": self.retry_after})
+            elif reply == "500":
+                self._send(handler, 500, b'{"error": {"message": "oops", "type": "server_error"}}')
+            elif reply == "401":
+                # a careless server echoing the key back: it must not reach our messages
+                auth = handler.headers.get("Authorization", "")
+                self._send(handler, 401, json.dumps({"error": {"message": f"Incorrect API key provided: {auth[7:]}",
+                                                               "type": "invalid_request_error"}}).encode())
+        finally:
+            with self.lock:
+                self.in_flight -= 1
+
+    @staticmethod
+    def _send(handler, status: int, data: bytes, headers: dict | None = None) -> None:
+        handler.send_response(status)
+        handler.send_header("Content-Type", "application/json")
+        handler.send_header("Content-Length", str(len(data)))
+        for k, v in (headers or {}).items():
+            handler.send_header(k, v)
+        handler.end_headers()
+        handler.wfile.write(data)

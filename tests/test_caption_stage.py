@@ -1,0 +1,100 @@
+"""The caption stage as a user runs it: killed half-way, re-run; outputs and logs free of secrets."""
+import csv
+import io
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import yaml
+from PIL import Image
+
+from fake_openai import FakeOpenAI
+from fourtier.tiling import INDEX_COLUMNS
+from helpers import REPO
+
+SECRET = "sk-proj-" + "Zq7" * 16
+N_VIDEOS = 6
+
+
+def make_project(root: Path, base_url: str) -> Path:
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    params["vlms"]["local"] = {"type": "openai", "model": "tiny", "base_url": base_url, "concurrency": 2,
+                               "retry_base_delay": 0.01, "retry_max_delay": 0.2, "timeout": 60,
+                               "price_input_per_mtok": 1.0, "price_output_per_mtok": 2.0}
+    params["vlm"] = "local"
+    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    tiles = root / "data/tiles/synth-pretrain"
+    (tiles / "items").mkdir(parents=True)
+    with open(tiles / "index.csv", "w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=INDEX_COLUMNS)
+        writer.writeheader()
+        for i in range(N_VIDEOS):
+            buf = io.BytesIO()
+            Image.fromarray(np.random.default_rng(i).integers(0, 255, (32, 160, 3), dtype=np.uint8)).save(buf, "JPEG")
+            (tiles / "items" / f"v{i}.jpg").write_bytes(buf.getvalue())
+            writer.writerow({"video_id": f"v{i}", "status": "ok", "location": f"items/v{i}.jpg"})
+    return root
+
+
+def stage(root: Path, *args, **popen):
+    env = {**os.environ, "OPENAI_API_KEY": SECRET, "FOURTIER_CACHE": str(root / "cache")}
+    return subprocess.Popen([sys.executable, str(REPO / "stages/caption.py"), "synth-pretrain", *args], cwd=root,
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **popen)
+
+
+def test_killed_run_resumes_without_asking_any_answer_twice(tmp_path):
+    total = N_VIDEOS * 4
+    mode = {"hang_after": 8}
+    script = lambda n, key: "hang" if n >= mode["hang_after"] else "ok"  # noqa: E731
+    with FakeOpenAI(script) as server:
+        root = make_project(tmp_path, server.base_url)
+        proc = stage(root)
+        deadline = time.time() + 60
+        while len(server.calls) < 10 and time.time() < deadline:  # 8 answered, 2 hanging in flight
+            time.sleep(0.05)
+        time.sleep(0.3)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        assert len(server.answered) == 8
+        mode["hang_after"] = 10 ** 9
+        server.release.set()
+        second = stage(root)
+        out, err = second.communicate(timeout=120)
+        assert second.returncode == 0, err
+    # every paid answer was asked exactly once; only the two requests left hanging were sent again
+    assert sorted(server.answered) == sorted(set(server.answered)) and len(server.answered) == total
+    assert len(server.calls) == total + 2
+    assert "8 from cache, 16 asked now" in out
+    rows = [json.loads(line) for line in (root / "data/captions/synth-pretrain/captions.jsonl").read_text().splitlines()]
+    assert len(rows) == total and all(r["answer"].startswith("answer ") and r["model"] == "tiny" for r in rows)
+    metrics = json.loads((root / "data/captions/synth-pretrain/metrics.json").read_text())
+    assert metrics["input_tokens"] == 120 * total and metrics["estimated_cost_usd"] > 0
+    # the key is sent to the server and nowhere else
+    assert all(c["auth"] == f"Bearer {SECRET}" for c in server.calls)
+    everything = out + err + "".join(p.read_text(errors="replace") for p in (root / "data").rglob("*.json*"))
+    everything += (root / "params.yaml").read_text()
+    assert SECRET not in everything and "Zq7Zq7" not in everything
+
+
+def test_dry_run_spends_nothing(tmp_path):
+    with FakeOpenAI() as server:
+        root = make_project(tmp_path, server.base_url)
+        out, err = stage(root, "--dry-run").communicate(timeout=60)
+    assert server.calls == []
+    assert f"{N_VIDEOS * 4} answers needed, 0 cached, {N_VIDEOS * 4} calls to make" in out, err
+    assert "estimated:" in out and "$" in out
+
+
+def test_unknown_vlm_is_a_clear_error(tmp_path):
+    root = make_project(tmp_path, "http://127.0.0.1:9/v1")
+    params = yaml.safe_load((root / "params.yaml").read_text())
+    params["vlm"] = "gpt-7"
+    (root / "params.yaml").write_text(yaml.safe_dump(params))
+    proc = stage(root)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 2 and "'vlm' is 'gpt-7', which is not one of" in err and "Traceback" not in err
