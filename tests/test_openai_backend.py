@@ -21,7 +21,7 @@ def requests_for(n_videos: int) -> list[Request]:
     out = []
     for v in range(n_videos):
         buf = io.BytesIO()
-        Image.fromarray(np.full((16, 48, 3), v * 7 % 255, np.uint8)).save(buf, format="JPEG")
+        Image.fromarray(np.random.default_rng(v).integers(0, 255, (16, 48, 3), dtype=np.uint8)).save(buf, format="JPEG")
         for pid in PROMPT_IDS:
             out.append(Request(f"v{v}", pid, f"prompt {pid}", buf.getvalue(), 3,
                                answer_key(buf.getvalue(), f"prompt {pid}", "m", {})))
