@@ -54,6 +54,36 @@ def repo(tmp_path_factory):
     return dst, proc
 
 
+def test_vlm_selector_reruns_caption_and_prompts_never_recaption(repo):
+    dst, _ = repo
+    original = (dst / "params.yaml").read_text()
+    try:
+        tiny_params(dst / "params.yaml", vlm="builtin-terse")
+        assert changed_stages(dst) == ["caption@synth-pretrain"]
+        (dst / "params.yaml").write_text(original)
+        tiny_params(dst / "params.yaml", prompts=["B", "C"])
+        assert "caption@synth-pretrain" not in changed_stages(dst)
+    finally:
+        (dst / "params.yaml").write_text(original)
+
+
+def test_captions_and_embeddings_follow_their_contracts(repo):
+    import json
+
+    import numpy as np
+
+    dst, _ = repo
+    rows = [json.loads(line) for line in (dst / "data/captions/synth-pretrain/captions.jsonl").read_text().splitlines()]
+    assert len(rows) == 24 * 4 and {r["prompt_id"] for r in rows} == {"A", "B", "C", "D"}
+    assert all(r["answer"] and r["vlm"] == "builtin" and r["error"] == "" for r in rows)
+    emb = dst / "data/embeddings/synth-pretrain"
+    tokens, mask, pooled = (np.load(emb / f"{n}.npy") for n in ("tokens", "mask", "pooled"))
+    assert tokens.shape == (24, 4, 32, 384) and tokens.dtype == np.float16
+    assert mask.shape == (24, 4, 32) and mask[:, :, 0].all()
+    assert pooled.shape == (24, 4, 384) and np.allclose(np.linalg.norm(pooled.astype(float), axis=-1), 1, atol=1e-2)
+    assert (emb / "videos.txt").read_text().split() == [f"pretrain-{i:06d}" for i in range(24)]
+
+
 def test_repro_produces_the_contracts(repo):
     dst, proc = repo
     assert "tile synth-pretrain: 24 tiled, 0 skipped" in proc.stdout
