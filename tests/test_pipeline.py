@@ -30,6 +30,9 @@ def tiny_params(path: Path, **changes) -> None:
     for target in ("synth-scenes", "synth-motion"):
         raw["datasets"][target].update(train_per_class=1, val_per_class=1)
     raw["tile"]["height"] = 48
+    raw["backbone_train"].update(epochs=1, batch_size=8)
+    raw["align"].update(epochs=2, batch_size=8)
+    raw["finetune"].update(epochs=2, seeds=[0, 1], batch_size=8)
     raw.update(changes)
     path.write_text(yaml.safe_dump(raw, sort_keys=False))
 
@@ -48,6 +51,9 @@ def repo(tmp_path_factory):
             shutil.copy2(REPO / rel, dst / rel)
     run(["git", "init", "-q"], dst)
     tiny_params(dst / "params.yaml")
+    # like a clone: a repository with a commit (dvclive reads the revision)
+    run(["git", "-c", "user.email=t@t", "-c", "user.name=t", "add", "-A"], dst)
+    run(["git", "-c", "user.email=t@t", "-c", "user.name=t", "commit", "-qm", "tiny profile"], dst)
     start = time.perf_counter()
     proc = run(["dvc", "repro"], dst)
     print(f"tiny dvc repro: {time.perf_counter() - start:.1f} s")

@@ -319,14 +319,14 @@ def render(spec: ClipSpec) -> np.ndarray:
     bg = _background(spec, rng)
     yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
     short = min(h, w)
-    radius = short * rng.uniform(0.09, 0.14)
-    second_radius = short * rng.uniform(0.08, 0.12)
+    radius = short * rng.uniform(0.15, 0.22)
+    second_radius = short * rng.uniform(0.12, 0.17)
     main, second = _tracks(spec, rng)
     # static distractors: small blobs painted into the scene
     for _ in range(spec.distractors):
         shape, colour = _pick(rng, SHAPES), _pick(rng, tuple(COLOURS))
         mask = _shape_mask(shape, xx, yy, rng.uniform(0.1, 0.9) * w, rng.uniform(0.1, 0.9) * h,
-                           short * rng.uniform(0.03, 0.05), rng.uniform(0, math.pi))
+                           short * rng.uniform(0.04, 0.06), rng.uniform(0, math.pi))
         bg[mask] = COLOURS[colour]
     frames = np.empty((n, h, w, 3), np.uint8)
     flicker_phase, flicker_freq = rng.uniform(0, 2 * math.pi), rng.uniform(0.5, 3.0)

@@ -1,0 +1,62 @@
+"""Evaluation: accuracy metrics from multi-view predictions, FLOPs and parameter overhead, CPU latency."""
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import torch
+
+
+def accuracy_metrics(probs: np.ndarray, labels: np.ndarray, classes: list[str]) -> dict:
+    """top-1, top-5, mean class accuracy, per-class accuracy and the confusion matrix."""
+    pred = probs.argmax(1)
+    k = min(5, probs.shape[1])
+    top5 = (np.argsort(-probs, 1)[:, :k] == labels[:, None]).any(1)
+    n = len(classes)
+    confusion = np.zeros((n, n), int)
+    np.add.at(confusion, (labels, pred), 1)
+    per_class = {c: float(confusion[i, i] / confusion[i].sum()) for i, c in enumerate(classes) if confusion[i].sum()}
+    return {"top1": float((pred == labels).mean()), "top5": float(top5.mean()),
+            "mean_class_accuracy": float(np.mean(list(per_class.values()))), "per_class": per_class,
+            "confusion": confusion.tolist()}
+
+
+def summarise(values: list[float]) -> dict:
+    return {"mean": round(float(np.mean(values)), 4), "std": round(float(np.std(values)), 4),
+            "runs": [round(v, 4) for v in values]}
+
+
+def count_flops(fn, *args) -> int:
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with FlopCounterMode(display=False) as counter, torch.inference_mode():
+        fn(*args)
+    return int(counter.get_total_flops())
+
+
+def overhead(backbone, ftp_model, baseline_model, clip: torch.Tensor) -> dict:
+    """FLOPs and parameters of backbone + FTP head against backbone + the no-prompt head, for one view."""
+    m = backbone.feature_map(clip)
+    flops_backbone = count_flops(backbone.feature_map, clip)
+    flops_ftp = flops_backbone + count_flops(ftp_model, m)
+    flops_base = flops_backbone + count_flops(baseline_model, m)
+    params_backbone = sum(p.numel() for p in backbone.module.parameters())
+    inference_params = lambda model: sum(p.numel() for name, p in model.named_parameters()  # noqa: E731
+                                         if not name.startswith("align_heads"))
+    params_ftp = params_backbone + inference_params(ftp_model)
+    params_base = params_backbone + inference_params(baseline_model)
+    return {"gflops_per_view_ftp": round(flops_ftp / 1e9, 4), "gflops_per_view_baseline": round(flops_base / 1e9, 4),
+            "flops_overhead_pct": round(100 * (flops_ftp - flops_base) / flops_base, 2),
+            "params_ftp": params_ftp, "params_baseline": params_base,
+            "params_overhead_pct": round(100 * (params_ftp - params_base) / params_base, 2)}
+
+
+def latency_ms(backbone, model, clip_views: torch.Tensor, repeats: int = 10) -> float:
+    """Median CPU time to classify one clip (all its views: backbone + head)."""
+    times = []
+    with torch.inference_mode():
+        for _ in range(repeats + 2):
+            start = time.perf_counter()
+            model(backbone.feature_map(clip_views)).softmax(-1).mean(0)
+            times.append(time.perf_counter() - start)
+    return round(1000 * float(np.median(times[2:])), 2)

@@ -1,0 +1,286 @@
+"""Training loops: the tiny backbone's pretraining, stage 1 (align) and stage 2 (finetune).
+
+Plain loops with AdamW, warm-up then cosine decay, a progress bar, seeds from params, and metrics that the
+stages write. Settings are the paper's (Tables A2/A3) scaled for a CPU; params.yaml documents both.
+"""
+from __future__ import annotations
+
+import math
+import random
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm import tqdm
+
+
+def seed_everything(seed: int) -> torch.Generator:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    return torch.Generator().manual_seed(seed)
+
+
+def cosine_with_warmup(optimizer, warmup_steps: int, total_steps: int):
+    def factor(step: int) -> float:
+        if step < warmup_steps:
+            return (step + 1) / max(1, warmup_steps)
+        progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+        return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+@dataclass
+class OptimSettings:
+    epochs: int
+    batch_size: int
+    lr: float
+    weight_decay: float
+    betas: tuple[float, float]
+    warmup_epochs: float
+
+
+def make_optimizer(params, s: OptimSettings, steps_per_epoch: int):
+    opt = torch.optim.AdamW(params, lr=s.lr, weight_decay=s.weight_decay, betas=s.betas)
+    sched = cosine_with_warmup(opt, int(s.warmup_epochs * steps_per_epoch), s.epochs * steps_per_epoch)
+    return opt, sched
+
+
+# ---------------------------------------------------------------------------------------------
+# the tiny backbone's pretraining
+
+def pretrain_backbone(model, frames: np.ndarray, targets: np.ndarray, train_idx: np.ndarray, val_idx: np.ndarray,
+                      to_tensor, s: OptimSettings, seed: int) -> dict:
+    """frames uint8 (N, V, T, S, S, 3); targets (N, heads) int. Random view, horizontal flip and time reversal
+    per sample: the coarse pretraining label does not depend on either."""
+    gen = seed_everything(seed)
+    steps = math.ceil(len(train_idx) / s.batch_size)
+    opt, sched = make_optimizer(model.parameters(), s, steps)
+    loss_fn = nn.CrossEntropyLoss()
+    y = torch.from_numpy(targets).long()
+    history = []
+    for epoch in range(s.epochs):
+        model.train()
+        order = train_idx[torch.randperm(len(train_idx), generator=gen).numpy()]
+        total = 0.0
+        bar = tqdm(range(steps), desc=f"backbone epoch {epoch + 1}/{s.epochs}", dynamic_ncols=True, mininterval=1.0)
+        for step in bar:
+            idx = order[step * s.batch_size:(step + 1) * s.batch_size]
+            views = torch.randint(frames.shape[1], (len(idx),), generator=gen).numpy()
+            x = to_tensor(frames[idx, views])
+            flip = torch.rand(len(idx), generator=gen) < 0.5
+            x[flip] = x[flip].flip(-1)  # labels (motion family, shape) do not depend on left/right
+            backwards = torch.rand(len(idx), generator=gen) < 0.5
+            x[backwards] = x[backwards].flip(1)  # nor on the direction of time: rise/fall, grow/shrink share a family
+            outputs = model(x)
+            loss = sum(loss_fn(out, y[idx, h]) for h, out in enumerate(outputs))
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            sched.step()
+            total += loss.item()
+            bar.set_postfix(loss=f"{total / (step + 1):.3f}")
+        accuracy = evaluate_backbone(model, frames, targets, val_idx, to_tensor, s.batch_size)
+        history.append({"epoch": epoch + 1, "loss": total / steps, **accuracy})
+        print(f"  epoch {epoch + 1}: loss {total / steps:.3f}, held-out accuracy " +
+              ", ".join(f"{k} {v:.3f}" for k, v in accuracy.items()))
+    return {"history": history, **history[-1]}
+
+
+@torch.inference_mode()
+def evaluate_backbone(model, frames, targets, idx, to_tensor, batch_size) -> dict:
+    model.eval()
+    correct = np.zeros(targets.shape[1])
+    for start in range(0, len(idx), batch_size):
+        batch = idx[start:start + batch_size]
+        probs = None
+        for v in range(frames.shape[1]):  # multi-view: average softmax
+            out = [o.softmax(-1) for o in model(to_tensor(frames[batch, v]))]
+            probs = out if probs is None else [p + o for p, o in zip(probs, out)]
+        for h, p in enumerate(probs):
+            correct[h] += (p.argmax(-1).numpy() == targets[batch, h]).sum()
+    return {f"head{h}_accuracy": float(c / len(idx)) for h, c in enumerate(correct)}
+
+
+# ---------------------------------------------------------------------------------------------
+# stage 1: align the feature processors with the text embeddings (InfoNCE)
+
+def caption_groups(pooled: np.ndarray) -> np.ndarray:
+    """Group id per row: rows with identical text embeddings (identical answers) share a group."""
+    _, groups = np.unique(np.ascontiguousarray(pooled).view(np.dtype((np.void, pooled.dtype.itemsize * pooled.shape[1]))),
+                          return_inverse=True)
+    return groups.reshape(-1)
+
+
+def info_nce(z: torch.Tensor, e: torch.Tensor, groups: torch.Tensor, logit_scale: torch.Tensor) -> torch.Tensor:
+    """Symmetric InfoNCE with in-batch negatives. Videos whose answers are identical are all positives
+    (soft targets), so the same sentence is never pushed away from itself."""
+    logits = logit_scale.exp().clamp(max=100) * z @ e.t()
+    same = (groups[:, None] == groups[None, :]).float()
+    targets = same / same.sum(1, keepdim=True)
+    return 0.5 * (torch.sum(-targets * logits.log_softmax(1), 1).mean() + torch.sum(-targets * logits.t().log_softmax(1), 1).mean())
+
+
+def retrieval(z: np.ndarray, e: np.ndarray, groups: np.ndarray, ks=(1, 5)) -> dict:
+    """Video-to-text retrieval: a hit when one of the top-k texts is the video's own answer (or identical to it).
+    Chance is exact for a random ranking: 1 - C(n - g, k) / C(n, k), g = copies of the right text."""
+    from math import comb
+
+    sim = z @ e.T
+    order = np.argsort(-sim, axis=1)
+    out = {}
+    n = len(z)
+    for k in ks:
+        hits = (groups[order[:, :k]] == groups[:, None]).any(1)
+        sizes = np.bincount(groups)[groups]
+        chance = np.mean([1 - comb(n - g, k) / comb(n, k) for g in sizes])
+        out[f"R@{k}"] = float(hits.mean())
+        out[f"chance_R@{k}"] = float(chance)
+    return out
+
+
+def train_alignment(model, source, train_idx: np.ndarray, val_idx: np.ndarray, pooled: np.ndarray, s: OptimSettings,
+                    seed: int, live=None) -> dict:
+    """Stage 1: only processors and alignment heads train. pooled (N, 4, P) aligned with source rows.
+    Returns per-prompt retrieval on val_idx."""
+    from fourtier.vlm import PROMPT_IDS
+
+    from fourtier.errors import DataError
+
+    if pooled.shape[-1] != model.config["text_dim"]:
+        raise DataError(f"the text embeddings are {pooled.shape[-1]}-d but the alignment heads expect "
+                        f"{model.config['text_dim']}-d: the text encoder changed since the heads were built; "
+                        "re-run embed and align (dvc repro)")
+    gen = seed_everything(seed)
+    prompts = model.prompts
+    cols = [PROMPT_IDS.index(p) for p in prompts]
+    e_all = torch.from_numpy(np.asarray(pooled[:, cols], dtype=np.float32))
+    e_all = torch.nn.functional.normalize(e_all, dim=-1)
+    groups = {p: torch.from_numpy(caption_groups(np.asarray(pooled[:, c]))) for p, c in zip(prompts, cols)}
+    logit_scale = nn.Parameter(torch.full((len(prompts),), math.log(1 / 0.07)))
+    params = model.stage1_parameters() + [logit_scale]
+    steps = math.ceil(len(train_idx) / s.batch_size)
+    opt, sched = make_optimizer(params, s, steps)
+    for epoch in range(s.epochs):
+        model.train()
+        order = train_idx[torch.randperm(len(train_idx), generator=gen).numpy()]
+        total = 0.0
+        for step in range(steps):
+            idx = np.sort(order[step * s.batch_size:(step + 1) * s.batch_size])
+            if len(idx) < 2:
+                continue
+            views = torch.randint(source.n_views, (len(idx),), generator=gen).numpy()
+            z = model.align_embeddings(source.get(idx, views))
+            loss = sum(info_nce(z[p], e_all[idx, j], groups[p][idx], logit_scale[j]) for j, p in enumerate(prompts))
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            sched.step()
+            total += loss.item()
+        if live is not None:
+            live.log_metric("align/loss", total / steps)
+            live.next_step()
+    return evaluate_alignment(model, source, val_idx, pooled)
+
+
+@torch.inference_mode()
+def evaluate_alignment(model, source, idx: np.ndarray, pooled: np.ndarray, batch_size: int = 256) -> dict:
+    from fourtier.vlm import PROMPT_IDS
+
+    model.eval()
+    zs = {p: [] for p in model.prompts}
+    for start in range(0, len(idx), batch_size):
+        batch = idx[start:start + batch_size]
+        z = None
+        for v in range(source.n_views):  # average the views' embeddings
+            out = model.align_embeddings(source.get(batch, v))
+            z = out if z is None else {p: z[p] + out[p] for p in out}
+        for p in zs:
+            zs[p].append(torch.nn.functional.normalize(z[p], dim=-1).numpy())
+    result = {}
+    for p in model.prompts:
+        e = np.asarray(pooled[idx, PROMPT_IDS.index(p)], dtype=np.float32)
+        e /= np.linalg.norm(e, axis=1, keepdims=True) + 1e-8
+        result[p] = retrieval(np.concatenate(zs[p]), e, caption_groups(np.asarray(pooled[idx, PROMPT_IDS.index(p)])))
+    return result
+
+
+# ---------------------------------------------------------------------------------------------
+# stage 2: fine-tune integration + classifier on a target dataset (backbone and processors frozen)
+
+def soft_cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    return torch.sum(-targets * logits.log_softmax(-1), -1).mean()
+
+
+def train_classifier(model, source, train_idx: np.ndarray, labels: np.ndarray, s: OptimSettings, seed: int,
+                     label_smoothing: float, mixup_alpha: float, mixup_prob: float, checkpoint=None,
+                     live=None, tag: str = "") -> list[dict]:
+    """Stage 2 on clips `train_idx`; `labels` holds the class of every clip of the source (indexed like it).
+    Mixup mixes feature maps m (the frozen backbone's output) and their labels.
+    `checkpoint` (a Path) is written after every epoch and resumed from if present."""
+    gen = seed_everything(seed)
+    model.requires_grad_(False)
+    trainable = model.stage2_parameters()
+    for p in trainable:
+        p.requires_grad_(True)
+    steps = math.ceil(len(train_idx) / s.batch_size)
+    opt, sched = make_optimizer(trainable, s, steps)
+    n_classes = model.config["n_classes"]
+    y = torch.from_numpy(labels).long()
+    start_epoch, history = 0, []
+    if checkpoint is not None and checkpoint.exists():
+        state = torch.load(checkpoint, weights_only=False)
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["optimizer"])
+        sched.load_state_dict(state["scheduler"])
+        gen.set_state(state["generator"])
+        start_epoch, history = state["epoch"], state["history"]
+        print(f"  resuming {tag} from epoch {start_epoch}")
+    for epoch in range(start_epoch, s.epochs):
+        model.train()
+        model.processors.eval()
+        order = train_idx[torch.randperm(len(train_idx), generator=gen).numpy()]
+        total = 0.0
+        for step in range(steps):
+            idx = order[step * s.batch_size:(step + 1) * s.batch_size]
+            views = torch.randint(source.n_views, (len(idx),), generator=gen).numpy()
+            m = source.get(idx, views)
+            target = F_one_hot(y[idx], n_classes) * (1 - label_smoothing) + label_smoothing / n_classes
+            if mixup_alpha > 0 and torch.rand(1, generator=gen).item() < mixup_prob:
+                lam = float(np.random.default_rng(int(torch.randint(2 ** 31, (1,), generator=gen))).beta(mixup_alpha, mixup_alpha))
+                perm = torch.randperm(len(idx), generator=gen)
+                m = lam * m + (1 - lam) * m[perm]
+                target = lam * target + (1 - lam) * target[perm]
+            loss = soft_cross_entropy(model(m), target)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            sched.step()
+            total += loss.item()
+        history.append({"epoch": epoch + 1, "loss": total / steps})
+        if live is not None:
+            live.log_metric(f"{tag}/loss", total / steps)
+        if checkpoint is not None:
+            tmp = checkpoint.with_suffix(".tmp")
+            torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
+                        "generator": gen.get_state(), "epoch": epoch + 1, "history": history}, tmp)
+            tmp.replace(checkpoint)  # atomic: a crash never leaves a half-written checkpoint
+    return history
+
+
+def F_one_hot(y: torch.Tensor, n: int) -> torch.Tensor:
+    return torch.nn.functional.one_hot(y, n).float()
+
+
+@torch.inference_mode()
+def predict(model, source, idx: np.ndarray, batch_size: int = 128) -> np.ndarray:
+    """Multi-view testing: softmax averaged over every cached view (temporal clips x spatial crops)."""
+    model.eval()
+    out = []
+    for start in range(0, len(idx), batch_size):
+        batch = idx[start:start + batch_size]
+        probs = sum(model(source.get(batch, v)).softmax(-1) for v in range(source.n_views)) / source.n_views
+        out.append(probs.numpy())
+    return np.concatenate(out)

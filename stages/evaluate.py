@@ -1,0 +1,87 @@
+"""evaluate stage, per target dataset: multi-view testing of every arm and seed, FTP against the baseline
+and the controls, FLOPs/params overhead and CPU latency (data/eval/<ds>)."""
+import argparse
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from fourtier.errors import DataError, exits_cleanly
+from fourtier.evaluation import accuracy_metrics, latency_ms, overhead, summarise
+from fourtier.features import FeatureSource
+from fourtier.models.backbone import load_backbone
+from fourtier.models.ftp import FTP
+from fourtier.params import load_params
+from fourtier.training import predict
+
+
+def load_classifier(path: Path, classes: list[str]) -> FTP:
+    saved = torch.load(path, weights_only=False)
+    if saved["classes"] != classes:
+        raise DataError(f"{path} was trained with a different class map than the dataset's classes.txt; "
+                        "re-run finetune (dvc repro)")
+    cfg = saved["config"]
+    model = FTP(cfg["dim"], tuple(cfg["grid"]), cfg["prompts"], cfg["n_classes"])
+    model.load_state_dict(saved["state"])
+    return model.eval()
+
+
+@exits_cleanly
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("dataset")
+    args = parser.parse_args()
+    params = load_params()
+    params.dataset(args.dataset)
+    torch.set_num_threads(params.workers)
+    source = FeatureSource(Path("data/features") / args.dataset)
+    idx = source.split("val")
+    labels = source.labels[idx]
+    runs = sorted(Path("models/finetune", args.dataset).glob("*-seed*.pt"))
+    if not runs:
+        raise DataError(f"no trained models in models/finetune/{args.dataset}: run finetune first (dvc repro)")
+    out = Path("data/eval") / args.dataset
+    out.mkdir(parents=True, exist_ok=True)
+    results: dict[str, list[dict]] = {}
+    models: dict[str, FTP] = {}
+    for path in runs:
+        arm, seed = path.stem.rsplit("-seed", 1)
+        model = load_classifier(path, source.classes)
+        models.setdefault(arm, model)
+        results.setdefault(arm, []).append(accuracy_metrics(predict(model, source, idx), labels, source.classes))
+        if seed == "0":
+            with open(out / f"confusion_{arm}.csv", "w", newline="") as fh:
+                writer = csv.writer(fh)
+                writer.writerow(["actual", "predicted"])
+                probs = predict(model, source, idx)
+                writer.writerows((source.classes[a], source.classes[p]) for a, p in zip(labels, probs.argmax(1)))
+    metrics = {"val_clips": int(len(idx)), "classes": len(source.classes),
+               "views": {"temporal": source.meta["temporal_views"], "spatial": source.meta["spatial_views"]}}
+    for arm, rs in results.items():
+        metrics[arm] = {k: summarise([r[k] for r in rs]) for k in ("top1", "top5", "mean_class_accuracy")}
+    if "baseline" in results:
+        base = np.array([r["top1"] for r in results["baseline"]])
+        for arm, rs in results.items():
+            if arm != "baseline":
+                gain = np.array([r["top1"] for r in rs]) - base[:len(rs)]
+                metrics[f"{arm}_gain_top1"] = summarise(list(gain))
+    per_class = {arm: {c: float(np.mean([r["per_class"].get(c, 0.0) for r in rs])) for c in source.classes}
+                 for arm, rs in results.items()}
+    (out / "per_class.json").write_text(json.dumps(per_class, indent=1) + "\n")
+    backbone = load_backbone(Path("models/backbone"))
+    pre = backbone.preprocess
+    clip = torch.zeros(1, pre.frames, 3, pre.size, pre.size)
+    if "ftp" in models and "baseline" in models:
+        metrics["overhead"] = overhead(backbone, models["ftp"], models["baseline"], clip)
+    views = clip.expand(source.n_views, -1, -1, -1, -1).contiguous()
+    metrics["cpu_latency_ms_per_clip"] = {arm: latency_ms(backbone, m, views) for arm, m in models.items()
+                                          if arm in ("ftp", "baseline")}
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=1) + "\n")
+    line = ", ".join(f"{arm} {metrics[arm]['top1']['mean']:.3f}+-{metrics[arm]['top1']['std']:.3f}" for arm in results)
+    print(f"evaluate {args.dataset}: top-1 {line}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,33 @@
+"""features stage: the frozen backbone's feature map m per clip and view, float16 (data/features/<ds>)."""
+import argparse
+import time
+from pathlib import Path
+
+import torch
+
+from fourtier.errors import exits_cleanly
+from fourtier.features import compute_features
+from fourtier.models.backbone import load_backbone
+from fourtier.params import load_params
+
+
+@exits_cleanly
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("dataset")
+    args = parser.parse_args()
+    params = load_params()
+    params.dataset(args.dataset)
+    torch.set_num_threads(params.workers)
+    cfg = params.raw["features"]
+    backbone = load_backbone(Path("models/backbone"))
+    start = time.perf_counter()
+    meta = compute_features(backbone, Path("data/raw") / args.dataset, Path("data/features") / args.dataset,
+                            cfg["temporal_views"], cfg["spatial_views"], cfg["batch_size"], params.workers)
+    n, v = meta["shape"][:2]
+    print(f"features {args.dataset}: {n} clips x {v} views, m {meta['shape'][2:]} float16, "
+          f"{len(meta['skipped'])} skipped, {time.perf_counter() - start:.0f} s")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,106 @@
+"""The FTP model (paper Figures 2-3) and its two training stages, on small tensors."""
+import numpy as np
+import pytest
+import torch
+
+from fourtier.models.backbone import TinyVideoViT
+from fourtier.models.ftp import FTP
+from fourtier.training import OptimSettings, caption_groups, retrieval, train_alignment, train_classifier
+
+B, T, H, W, D = 3, 4, 2, 3, 16
+
+
+def test_shapes_at_every_arrow_of_figure_2():
+    model = FTP(D, (T, H, W), ["A", "B", "C", "D"], n_classes=7, text_dim=12)
+    m = torch.randn(B, T, H, W, D)
+    outs = model.processor_outputs(m)
+    for s_i, t_i in outs.values():
+        assert s_i.shape == (B, T, D) and t_i.shape == (B, H * W, D)
+    for v_i in model.v(m).values():
+        assert v_i.shape == (B, T + H * W, D)
+    for z in model.align_embeddings(m).values():
+        assert z.shape == (B, 12) and torch.allclose(z.norm(dim=-1), torch.ones(B), atol=1e-5)
+    assert model.f(m).shape == m.shape
+    assert model.classifier.features(model.f(m)).shape == (B, D)
+    assert model(m).shape == (B, 7)
+
+
+def test_tiny_backbone_feature_map_shape():
+    backbone = TinyVideoViT(frames=4, size=32, dim=D, depth=1, heads=2, head_sizes=(6, 5))
+    m = backbone.feature_map(torch.randn(2, 4, 3, 32, 32))
+    assert m.shape == (2, 4, 2, 2, D)
+    assert [o.shape for o in backbone(torch.randn(2, 4, 3, 32, 32))] == [(2, 6), (2, 5)]
+
+
+def test_integration_starts_at_f_equals_m_and_no_prompts_is_the_baseline():
+    torch.manual_seed(0)
+    m = torch.randn(B, T, H, W, D)
+    ftp = FTP(D, (T, H, W), ["B", "C"], n_classes=5)
+    assert torch.equal(ftp.f(m), m)  # zero-initialised projections
+    torch.manual_seed(1)
+    baseline = FTP(D, (T, H, W), [], n_classes=5)
+    assert torch.equal(baseline.f(m), m) and len(baseline.processors) == 0
+    # same classifier weights -> same logits: the only difference between the arms is f
+    ftp.classifier.load_state_dict(baseline.classifier.state_dict())
+    ftp.eval(), baseline.eval()
+    assert torch.allclose(ftp(m), baseline(m))
+
+
+class ArraySource:
+    """The FeatureSource interface over an in-memory array (N, V, T, h, w, D)."""
+
+    def __init__(self, m):
+        self.m = m
+        self.n_views = m.shape[1]
+
+    def get(self, indices, views):
+        return torch.from_numpy(self.m[np.asarray(indices), np.broadcast_to(views, np.shape(indices))]).float()
+
+
+def test_stage2_trains_only_integration_and_classifier():
+    rng = np.random.default_rng(0)
+    m = rng.normal(size=(24, 2, T, H, W, D)).astype(np.float32)
+    labels = rng.integers(0, 3, 24)
+    model = FTP(D, (T, H, W), ["A", "C"], n_classes=3, text_dim=8)
+    frozen = {k: v.clone() for k, v in model.state_dict().items() if k.startswith(("processors.", "align_heads."))}
+    trained = {k: v.clone() for k, v in model.state_dict().items() if k.startswith(("integration.", "classifier."))}
+    train_classifier(model, ArraySource(m), np.arange(24), labels, OptimSettings(2, 8, 1e-2, 0.05, (0.9, 0.999), 0),
+                     seed=0, label_smoothing=0.1, mixup_alpha=0.8, mixup_prob=1.0)
+    after = model.state_dict()
+    assert all(torch.equal(after[k], v) for k, v in frozen.items())
+    assert all(p.grad is None for p in model.processors.parameters())
+    assert any(not torch.equal(after[k], v) for k, v in trained.items() if k.startswith("integration."))
+    assert any(not torch.equal(after[k], v) for k, v in trained.items() if k.startswith("classifier."))
+
+
+def test_infonce_on_aligned_pairs_learns_and_beats_chance():
+    """Text embeddings that are a fixed function of where a blob sits in m: retrieval must beat chance."""
+    rng = np.random.default_rng(0)
+    n, p = 300, 8
+    m = rng.normal(0, 0.1, size=(n, 1, T, H, W, D)).astype(np.float32)
+    position = rng.integers(0, H * W, n)
+    colour = rng.integers(0, 4, n)
+    for i in range(n):
+        m[i, 0, :, position[i] // W, position[i] % W, colour[i]] += 3.0
+    meaning = np.eye(H * W * 4)[position * 4 + colour]
+    proj = rng.normal(size=(H * W * 4, p))
+    text = meaning @ proj
+    text /= np.linalg.norm(text, axis=1, keepdims=True)
+    pooled = np.repeat(text[:, None, :], 4, axis=1).astype(np.float16)
+    torch.manual_seed(0)
+    model = FTP(D, (T, H, W), ["A"], n_classes=1, text_dim=p)
+    before = train_alignment(model, ArraySource(m), np.arange(240), np.arange(240, n), pooled,
+                             OptimSettings(0, 60, 1e-2, 0.0, (0.9, 0.95), 0), seed=0)
+    after = train_alignment(model, ArraySource(m), np.arange(240), np.arange(240, n), pooled,
+                            OptimSettings(100, 60, 1e-2, 0.0, (0.9, 0.95), 2), seed=0)
+    assert after["A"]["R@1"] > 3 * after["A"]["chance_R@1"]
+    assert after["A"]["R@1"] > before["A"]["R@1"] + 0.2
+
+
+def test_retrieval_chance_accounts_for_duplicates():
+    e = np.eye(4)[[0, 0, 1, 2]]
+    groups = caption_groups(e.astype(np.float16))
+    r = retrieval(e, e, groups, ks=(1,))
+    assert r["R@1"] == 1.0
+    # queries 0 and 1 each have 2 right texts of 4; the others 1 of 4
+    assert r["chance_R@1"] == pytest.approx((0.5 + 0.5 + 0.25 + 0.25) / 4)
