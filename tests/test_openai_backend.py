@@ -119,3 +119,8 @@ def test_dry_run_estimate_and_cost():
     est = b.estimate(requests_for(2))
     assert est["output_tokens"] == 8 * 32 and est["input_tokens"] >= 8 * 85
     assert est["cost_usd"] == pytest.approx(est["input_tokens"] * 2.5e-6 + est["output_tokens"] * 1e-5)
+
+
+def test_unbuilt_batch_mode_is_a_clear_error():
+    with pytest.raises(VLMError, match="only sync is implemented"):
+        OpenAIBackend("gpt", {"model": "gpt-4o", "base_url": "http://127.0.0.1:9/v1", "mode": "batch"}, GEN)

@@ -8,8 +8,7 @@ The API key comes from the environment only (api_key_env, default OPENAI_API_KEY
 output, a log or an error message.
 
 Preset keys (all optional but model): model, base_url, api_key_env, concurrency, max_retries, timeout,
-retry_base_delay, retry_max_delay, detail (low/high/auto), price_input_per_mtok, price_output_per_mtok,
-mode (sync, or batch for the Batch API), batch_poll_seconds.
+retry_base_delay, retry_max_delay, detail (low/high/auto), price_input_per_mtok, price_output_per_mtok.
 """
 from __future__ import annotations
 
@@ -77,10 +76,10 @@ class OpenAIBackend:
         self.detail = preset.get("detail", "low")
         self.price_in = float(preset.get("price_input_per_mtok", 0.0))
         self.price_out = float(preset.get("price_output_per_mtok", 0.0))
-        self.mode = preset.get("mode", "sync")
-        if self.mode not in ("sync", "batch"):
-            raise VLMError(f"vlms.{name}.mode is {self.mode!r}; use sync or batch")
-        self.poll_seconds = float(preset.get("batch_poll_seconds", 30))
+        mode = preset.get("mode", "sync")
+        if mode != "sync":
+            raise VLMError(f"vlms.{name}.mode is {mode!r}: only sync is implemented (the Batch API mode is not "
+                           "built yet)")
         self.max_tokens = int(generation["max_new_tokens"])
         self.temperature = float(generation["temperature"])
         # what changes an answer (the cache key); never the key or the concurrency
@@ -210,9 +209,4 @@ class OpenAIBackend:
             await client.close()
 
     def run(self, requests: list[Request], on_record: OnRecord) -> None:
-        if self.mode == "batch":
-            from fourtier.vlm.openai_batch import run_batch
-
-            run_batch(self, requests, on_record)
-            return
         asyncio.run(self._run_sync(requests, on_record))
