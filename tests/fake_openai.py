@@ -23,6 +23,9 @@ class FakeOpenAI:
         self.max_in_flight = 0
         self.lock = threading.Lock()
         self.release = threading.Event()  # set to end every hanging request
+        self.files: dict[str, bytes] = {}
+        self.batches: dict[str, dict] = {}
+        self.batch_polls_needed = 1  # retrieves answering in_progress before a batch completes
         server = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -32,8 +35,16 @@ class FakeOpenAI:
                 pass
 
             def do_POST(self):
-                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-                server.handle(self, body)
+                raw = self.rfile.read(int(self.headers["Content-Length"]))
+                if self.path.endswith("/files"):
+                    server.upload(self, raw)
+                elif self.path.endswith("/batches"):
+                    server.create_batch(self, json.loads(raw))
+                else:
+                    server.handle(self, json.loads(raw))
+
+            def do_GET(self):
+                server.get(self)
 
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.httpd.daemon_threads = True
@@ -114,3 +125,55 @@ class FakeOpenAI:
             handler.send_header(k, v)
         handler.end_headers()
         handler.wfile.write(data)
+
+    # -- the Batch API: files, batches, results -------------------------------------------------
+    def upload(self, handler, raw: bytes) -> None:
+        from email.parser import BytesParser
+
+        message = BytesParser().parsebytes(b"Content-Type: " + handler.headers["Content-Type"].encode() + b"\r\n\r\n" + raw)
+        content = next(part.get_payload(decode=True) for part in message.get_payload() if part.get_filename())
+        file_id = f"file-{len(self.files)}"
+        self.files[file_id] = content
+        self._send(handler, 200, json.dumps({"id": file_id, "object": "file", "bytes": len(content), "created_at": 0,
+                                             "filename": "requests.jsonl", "purpose": "batch",
+                                             "status": "processed"}).encode())
+
+    def _batch_json(self, batch: dict) -> bytes:
+        return json.dumps({"object": "batch", "endpoint": "/v1/chat/completions", "completion_window": "24h",
+                           "created_at": 0, **batch}).encode()
+
+    def create_batch(self, handler, body: dict) -> None:
+        batch_id = f"batch-{len(self.batches)}"
+        lines = self.files[body["input_file_id"]].decode().splitlines()
+        self.batches[batch_id] = {"id": batch_id, "input_file_id": body["input_file_id"], "status": "validating",
+                                  "output_file_id": None, "polls": 0,
+                                  "request_counts": {"total": len(lines), "completed": 0, "failed": 0}}
+        self._send(handler, 200, self._batch_json(self._public(batch_id)))
+
+    def _public(self, batch_id: str) -> dict:
+        return {k: v for k, v in self.batches[batch_id].items() if k != "polls"}
+
+    def get(self, handler) -> None:
+        parts = handler.path.strip("/").split("/")
+        if parts[-2] == "batches":
+            batch = self.batches[parts[-1]]
+            batch["polls"] += 1
+            if batch["polls"] > self.batch_polls_needed and batch["status"] != "completed":
+                out_id = f"file-out-{parts[-1]}"
+                results = []
+                for line in self.files[batch["input_file_id"]].decode().splitlines():
+                    request = json.loads(line)
+                    key = self.key_of(request["body"])
+                    self.answered.append(key)
+                    results.append(json.dumps({"custom_id": request["custom_id"], "error": None, "response": {
+                        "status_code": 200, "body": {"choices": [{"index": 0, "message": {
+                            "role": "assistant", "content": f"batch answer {key}"}}],
+                            "usage": {"prompt_tokens": 100, "completion_tokens": 5}}}}))
+                self.files[out_id] = "\n".join(results).encode()
+                batch.update(status="completed", output_file_id=out_id)
+                batch["request_counts"]["completed"] = len(results)
+            elif batch["status"] != "completed":
+                batch["status"] = "in_progress"
+            self._send(handler, 200, self._batch_json(self._public(parts[-1])))
+        elif parts[-1] == "content":
+            self._send(handler, 200, self.files[parts[-2]], {"Content-Type": "application/octet-stream"})

@@ -121,6 +121,27 @@ def test_dry_run_estimate_and_cost():
     assert est["cost_usd"] == pytest.approx(est["input_tokens"] * 2.5e-6 + est["output_tokens"] * 1e-5)
 
 
-def test_unbuilt_batch_mode_is_a_clear_error():
-    with pytest.raises(VLMError, match="only sync is implemented"):
-        OpenAIBackend("gpt", {"model": "gpt-4o", "base_url": "http://127.0.0.1:9/v1", "mode": "batch"}, GEN)
+def test_batch_mode_answers_everything():
+    with FakeOpenAI() as server:
+        server.batch_polls_needed = 2
+        b = backend(server, mode="batch", batch_poll_seconds=0.01)
+        records = collect(b, requests_for(3))
+    assert len(server.batches) == 1 and server.calls == []  # one batch, no per-request calls
+    assert len(records) == 12 and all(r.ok and r.answer.startswith("batch answer") for r in records.values())
+    assert all(r.input_tokens == 100 and r.output_tokens == 5 for r in records.values())
+
+
+def test_batch_mode_resumes_a_submitted_batch_instead_of_paying_again():
+    import asyncio
+
+    reqs = requests_for(2)
+    with FakeOpenAI() as server:
+        server.batch_polls_needed = 10 ** 6  # never finishes while the first run waits
+        b = backend(server, mode="batch", batch_poll_seconds=0.01)
+        with pytest.raises(asyncio.TimeoutError):  # the run is cut off while polling, like a kill
+            asyncio.run(asyncio.wait_for(b._run_batch(reqs, lambda r, rec: None), 0.5))
+        server.batch_polls_needed = 0
+        records = collect(backend(server, mode="batch", batch_poll_seconds=0.01), reqs)
+    assert len(server.batches) == 1  # the second run polled the same batch
+    assert len(records) == 8 and all(r.ok for r in records.values())
+    assert sorted(server.answered) == sorted(set(server.answered))

@@ -8,7 +8,10 @@ The API key comes from the environment only (api_key_env, default OPENAI_API_KEY
 output, a log or an error message.
 
 Preset keys (all optional but model): model, base_url, api_key_env, concurrency, max_retries, timeout,
-retry_base_delay, retry_max_delay, detail (low/high/auto), price_input_per_mtok, price_output_per_mtok.
+retry_base_delay, retry_max_delay, detail (low/high/auto), price_input_per_mtok, price_output_per_mtok, and
+mode (sync, or batch: the Batch API, cheaper and slower, for large jobs) with batch_poll_seconds and
+batch_max_requests. A submitted batch's id is kept under the cache folder, so a killed run resumes polling
+it instead of paying for it again.
 """
 from __future__ import annotations
 
@@ -76,10 +79,11 @@ class OpenAIBackend:
         self.detail = preset.get("detail", "low")
         self.price_in = float(preset.get("price_input_per_mtok", 0.0))
         self.price_out = float(preset.get("price_output_per_mtok", 0.0))
-        mode = preset.get("mode", "sync")
-        if mode != "sync":
-            raise VLMError(f"vlms.{name}.mode is {mode!r}: only sync is implemented (the Batch API mode is not "
-                           "built yet)")
+        self.mode = preset.get("mode", "sync")
+        if self.mode not in ("sync", "batch"):
+            raise VLMError(f"vlms.{name}.mode is {self.mode!r}; use sync, or batch for the Batch API")
+        self.poll_seconds = float(preset.get("batch_poll_seconds", 60))
+        self.batch_limit = int(preset.get("batch_max_requests", 50000))  # the Batch API's per-batch limit
         self.max_tokens = int(generation["max_new_tokens"])
         self.temperature = float(generation["temperature"])
         # what changes an answer (the cache key); never the key or the concurrency
@@ -208,5 +212,90 @@ class OpenAIBackend:
             bar.close()
             await client.close()
 
+    # -- the Batch API ------------------------------------------------------------------------
+    async def _run_batch(self, requests: list[Request], on_record: OnRecord) -> None:
+        import hashlib
+
+        import openai
+
+        from fourtier.captioning import cache_dir
+
+        state_dir = cache_dir() / "batches"
+        state_dir.mkdir(parents=True, exist_ok=True)
+        client = self._client()
+        try:
+            for start in range(0, len(requests), self.batch_limit):
+                chunk = requests[start:start + self.batch_limit]
+                job = hashlib.sha256("".join(sorted(r.key for r in chunk)).encode()).hexdigest()[:24]
+                state_file = state_dir / f"{job}.json"
+                try:
+                    if state_file.exists():  # submitted before this run was killed: resume, never pay twice
+                        batch_id = json.loads(state_file.read_text())["batch_id"]
+                        print(f"resuming batch {batch_id}", flush=True)
+                    else:
+                        lines = [json.dumps({"custom_id": r.key, "method": "POST", "url": "/v1/chat/completions",
+                                             "body": {"model": self.model_id, "messages": self._messages(r),
+                                                      "max_tokens": self.max_tokens, "temperature": self.temperature}})
+                                 for r in chunk]
+                        upload = await client.files.create(file=("requests.jsonl", "\n".join(lines).encode()),
+                                                           purpose="batch")
+                        batch = await client.batches.create(input_file_id=upload.id, endpoint="/v1/chat/completions",
+                                                            completion_window="24h")
+                        batch_id = batch.id
+                        state_file.write_text(json.dumps({"batch_id": batch_id, "requests": len(chunk)}))
+                    batch = await self._wait(client, batch_id, len(chunk))
+                    text = (await client.files.content(batch.output_file_id)).text if batch.output_file_id else ""
+                except openai.APIStatusError as exc:
+                    raise self._fatal(exc) from None
+                except (openai.APITimeoutError, openai.APIConnectionError) as exc:
+                    raise VLMError(f"vlm {self.name!r}: cannot reach the server at {self.base_url or 'the default URL'} "
+                                   f"({type(exc).__name__}); the batch id, if one was submitted, is kept in "
+                                   f"{state_dir}, so a re-run resumes it") from None
+                by_key = {r.key: r for r in chunk}
+                for line in text.splitlines():
+                    record = self._batch_record(line, by_key)
+                    if record is not None:
+                        on_record(by_key.pop(record[0]), record[1])
+                for r in by_key.values():  # no line in the output: failed, expired or cancelled
+                    on_record(r, Record(r.video_id, r.prompt_id, "", error=f"batch {batch.status}: no answer"))
+                state_file.unlink(missing_ok=True)
+        finally:
+            await client.close()
+
+    async def _wait(self, client, batch_id: str, total: int):
+        from tqdm import tqdm
+
+        with tqdm(total=total, desc=f"batch {batch_id}", unit="answer", dynamic_ncols=True) as bar:
+            while True:
+                batch = await client.batches.retrieve(batch_id)
+                counts = getattr(batch, "request_counts", None)
+                done = int(getattr(counts, "completed", 0) or 0) + int(getattr(counts, "failed", 0) or 0)
+                bar.update(max(0, done - bar.n))
+                if batch.status in ("completed", "failed", "expired", "cancelled"):
+                    return batch
+                await asyncio.sleep(self.poll_seconds)
+
+    @staticmethod
+    def _batch_record(line: str, by_key: dict) -> tuple[str, Record] | None:
+        try:
+            item = json.loads(line)
+        except json.JSONDecodeError:
+            return None
+        r = by_key.get(item.get("custom_id"))
+        if r is None:
+            return None
+        response = item.get("response") or {}
+        body = response.get("body") or {}
+        choices = body.get("choices") or []
+        text = ((choices[0].get("message") or {}).get("content") or "").strip() if choices else ""
+        usage = body.get("usage") or {}
+        error = "" if response.get("status_code") == 200 and text else redact(
+            str(item.get("error") or f"HTTP {response.get('status_code')}: empty or missing answer"))[:200]
+        return r.key, Record(r.video_id, r.prompt_id, text, input_tokens=int(usage.get("prompt_tokens", 0)),
+                             output_tokens=int(usage.get("completion_tokens", 0)), error=error)
+
     def run(self, requests: list[Request], on_record: OnRecord) -> None:
-        asyncio.run(self._run_sync(requests, on_record))
+        if self.mode == "batch":
+            asyncio.run(self._run_batch(requests, on_record))
+        else:
+            asyncio.run(self._run_sync(requests, on_record))
