@@ -9,23 +9,11 @@ import numpy as np
 import torch
 
 from fourtier.errors import DataError, exits_cleanly
-from fourtier.evaluation import accuracy_metrics, latency_ms, overhead, summarise
+from fourtier.evaluation import accuracy_metrics, latency_ms, load_classifier, overhead, summarise
 from fourtier.features import FeatureSource
 from fourtier.models.backbone import load_backbone
-from fourtier.models.ftp import FTP
 from fourtier.params import load_params
 from fourtier.training import predict
-
-
-def load_classifier(path: Path, classes: list[str]) -> FTP:
-    saved = torch.load(path, weights_only=False)
-    if saved["classes"] != classes:
-        raise DataError(f"{path} was trained with a different class map than the dataset's classes.txt; "
-                        "re-run finetune (dvc repro)")
-    cfg = saved["config"]
-    model = FTP(cfg["dim"], tuple(cfg["grid"]), cfg["prompts"], cfg["n_classes"])
-    model.load_state_dict(saved["state"])
-    return model.eval()
 
 
 @exits_cleanly
@@ -45,7 +33,7 @@ def main() -> None:
     out = Path("data/eval") / args.dataset
     out.mkdir(parents=True, exist_ok=True)
     results: dict[str, list[dict]] = {}
-    models: dict[str, FTP] = {}
+    models = {}
     for path in runs:
         arm, seed = path.stem.rsplit("-seed", 1)
         model = load_classifier(path, source.classes)

@@ -2,9 +2,26 @@
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
+
+from fourtier.errors import DataError
+
+
+def load_classifier(path: Path, classes: list[str]):
+    """A stage-2 model; refuses one trained with another class map than `classes`."""
+    from fourtier.models.ftp import FTP
+
+    saved = torch.load(path, weights_only=False)
+    if saved["classes"] != classes:
+        raise DataError(f"{path} was trained with a different class map than the dataset's classes.txt; "
+                        "re-run finetune (dvc repro)")
+    cfg = saved["config"]
+    model = FTP(cfg["dim"], tuple(cfg["grid"]), cfg["prompts"], cfg["n_classes"])
+    model.load_state_dict(saved["state"])
+    return model.eval()
 
 
 def accuracy_metrics(probs: np.ndarray, labels: np.ndarray, classes: list[str]) -> dict:

@@ -59,6 +59,11 @@ def decode_tile(jpeg: bytes) -> np.ndarray:
     return np.asarray(Image.open(io.BytesIO(jpeg)).convert("RGB"))
 
 
+# The builtin describer's answers are part of the answer cache's key through its model id. Bump this
+# whenever a change to vlm/builtin.py or vlm/perception.py changes any answer, or the cache serves old ones.
+DESCRIBER_VERSION = 1
+
+
 class BuiltinBackend:
     """The offline describer (fourtier.vlm.builtin); `style` full, terse or noisy."""
 
@@ -70,7 +75,8 @@ class BuiltinBackend:
         self.error_rate = float(preset.get("error_rate", 0.0)) if self.style == "noisy" else 0.0
         self.seed = int(preset.get("seed", 0))
         self.workers = workers
-        self.model_id = f"builtin-{self.style}"
+        version = "" if DESCRIBER_VERSION == 1 else f"-v{DESCRIBER_VERSION}"  # v1 kept the keys it had
+        self.model_id = f"builtin-{self.style}{version}"
         self.settings = {"style": self.style, "error_rate": self.error_rate, "seed": self.seed}
 
     def run(self, requests: list[Request], on_record: OnRecord) -> None:

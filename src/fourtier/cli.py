@@ -1,0 +1,137 @@
+"""The `fourtier` command: single-video tools next to the DVC pipeline. Run it from the project root.
+
+    fourtier predict VIDEO [--dataset DS] [--arm ftp] [--seed 0]   top-5 classes with a trained model, no VLM
+    fourtier describe VIDEO [--vlm X] [-K k] [--tile out.jpg]      the tile a VLM sees, and its four answers
+    fourtier info                                                  resolved params, presets, artifacts present
+
+Bad input (missing file, unreadable video, no trained model yet) gets a message and exit code 2.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from fourtier.errors import DataError, VideoError, exits_cleanly
+
+
+def _video(path: str) -> str:
+    if not Path(path).is_file():
+        raise VideoError(f"video not found: {path}")
+    return path
+
+
+def predict(args) -> None:
+    import torch
+
+    from fourtier.clips import load_views, to_tensor
+    from fourtier.evaluation import load_classifier
+    from fourtier.models.backbone import load_backbone
+    from fourtier.params import load_params
+
+    params = load_params()
+    dataset = args.dataset or params.targets[0]
+    params.dataset(dataset)
+    model_path = Path("models/finetune") / dataset / f"{args.arm}-seed{args.seed}.pt"
+    if not model_path.exists():
+        raise DataError(f"no trained model at {model_path}: run `dvc repro` first, or choose --dataset, --arm "
+                        "and --seed of a model that exists")
+    classes_file = Path("data/raw") / dataset / "classes.txt"
+    if not classes_file.exists():
+        raise DataError(f"{classes_file} not found: run `dvc repro` (or `dvc pull`) first")
+    classes = classes_file.read_text().splitlines()
+    model = load_classifier(model_path, classes)
+    backbone = load_backbone(Path("models/backbone"))
+    cfg = params.raw["features"]
+    try:
+        views = load_views(_video(args.video), backbone.preprocess, cfg["temporal_views"], cfg["spatial_views"])
+    except VideoError as exc:
+        if "not found" in str(exc):
+            raise
+        raise VideoError(f"{args.video} cannot be decoded: it may be corrupt or truncated "
+                         f"({str(exc).split(':')[0]})") from None
+    with torch.inference_mode():
+        probs = model(backbone.feature_map(to_tensor(views, backbone.preprocess))).softmax(-1).mean(0)
+    top = torch.topk(probs, min(5, len(classes)))
+    print(f"{args.video}  ({dataset}, {args.arm} seed {args.seed}, {len(views)} views)")
+    for p, i in zip(top.values.tolist(), top.indices.tolist()):
+        print(f"  {p:6.1%}  {classes[i]}")
+
+
+def describe(args) -> None:
+    from fourtier.params import load_params
+    from fourtier.tiling import tile_video
+    from fourtier.vlm import PROMPT_IDS, Record, Request, make_backend
+
+    params = load_params()
+    k = args.K or params.K
+    name = args.vlm or params.vlm
+    result = tile_video(_video(args.video), k, params.tile.height, params.tile.jpeg_quality, "video")
+    if result.jpeg is None:
+        raise VideoError(f"{args.video}: {result.row['reason']}")
+    out = Path(args.tile or Path(args.video).with_suffix(".tile.jpg").name)
+    out.write_bytes(result.jpeg)
+    backend = make_backend(name, params.vlms, {"max_new_tokens": params.caption.max_new_tokens,
+                                               "temperature": params.caption.temperature})
+    requests = [Request("video", p, params.caption.prompts[p], result.jpeg, k, p) for p in PROMPT_IDS]
+    answers: dict[str, Record] = {}
+    backend.run(requests, lambda r, rec: answers.__setitem__(r.prompt_id, rec))
+    print(f"tile: {out} (K={k}, frames {result.row['frame_indices']}, {result.row['reader']})")
+    for p in PROMPT_IDS:
+        rec = answers[p]
+        print(f"\n[{p}] {params.caption.prompts[p]}\n{rec.answer if rec.ok else 'ERROR: ' + rec.error}")
+
+
+def info(args) -> None:
+    from fourtier.params import load_params
+
+    params = load_params()
+    print("selectors:")
+    for key in ("vlm", "K", "backbone", "text_encoder", "prompts", "pretrain", "targets"):
+        print(f"  {key}: {params.raw[key]}")
+    print("presets:")
+    for key in ("vlms", "backbones", "text_encoders", "datasets"):
+        print(f"  {key}: {', '.join(params.raw[key])}")
+    print("artifacts:")
+    paths = [Path("models/backbone/config.json"), Path("models/align/ftp.pt")]
+    for ds in params.pretrain + params.targets:
+        paths += [Path("data/raw") / ds / "manifest.json", Path("data/features") / ds / "meta.json"]
+    for ds in params.pretrain:
+        paths += [Path("data/tiles") / ds / "index.csv", Path("data/captions") / ds / "captions.jsonl",
+                  Path("data/embeddings") / ds / "meta.json"]
+    for ds in params.targets:
+        paths += [Path("models/finetune") / ds, Path("data/eval") / ds / "metrics.json"]
+    for p in paths:
+        print(f"  [{'x' if p.exists() else ' '}] {p}")
+    backbone_metrics = Path("models/backbone/metrics.json")
+    if backbone_metrics.exists():
+        print("backbone:", json.dumps(json.loads(backbone_metrics.read_text())))
+
+
+@exits_cleanly
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(prog="fourtier", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("predict", help="classify one video with a trained model (no VLM)")
+    p.add_argument("video")
+    p.add_argument("--dataset", help="target dataset whose model to use (default: the first of `targets`)")
+    p.add_argument("--arm", default="ftp", choices=["ftp", "baseline", "random", "shuffled"])
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(run=predict)
+    d = sub.add_parser("describe", help="save the tile of one video and print the VLM's four answers")
+    d.add_argument("video")
+    d.add_argument("--vlm", help="a preset under vlms: (default: params.yaml's vlm)")
+    d.add_argument("-K", type=int, help="keyframes (default: params.yaml's K)")
+    d.add_argument("--tile", help="where to save the tile (default: <video name>.tile.jpg here)")
+    d.set_defaults(run=describe)
+    i = sub.add_parser("info", help="resolved params, presets and which artifacts exist")
+    i.set_defaults(run=info)
+    args = parser.parse_args(argv)
+    if getattr(args, "K", None) is not None and args.K < 1:
+        parser.error("-K must be >= 1")
+    args.run(args)
+
+
+if __name__ == "__main__":
+    main()
