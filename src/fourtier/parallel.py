@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import multiprocessing as mp
 import os
+import sys
 from typing import Callable, Iterable, Iterator, TypeVar
 
 from tqdm import tqdm
@@ -12,8 +13,12 @@ R = TypeVar("R")
 
 
 def _init_worker() -> None:
-    # one BLAS/torch thread per process: the processes already use every core
+    # one torch thread per process: the processes already use every core (the environment variable
+    # alone comes too late once torch is loaded)
     os.environ.setdefault("OMP_NUM_THREADS", "1")
+    torch = sys.modules.get("torch")
+    if torch is not None:
+        torch.set_num_threads(1)
 
 
 def map_progress(fn: Callable[[T], R], items: Iterable[T], workers: int, desc: str,

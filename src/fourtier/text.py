@@ -81,8 +81,7 @@ class TextEncoder:
         batch = {k: v.to(self.device) for k, v in batch.items()}
         out = self.model(**batch)
         mask = batch["attention_mask"].bool()
-        hidden = out.last_hidden_state if self.kind != "clip" else out.last_hidden_state
-        hidden = hidden * mask[..., None]
+        hidden = out.last_hidden_state * mask[..., None]
         if self.kind == "clip":
             pooled = out.text_embeds
         else:
