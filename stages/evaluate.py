@@ -38,12 +38,12 @@ def main() -> None:
         arm, seed = path.stem.rsplit("-seed", 1)
         model = load_classifier(path, source.classes)
         models.setdefault(arm, model)
-        results.setdefault(arm, []).append(accuracy_metrics(predict(model, source, idx), labels, source.classes))
+        probs = predict(model, source, idx)
+        results.setdefault(arm, []).append(accuracy_metrics(probs, labels, source.classes))
         if seed == "0":
             with open(out / f"confusion_{arm}.csv", "w", newline="") as fh:
                 writer = csv.writer(fh)
                 writer.writerow(["actual", "predicted"])
-                probs = predict(model, source, idx)
                 writer.writerows((source.classes[a], source.classes[p]) for a, p in zip(labels, probs.argmax(1)))
     metrics = {"val_clips": int(len(idx)), "classes": len(source.classes),
                "views": {"temporal": source.meta["temporal_views"], "spatial": source.meta["spatial_views"]}}

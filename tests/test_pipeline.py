@@ -60,17 +60,14 @@ def repo(tmp_path_factory):
     return dst, proc
 
 
-def test_vlm_selector_reruns_caption_and_prompts_never_recaption(repo):
+def test_vlm_selector_reruns_caption_and_prompts_never_recaption(repo, params_file):
     dst, _ = repo
-    original = (dst / "params.yaml").read_text()
-    try:
-        tiny_params(dst / "params.yaml", vlm="builtin-terse")
-        assert changed_stages(dst) == ["caption@synth-pretrain"]
-        (dst / "params.yaml").write_text(original)
-        tiny_params(dst / "params.yaml", prompts=["B", "C"])
-        assert "caption@synth-pretrain" not in changed_stages(dst)
-    finally:
-        (dst / "params.yaml").write_text(original)
+    original = params_file.read_text()
+    tiny_params(params_file, vlm="builtin-terse")
+    assert changed_stages(dst) == ["caption@synth-pretrain"]
+    params_file.write_text(original)
+    tiny_params(params_file, prompts=["B", "C"])
+    assert "caption@synth-pretrain" not in changed_stages(dst)
 
 
 def test_captions_and_embeddings_follow_their_contracts(repo):
@@ -112,42 +109,36 @@ def test_second_repro_is_a_fast_no_op(repo):
     assert "Data and pipelines are up to date" in proc.stdout
 
 
+@pytest.fixture
+def params_file(repo):
+    """params.yaml of the tiny repo, restored after the test edits it."""
+    path = repo[0] / "params.yaml"
+    original = path.read_text()
+    yield path
+    path.write_text(original)
+
+
 def changed_stages(dst) -> list[str]:
     status = run(["dvc", "status"], dst).stdout
     return sorted(line.strip().rstrip(":") for line in status.splitlines() if line and not line[0].isspace())
 
 
-def test_changing_K_invalidates_tile_and_caption_only(repo):
-    dst, _ = repo
-    original = (dst / "params.yaml").read_text()
-    try:
-        tiny_params(dst / "params.yaml", K=3)
-        # dvc status names the stages whose own inputs changed; embed follows once caption has re-run
-        assert changed_stages(dst) == ["caption@synth-pretrain", "tile@synth-pretrain"]
-    finally:
-        (dst / "params.yaml").write_text(original)
+def test_changing_K_invalidates_tile_and_caption_only(repo, params_file):
+    tiny_params(params_file, K=3)
+    # dvc status names the stages whose own inputs changed; embed follows once caption has re-run
+    assert changed_stages(repo[0]) == ["caption@synth-pretrain", "tile@synth-pretrain"]
 
 
-def test_changing_one_dataset_invalidates_only_its_download(repo):
-    dst, _ = repo
-    original = (dst / "params.yaml").read_text()
-    try:
-        raw = yaml.safe_load(original)
-        raw["datasets"]["synth-scenes"]["seed"] = 99
-        (dst / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
-        assert changed_stages(dst) == ["download-target@synth-scenes"]
-    finally:
-        (dst / "params.yaml").write_text(original)
+def test_changing_one_dataset_invalidates_only_its_download(repo, params_file):
+    raw = yaml.safe_load(params_file.read_text())
+    raw["datasets"]["synth-scenes"]["seed"] = 99
+    params_file.write_text(yaml.safe_dump(raw, sort_keys=False))
+    assert changed_stages(repo[0]) == ["download-target@synth-scenes"]
 
 
-def test_bad_param_fails_with_a_clear_message(repo):
-    dst, _ = repo
-    original = (dst / "params.yaml").read_text()
-    try:
-        tiny_params(dst / "params.yaml", K=0)
-        proc = run(["python", "stages/tile.py", "synth-pretrain"], dst, check=False)
-        assert proc.returncode == 2
-        assert "error: params.yaml: 'K' (keyframes per tile) must be >= 1, got 0" in proc.stderr
-        assert "Traceback" not in proc.stderr
-    finally:
-        (dst / "params.yaml").write_text(original)
+def test_bad_param_fails_with_a_clear_message(repo, params_file):
+    tiny_params(params_file, K=0)
+    proc = run(["python", "stages/tile.py", "synth-pretrain"], repo[0], check=False)
+    assert proc.returncode == 2
+    assert "error: params.yaml: 'K' (keyframes per tile) must be >= 1, got 0" in proc.stderr
+    assert "Traceback" not in proc.stderr
