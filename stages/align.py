@@ -1,16 +1,20 @@
 """align stage (training stage 1): feature processors learn to match their prompt's text embeddings (InfoNCE).
 
-Writes models/align/: ftp.pt (real captions), shuffled.pt (captions permuted across videos: the control
-without the captions' meaning), random.pt (the same processors untrained: the capacity control), and
-metrics.json with per-prompt video-to-text retrieval on held-out pretraining clips against chance.
+Writes into models/align/ the processors that finetune.arms needs: ftp.pt (real captions), shuffled.pt
+(captions permuted across videos: the control without the captions' meaning), random.pt (the same processors
+untrained: the capacity control). models/align_metrics.json holds per-prompt video-to-text retrieval on
+held-out pretraining clips against chance. Ablations that train only the ftp arm skip the shuffled run.
+Data parallel under `torchrun --nproc_per_node N stages/align.py` (see fourtier.distributed).
 """
 import json
+import shutil
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from fourtier import distributed
 from fourtier.errors import DataError, exits_cleanly
 from fourtier.features import FeatureSource
 from fourtier.models.ftp import FTP
@@ -26,7 +30,8 @@ def processor_state(model) -> dict:
 @exits_cleanly
 def main() -> None:
     params = load_params()
-    torch.set_num_threads(params.workers)
+    distributed.setup()
+    torch.set_num_threads(max(1, params.workers // distributed.world()))
     cfg = params.raw["align"]
     corpus = params.pretrain[0]
     source = FeatureSource(Path("data/features") / corpus)
@@ -43,7 +48,10 @@ def main() -> None:
     if len(val_idx) < 5:
         raise DataError(f"{corpus} needs held-out clips (split val) to report stage-1 retrieval")
     out = Path("models/align")
-    out.mkdir(parents=True, exist_ok=True)
+    if distributed.is_main():
+        shutil.rmtree(out, ignore_errors=True)  # the directory holds exactly this run's arms
+        out.mkdir(parents=True)
+    arms = [arm for arm in params.raw["finetune"]["arms"] if arm != "baseline"] if params.prompts else []
     prompts = list(params.prompts)
     settings = OptimSettings(cfg["epochs"], cfg["batch_size"], cfg["lr"], cfg["weight_decay"], tuple(cfg["betas"]),
                              cfg["warmup_epochs"])
@@ -52,22 +60,31 @@ def main() -> None:
     metrics = {"prompts": prompts, "train_clips": int(len(train_idx)), "heldout_clips": int(len(val_idx))}
     seed_everything(cfg["seed"])
     init = FTP(source.dim, source.grid, prompts, n_classes=1, text_dim=text_dim)
-    torch.save({"config": config, "state": processor_state(init)}, out / "random.pt")
+    if distributed.is_main() and "random" in arms:
+        torch.save({"config": config, "state": processor_state(init)}, out / "random.pt")
     # the control keeps which captions exist but breaks which video they belong to
     shuffled = pooled.copy()
     perm = np.random.default_rng(cfg["seed"] + 1).permutation(len(train_idx))
     shuffled[train_idx] = pooled[train_idx[perm]]
     for arm, targets in (("ftp", pooled), ("shuffled", shuffled)):
+        if arm not in arms:
+            continue
         start = time.perf_counter()
         model = FTP(source.dim, source.grid, prompts, n_classes=1, text_dim=text_dim)
         model.load_state_dict(init.state_dict())
         # only training rows are shuffled: retrieval is scored against the true captions of held-out clips
-        result = train_alignment(model, source, train_idx, val_idx, targets, settings, cfg["seed"]) if prompts else {}
-        torch.save({"config": config, "state": processor_state(model)}, out / f"{arm}.pt")
+        result = train_alignment(model, source, train_idx, val_idx, targets, settings, cfg["seed"], tag=arm)
+        if distributed.is_main():
+            torch.save({"config": config, "state": processor_state(model.cpu())}, out / f"{arm}.pt")
         metrics[arm] = {p: {k: round(v, 4) for k, v in r.items()} for p, r in result.items()}
         summary = ", ".join(f"{p} R@1 {r['R@1']:.3f} (chance {r['chance_R@1']:.3f})" for p, r in result.items())
-        print(f"align {arm}: {summary or 'no prompts: nothing to train'} [{time.perf_counter() - start:.0f} s]")
-    (out / "metrics.json").write_text(json.dumps(metrics, indent=1) + "\n")
+        if distributed.is_main():
+            print(f"align {arm}: {summary} [{time.perf_counter() - start:.0f} s]")
+    if not arms:
+        print("align: nothing to train (prompts: [] or only the baseline arm)")
+    if distributed.is_main():
+        Path("models/align_metrics.json").write_text(json.dumps(metrics, indent=1) + "\n")
+    distributed.teardown()
 
 
 if __name__ == "__main__":

@@ -1,5 +1,6 @@
 """evaluate stage, per target dataset: multi-view testing of every arm and seed, FTP against the baseline
-and the controls, FLOPs/params overhead and CPU latency (data/eval/<ds>)."""
+and the controls, FLOPs/params overhead and CPU latency (data/eval/<ds>), with the confusion matrices, a t-SNE
+of the classifier features and the per-class change as plots."""
 import argparse
 import csv
 import json
@@ -13,7 +14,8 @@ from fourtier.evaluation import accuracy_metrics, latency_ms, load_classifier, o
 from fourtier.features import FeatureSource
 from fourtier.models.backbone import load_backbone
 from fourtier.params import load_params
-from fourtier.training import predict
+from fourtier.plots import plot_class_gain, plot_tsne
+from fourtier.training import classifier_features, predict
 
 
 @exits_cleanly
@@ -40,7 +42,7 @@ def main() -> None:
         models.setdefault(arm, model)
         probs = predict(model, source, idx)
         results.setdefault(arm, []).append(accuracy_metrics(probs, labels, source.classes))
-        if seed == "0":
+        if seed == "0" and arm in ("ftp", "baseline"):  # the two declared confusion plots
             with open(out / f"confusion_{arm}.csv", "w", newline="") as fh:
                 writer = csv.writer(fh)
                 writer.writerow(["actual", "predicted"])
@@ -58,6 +60,12 @@ def main() -> None:
     per_class = {arm: {c: float(np.mean([r["per_class"].get(c, 0.0) for r in rs])) for c in source.classes}
                  for arm, rs in results.items()}
     (out / "per_class.json").write_text(json.dumps(per_class, indent=1) + "\n")
+    if "ftp" in models and "baseline" in models:
+        title = f"{args.dataset}: validation clips, seed 0"
+        plot_tsne({arm: classifier_features(models[arm], source, idx) for arm in ("baseline", "ftp")}, labels,
+                  source.classes, out / "tsne.png", f"t-SNE of classifier features, {title}")
+        plot_class_gain(per_class["ftp"], per_class["baseline"], out / "per_class_gain.png",
+                        f"{args.dataset}: per-class top-1 change (mean of seeds)")
     backbone = load_backbone(Path("models/backbone"))
     pre = backbone.preprocess
     clip = torch.zeros(1, pre.frames, 3, pre.size, pre.size)

@@ -7,6 +7,7 @@ Every arm in finetune.arms is trained for every seed in finetune.seeds:
   random    the same processors untrained: the gain from capacity alone
   shuffled  processors from stage 1 on captions permuted across videos: the gain without their meaning
 A crash loses at most one epoch: each run checkpoints every epoch and resumes from there.
+Data parallel under `torchrun --nproc_per_node N stages/finetune.py DATASET` (see fourtier.distributed).
 """
 import argparse
 import hashlib
@@ -18,6 +19,7 @@ from pathlib import Path
 import torch
 
 from fourtier.captioning import cache_dir
+from fourtier import distributed
 from fourtier.errors import DataError, exits_cleanly
 from fourtier.features import FeatureSource
 from fourtier.models.ftp import FTP
@@ -30,6 +32,9 @@ ARMS = ("baseline", "ftp", "random", "shuffled")
 def build_model(arm: str, prompts: list[str], source: FeatureSource, n_classes: int, align_dir: Path) -> FTP:
     model = FTP(source.dim, source.grid, [] if arm == "baseline" else prompts, n_classes)
     if arm != "baseline":
+        if not (align_dir / f"{arm}.pt").exists():
+            raise DataError(f"{align_dir / arm}.pt is missing: align trains the arms in finetune.arms; re-run align "
+                            "(dvc repro)")
         saved = torch.load(align_dir / f"{arm}.pt", weights_only=False)
         if saved["config"]["prompts"] != prompts or saved["config"]["dim"] != source.dim:
             raise DataError(f"models/align/{arm}.pt was trained for prompts {saved['config']['prompts']} and dim "
@@ -48,7 +53,8 @@ def main() -> None:
     args = parser.parse_args()
     params = load_params()
     params.dataset(args.dataset)
-    torch.set_num_threads(params.workers)
+    distributed.setup()
+    torch.set_num_threads(max(1, params.workers // distributed.world()))
     cfg = params.raw["finetune"]
     source = FeatureSource(Path("data/features") / args.dataset)
     train_idx = source.split("train")
@@ -59,7 +65,7 @@ def main() -> None:
                              cfg["warmup_epochs"])
     align_dir = Path("models/align")
     run_key = hashlib.sha256(json.dumps([args.dataset, cfg, prompts, source.meta["shape"],
-                                         [(align_dir / f"{a}.pt").stat().st_size if (align_dir / f"{a}.pt").exists() else 0 for a in ARMS]],
+                                         [hashlib.sha256(path.read_bytes()).hexdigest() for path in sorted(align_dir.glob("*.pt"))]],
                                         sort_keys=True).encode()).hexdigest()[:16]
     checkpoints = cache_dir() / "checkpoints" / run_key
     checkpoints.mkdir(parents=True, exist_ok=True)
@@ -73,17 +79,25 @@ def main() -> None:
             start = time.perf_counter()
             seed_everything(seed)
             model = build_model(arm, prompts, source, len(source.classes), align_dir)
-            with Live(str(Path("dvclive/finetune") / args.dataset / f"{arm}-seed{seed}"), dvcyaml=False,
-                      save_dvc_exp=False, report=None) as live:
-                history = train_classifier(model, source, train_idx, source.labels, settings, seed,
-                                           cfg["label_smoothing"], cfg["mixup_alpha"], cfg["mixup_prob"],
-                                           checkpoint=checkpoints / f"{arm}-{seed}.pt", live=live, tag="train")
-            state = {k: v for k, v in model.state_dict().items() if not k.startswith("align_heads.")}
+            live = Live(str(Path("dvclive/finetune") / args.dataset / f"{arm}-seed{seed}"), dvcyaml=False,
+                        save_dvc_exp=False, report=None) if distributed.is_main() else None
+            history = train_classifier(model, source, train_idx, source.labels, settings, seed,
+                                       cfg["label_smoothing"], cfg["mixup_alpha"], cfg["mixup_prob"],
+                                       checkpoint=checkpoints / f"{arm}-{seed}.pt", live=live, tag="train",
+                                       desc=f"finetune {args.dataset} {arm} seed {seed}")
+            if live is not None:
+                live.end()
+            if not distributed.is_main():
+                continue
+            state = {k: v for k, v in model.cpu().state_dict().items() if not k.startswith("align_heads.")}
             torch.save({"config": model.config, "classes": source.classes, "arm": arm, "seed": seed,
                         "backbone": source.meta["backbone"], "state": state}, out / f"{arm}-seed{seed}.pt")
             print(f"finetune {args.dataset} {arm} seed {seed}: final loss {history[-1]['loss']:.3f} "
                   f"[{time.perf_counter() - start:.0f} s]")
-    shutil.rmtree(checkpoints, ignore_errors=True)
+    distributed.barrier()
+    if distributed.is_main():
+        shutil.rmtree(checkpoints, ignore_errors=True)
+    distributed.teardown()
 
 
 if __name__ == "__main__":

@@ -104,3 +104,56 @@ def test_retrieval_chance_accounts_for_duplicates():
     assert r["R@1"] == 1.0
     # queries 0 and 1 each have 2 right texts of 4; the others 1 of 4
     assert r["chance_R@1"] == pytest.approx((0.5 + 0.5 + 0.25 + 0.25) / 4)
+
+
+def test_factored_integration_equals_the_projection_of_replicated_v():
+    """Figure 3 literally: r_i = [s_i over space; t_i over time] (B, T, N, 2D), projected, added to m."""
+    torch.manual_seed(0)
+    m = torch.randn(B, T, H, W, D)
+    model = FTP(D, (T, H, W), ["A", "B"], n_classes=3)
+    for layer in model.integration.proj.values():
+        torch.nn.init.normal_(layer.weight)
+        torch.nn.init.normal_(layer.bias)
+    expected = m.reshape(B, T, H * W, D)
+    for p, (s_i, t_i) in model.processor_outputs(m).items():
+        r_i = torch.cat([s_i[:, :, None].expand(B, T, H * W, D), t_i[:, None].expand(B, T, H * W, D)], -1)
+        expected = expected + model.integration.proj[p](r_i)
+    assert torch.allclose(model.f(m), expected.reshape(m.shape), atol=1e-4)
+
+
+class CrashAfter:
+    """A dvclive stand-in that raises at epoch `n`, as a killed run would stop."""
+
+    def __init__(self, n):
+        self.n, self.epochs = n, 0
+
+    def log_metric(self, name, value):
+        self.epochs += 1
+        if self.epochs == self.n:
+            raise KeyboardInterrupt
+
+    def next_step(self):
+        pass
+
+
+def test_stage2_resumed_after_a_crash_ends_bit_identical(tmp_path):
+    rng = np.random.default_rng(0)
+    m = rng.normal(size=(24, 2, T, H, W, D)).astype(np.float32)
+    labels = rng.integers(0, 3, 24)
+    settings = OptimSettings(4, 8, 1e-2, 0.05, (0.9, 0.999), 1)
+
+    def run(checkpoint=None, live=None):
+        torch.manual_seed(0)
+        model = FTP(D, (T, H, W), ["A"], n_classes=3)
+        train_classifier(model, ArraySource(m), np.arange(24), labels, settings, seed=0, label_smoothing=0.1,
+                         mixup_alpha=0.8, mixup_prob=0.5, checkpoint=checkpoint, live=live)
+        return model.state_dict()
+
+    reference = run()
+    checkpoint = tmp_path / "run.pt"
+    with pytest.raises(KeyboardInterrupt):
+        run(checkpoint, CrashAfter(3))  # epochs 1-2 checkpointed, epoch 3 lost
+    assert torch.load(checkpoint, weights_only=False)["epoch"] == 2
+    torch.manual_seed(123)  # the resumed process starts from another global RNG state
+    resumed = run(checkpoint)
+    assert all(torch.equal(resumed[k], v) for k, v in reference.items())

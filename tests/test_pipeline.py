@@ -1,6 +1,7 @@
 """`dvc repro` end to end on a tiny profile, in a temporary copy of the repository."""
 import csv
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -60,16 +61,6 @@ def repo(tmp_path_factory):
     return dst, proc
 
 
-def test_vlm_selector_reruns_caption_and_prompts_never_recaption(repo, params_file):
-    dst, _ = repo
-    original = params_file.read_text()
-    tiny_params(params_file, vlm="builtin-terse")
-    assert changed_stages(dst) == ["caption@synth-pretrain"]
-    params_file.write_text(original)
-    tiny_params(params_file, prompts=["B", "C"])
-    assert "caption@synth-pretrain" not in changed_stages(dst)
-
-
 def test_captions_and_embeddings_follow_their_contracts(repo):
     import json
 
@@ -123,17 +114,39 @@ def changed_stages(dst) -> list[str]:
     return sorted(line.strip().rstrip(":") for line in status.splitlines() if line and not line[0].isspace())
 
 
-def test_changing_K_invalidates_tile_and_caption_only(repo, params_file):
-    tiny_params(params_file, K=3)
-    # dvc status names the stages whose own inputs changed; embed follows once caption has re-run
-    assert changed_stages(repo[0]) == ["caption@synth-pretrain", "tile@synth-pretrain"]
+def would_run(dst) -> list[str]:
+    """The stages `dvc repro` would run, in order (a dry run executes nothing)."""
+    out = run(["dvc", "repro", "--dry"], dst).stdout
+    return re.findall(r"Running stage '([^']+)'", out)
 
 
-def test_changing_one_dataset_invalidates_only_its_download(repo, params_file):
+DOWNSTREAM_OF_ALIGN = ["align", "finetune@synth-scenes", "finetune@synth-motion", "evaluate@synth-scenes",
+                       "evaluate@synth-motion"]
+
+
+# The README's invalidation table, row by row: a selector re-runs exactly these stages.
+@pytest.mark.parametrize("change, expected", [
+    (dict(vlm="blip2"), ["caption@synth-pretrain", "embed@synth-pretrain", *DOWNSTREAM_OF_ALIGN]),
+    (dict(K=3), ["tile@synth-pretrain", "caption@synth-pretrain", "embed@synth-pretrain", *DOWNSTREAM_OF_ALIGN]),
+    (dict(backbone="videomae"), ["backbone", "features-pretrain@synth-pretrain", "features-target@synth-scenes",
+                                 "features-target@synth-motion", *DOWNSTREAM_OF_ALIGN]),
+    (dict(prompts=["B", "C"]), DOWNSTREAM_OF_ALIGN),
+    ({"finetune.lr": 3e-4}, ["finetune@synth-scenes", "finetune@synth-motion", "evaluate@synth-scenes",
+                             "evaluate@synth-motion"]),
+    ({"finetune.arms": ["ftp"]}, DOWNSTREAM_OF_ALIGN),
+    ({"datasets.synth-scenes.seed": 99}, ["download-target@synth-scenes", "features-target@synth-scenes",
+                                         "finetune@synth-scenes", "evaluate@synth-scenes"]),
+], ids=["vlm", "K", "backbone", "prompts", "finetune.lr", "finetune.arms", "one-dataset"])
+def test_each_selector_reruns_exactly_its_stages(repo, params_file, change, expected):
     raw = yaml.safe_load(params_file.read_text())
-    raw["datasets"]["synth-scenes"]["seed"] = 99
+    for dotted, value in change.items():
+        *parents, key = dotted.split(".")
+        node = raw
+        for parent in parents:
+            node = node[parent]
+        node[key] = value
     params_file.write_text(yaml.safe_dump(raw, sort_keys=False))
-    assert changed_stages(repo[0]) == ["download-target@synth-scenes"]
+    assert sorted(would_run(repo[0])) == sorted(expected)
 
 
 def test_bad_param_fails_with_a_clear_message(repo, params_file):
@@ -142,3 +155,69 @@ def test_bad_param_fails_with_a_clear_message(repo, params_file):
     assert proc.returncode == 2
     assert "error: params.yaml: 'K' (keyframes per tile) must be >= 1, got 0" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def git_commit(dst, message):
+    run(["git", "-c", "user.email=t@t", "-c", "user.name=t", "add", "-A"], dst)
+    run(["git", "-c", "user.email=t@t", "-c", "user.name=t", "commit", "-qm", message], dst)
+
+
+def test_push_then_pull_into_a_fresh_clone_needs_no_rerun_and_run_cache_restores_a_teammates_run(repo):
+    """The README's sharing walkthrough on the default remote (a directory beside the checkout)."""
+    dst, _ = repo
+    git_commit(dst, "results")
+    run(["dvc", "push"], dst)
+    assert (dst.parent / "fourtier-dvc-remote" / "files" / "md5").is_dir()  # .dvc/config's relative default
+
+    clone = dst.parent / "clone"
+    run(["git", "clone", "-q", str(dst), str(clone)], dst.parent)
+    run(["dvc", "pull"], clone)
+    assert "up to date" in run(["dvc", "status"], clone).stdout
+    assert (clone / "data/raw/synth-scenes/annotations.csv").is_file()
+    proc = run(["dvc", "repro"], clone)
+    assert "Running stage" not in proc.stdout and "Data and pipelines are up to date" in proc.stdout
+
+    # a teammate runs another VLM setting and shares the run itself, not only its outputs
+    tiny_params(clone / "params.yaml", vlm="builtin-terse")
+    assert "Running stage 'caption@synth-pretrain'" in run(["dvc", "repro"], clone).stdout
+    run(["dvc", "push", "--run-cache"], clone)
+
+    # someone else, from the original commit, asks for the same setting: nothing is recomputed
+    other = dst.parent / "other"
+    run(["git", "clone", "-q", str(dst), str(other)], dst.parent)
+    run(["dvc", "pull", "--run-cache"], other)
+    tiny_params(other / "params.yaml", vlm="builtin-terse")
+    proc = run(["dvc", "repro"], other)
+    assert "Running stage" not in proc.stdout
+    assert "Stage 'caption@synth-pretrain' is cached - skipping run" in proc.stdout
+    assert (other / "data/captions/synth-pretrain/captions.jsonl").read_bytes() == \
+        (clone / "data/captions/synth-pretrain/captions.jsonl").read_bytes()
+
+
+def test_queued_ablation_runs_and_the_report_shows_its_table(repo):
+    """The README's ablation recipe: queue with `fourtier ablate`, run with `dvc queue start`, then report."""
+    import json
+
+    dst, _ = repo
+    git_commit(dst, "before ablation")  # experiments start from a commit
+    queued = run(["fourtier", "ablate", "prompts", "1", "9", "--set", "finetune.seeds=[0]"], dst)
+    assert "queued 2 experiments" in queued.stdout
+    run(["dvc", "queue", "start", "-j", "1"], dst)
+    deadline = time.time() + 500
+    while time.time() < deadline:
+        status = run(["dvc", "queue", "status"], dst).stdout
+        if "Queued" not in status and "Running" not in status:
+            break
+        time.sleep(3)
+    assert status.count("Success") == 2, status + run(["dvc", "queue", "logs", "prompts-g09-BC"], dst, check=False).stdout
+    shown = run(["dvc", "exp", "show", "--json"], dst).stdout
+    (dst / "exp.json").write_text(shown)
+    out = run(["fourtier", "report", "--json", "exp.json", "--plot", "gains.png"], dst).stdout
+    rows = {line.split("|")[1].strip(): line for line in out.splitlines() if line.startswith("| ") and "group" not in line}
+    assert set(rows) == {"1", "9"}
+    assert rows["9"].split("|")[2:6] == ["  ", " x ", " x ", "  "]  # B and C marked
+    # every cell is a measured mean +- std, read from that experiment's own metrics
+    exps = {e["name"]: e for entry in json.loads(shown) for r in entry.get("experiments") or [] for e in r["revs"]}
+    top1 = exps["prompts-g09-BC"]["data"]["metrics"]["data/eval/synth-scenes/metrics.json"]["data"]["ftp"]["top1"]
+    assert f"{100 * top1['mean']:.1f} +- {100 * top1['std']:.1f}" in rows["9"]
+    assert (dst / "gains.png").stat().st_size > 1000

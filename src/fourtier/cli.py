@@ -3,6 +3,8 @@
     fourtier predict VIDEO [--dataset DS] [--arm ftp] [--seed 0]   top-5 classes with a trained model, no VLM
     fourtier describe VIDEO [--vlm X] [-K k] [--tile out.jpg]      the tile a VLM sees, and its four answers
     fourtier info                                                  resolved params, presets, artifacts present
+    fourtier ablate {prompts,K,vlm,backbone} [VALUES...]           queue the paper's ablations as DVC experiments
+    fourtier report [--json exp_show.json] [--out report.md]      paper-style tables from `dvc exp show --json`
 
 Bad input (missing file, unreadable video, no trained model yet) gets a message and exit code 2.
 """
@@ -108,6 +110,52 @@ def info(args) -> None:
         print("backbone:", json.dumps(json.loads(backbone_metrics.read_text())))
 
 
+def ablate(args) -> None:
+    import shlex
+    import subprocess
+
+    from fourtier.experiments import ablation_runs
+
+    runs = ablation_runs(args.kind, args.values, [s for s in args.set or []])
+    for run in runs:
+        print(shlex.join(run.command()))
+        if not args.dry_run:
+            done = subprocess.run(run.command(), capture_output=True, text=True)
+            if done.returncode != 0:
+                raise DataError(f"`{shlex.join(run.command())}` failed:\n{done.stderr.strip() or done.stdout.strip()}")
+    if not args.dry_run:
+        print(f"queued {len(runs)} experiments; run them with `dvc queue start -j 1` (more jobs share the CPU "
+              "cores), follow with `dvc queue status`, then `fourtier report`")
+
+
+def report(args) -> None:
+    import subprocess
+
+    from fourtier.experiments import collect, gain_per_dataset, plot_gains, report as render
+
+    if args.json:
+        raw = Path(args.json).read_text()
+    else:
+        done = subprocess.run(["dvc", "exp", "show", "--json", "-A"], capture_output=True, text=True)
+        if done.returncode != 0:
+            raise DataError(f"`dvc exp show --json` failed: {done.stderr.strip()}")
+        raw = done.stdout
+    try:
+        results = collect(json.loads(raw))
+    except (json.JSONDecodeError, AttributeError, TypeError) as exc:
+        raise DataError(f"not `dvc exp show --json` output ({exc})") from None
+    text = render(results)
+    if args.out:
+        Path(args.out).write_text(text)
+        print(f"wrote {args.out}")
+    else:
+        print(text)
+    gains = gain_per_dataset(results)
+    if args.plot and gains:
+        plot_gains(gains, args.plot)
+        print(f"wrote {args.plot} (FTP gain per experiment and dataset)")
+
+
 @exits_cleanly
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(prog="fourtier", description=__doc__,
@@ -127,6 +175,18 @@ def main(argv=None) -> None:
     d.set_defaults(run=describe)
     i = sub.add_parser("info", help="resolved params, presets and which artifacts exist")
     i.set_defaults(run=info)
+    a = sub.add_parser("ablate", help="queue one of the paper's ablations as DVC experiments")
+    a.add_argument("kind", choices=["prompts", "K", "vlm", "backbone"])
+    a.add_argument("values", nargs="*", help="a subset: group numbers for prompts (1-17), K values, presets")
+    a.add_argument("--set", action="append", metavar="KEY=VALUE",
+                   help="an extra -S for every experiment, e.g. --set finetune.seeds=[0]")
+    a.add_argument("--dry-run", action="store_true", help="print the dvc commands without queueing")
+    a.set_defaults(run=ablate)
+    r = sub.add_parser("report", help="Markdown tables shaped like the paper's from `dvc exp show --json`")
+    r.add_argument("--json", help="a saved `dvc exp show --json` output (default: run it)")
+    r.add_argument("--out", help="write the Markdown here instead of printing it")
+    r.add_argument("--plot", default="ablation_gains.png", help="bar plot of the FTP gain per experiment and dataset")
+    r.set_defaults(run=report)
     args = parser.parse_args(argv)
     if getattr(args, "K", None) is not None and args.K < 1:
         parser.error("-K must be >= 1")

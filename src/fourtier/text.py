@@ -128,23 +128,29 @@ def embed_captions(captions: list[dict], out_dir: Path, encoder: TextEncoder, ba
     mask[:] = False
     pooled[:] = 0
     todo = [r for r in captions if r["answer"].strip()]
-    todo.sort(key=lambda r: len(r["answer"]))  # similar lengths per batch: less padding
-    with tqdm(total=len(todo), desc="embed", unit="text", dynamic_ncols=True, mininterval=1.0) as bar:
-        for start in range(0, len(todo), batch_size):
-            rows = todo[start:start + batch_size]
-            enc = encoder.encode([r["answer"] for r in rows])
+    # templated answers repeat (a third of the default corpus): encode each distinct text once
+    rows_of: dict[str, list[dict]] = {}
+    for r in todo:
+        rows_of.setdefault(r["answer"], []).append(r)
+    texts = sorted(rows_of, key=len)  # similar lengths per batch: less padding
+    with tqdm(total=len(texts), desc="embed", unit="text", dynamic_ncols=True, mininterval=1.0) as bar:
+        for start in range(0, len(texts), batch_size):
+            batch = texts[start:start + batch_size]
+            enc = encoder.encode(batch)
             length = min(max_tokens, enc.tokens.shape[1])
-            for j, r in enumerate(rows):
-                i, k = position[r["video_id"]], PROMPT_IDS.index(r["prompt_id"])
-                tokens[i, k, :length] = enc.tokens[j, :length]
-                mask[i, k, :length] = enc.mask[j, :length]
-                pooled[i, k] = enc.pooled[j]
-            bar.update(len(rows))
+            for j, text in enumerate(batch):
+                for r in rows_of[text]:
+                    i, k = position[r["video_id"]], PROMPT_IDS.index(r["prompt_id"])
+                    tokens[i, k, :length] = enc.tokens[j, :length]
+                    mask[i, k, :length] = enc.mask[j, :length]
+                    pooled[i, k] = enc.pooled[j]
+            bar.update(len(batch))
     for array in (tokens, mask, pooled):
         array.flush()
     (out_dir / "videos.txt").write_text("".join(f"{v}\n" for v in videos))
     meta = {"encoder": encoder.name, "model": encoder.model_id, "token_dim": d, "pooled_dim": p,
             "max_tokens": max_tokens, "prompts": list(PROMPT_IDS), "videos": n, "texts": len(todo),
+            "distinct_texts": len(texts),
             "missing_answers": len(captions) - len(todo)}
     (out_dir / "meta.json").write_text(json.dumps(meta, indent=1) + "\n")
     return meta

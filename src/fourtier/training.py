@@ -14,6 +14,8 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
+from fourtier import distributed
+
 
 def seed_everything(seed: int) -> torch.Generator:
     random.seed(seed)
@@ -142,7 +144,7 @@ def retrieval(z: np.ndarray, e: np.ndarray, groups: np.ndarray, ks=(1, 5)) -> di
 
 
 def train_alignment(model, source, train_idx: np.ndarray, val_idx: np.ndarray, pooled: np.ndarray, s: OptimSettings,
-                    seed: int, live=None) -> dict:
+                    seed: int, live=None, tag: str = "") -> dict:
     """Stage 1: only processors and alignment heads train. pooled (N, 4, P) aligned with source rows.
     Returns per-prompt retrieval on val_idx."""
     from fourtier.vlm import PROMPT_IDS
@@ -154,16 +156,20 @@ def train_alignment(model, source, train_idx: np.ndarray, val_idx: np.ndarray, p
                         f"{model.config['text_dim']}-d: the text encoder changed since the heads were built; "
                         "re-run embed and align (dvc repro)")
     gen = seed_everything(seed)
+    dev = distributed.device()
+    model.to(dev)
     prompts = model.prompts
     cols = [PROMPT_IDS.index(p) for p in prompts]
     e_all = torch.from_numpy(np.asarray(pooled[:, cols], dtype=np.float32))
-    e_all = torch.nn.functional.normalize(e_all, dim=-1)
-    groups = {p: torch.from_numpy(caption_groups(np.asarray(pooled[:, c]))) for p, c in zip(prompts, cols)}
-    logit_scale = nn.Parameter(torch.full((len(prompts),), math.log(1 / 0.07)))
+    e_all = torch.nn.functional.normalize(e_all, dim=-1).to(dev)
+    groups = {p: torch.from_numpy(caption_groups(np.asarray(pooled[:, c]))).to(dev) for p, c in zip(prompts, cols)}
+    logit_scale = nn.Parameter(torch.full((len(prompts),), math.log(1 / 0.07), device=dev))
     params = model.stage1_parameters() + [logit_scale]
     steps = math.ceil(len(train_idx) / s.batch_size)
     opt, sched = make_optimizer(params, s, steps)
-    for epoch in range(s.epochs):
+    bar = tqdm(range(s.epochs), desc=f"align {tag}".strip(), unit="epoch", dynamic_ncols=True, mininterval=1.0,
+               disable=not distributed.is_main())
+    for epoch in bar:
         model.train()
         order = train_idx[torch.randperm(len(train_idx), generator=gen).numpy()]
         total = 0.0
@@ -172,17 +178,28 @@ def train_alignment(model, source, train_idx: np.ndarray, val_idx: np.ndarray, p
             if len(idx) < 2:
                 continue
             views = torch.randint(source.n_views, (len(idx),), generator=gen).numpy()
-            z = model.align_embeddings(source.get(idx, views))
-            loss = sum(info_nce(z[p], e_all[idx, j], groups[p][idx], logit_scale[j]) for j, p in enumerate(prompts))
+            part = distributed.shard(len(idx))  # this rank's share (all of it in one process)
             opt.zero_grad()
-            loss.backward()
+            total += alignment_backward(model, source.get(idx[part], views[part]).to(dev), len(idx),
+                                        e_all[idx], {p: g[idx] for p, g in groups.items()}, logit_scale)
             opt.step()
             sched.step()
-            total += loss.item()
-        if live is not None:
-            live.log_metric("align/loss", total / steps)
-            live.next_step()
+        log_epoch(live, "align/loss", total / steps)
+        bar.set_postfix(loss=f"{total / steps:.3f}")
     return evaluate_alignment(model, source, val_idx, pooled)
+
+
+def alignment_backward(model, m_part: torch.Tensor, n: int, e: torch.Tensor, groups: dict, logit_scale) -> float:
+    """InfoNCE of a batch of n clips, of which this rank holds m_part; accumulates the full batch's gradient
+    on every rank (summed across ranks). e (n, prompts, P) unit text embeddings. Returns the loss."""
+    z_part = model.align_embeddings(m_part)
+    z = {p: distributed.gather(z_part[p], n) for p in model.prompts}  # every in-batch negative
+    loss = sum(info_nce(z[p], e[:, j], groups[p], logit_scale[j]) for j, p in enumerate(model.prompts))
+    # every rank computes the same full-batch loss; gather's backward sums the ranks' gradients for the
+    # local shard, so each rank scales by 1/world and the summed parameter gradients are exact
+    (loss / distributed.world()).backward()
+    distributed.sum_gradients(model.stage1_parameters() + [logit_scale])
+    return loss.item()
 
 
 @torch.inference_mode()
@@ -195,10 +212,10 @@ def evaluate_alignment(model, source, idx: np.ndarray, pooled: np.ndarray, batch
         batch = idx[start:start + batch_size]
         z = None
         for v in range(source.n_views):  # average the views' embeddings
-            out = model.align_embeddings(source.get(batch, v))
+            out = model.align_embeddings(source.get(batch, v).to(distributed.device()))
             z = out if z is None else {p: z[p] + out[p] for p in out}
         for p in zs:
-            zs[p].append(torch.nn.functional.normalize(z[p], dim=-1).numpy())
+            zs[p].append(torch.nn.functional.normalize(z[p], dim=-1).cpu().numpy())
     result = {}
     for p in model.prompts:
         e = np.asarray(pooled[idx, PROMPT_IDS.index(p)], dtype=np.float32)
@@ -210,17 +227,17 @@ def evaluate_alignment(model, source, idx: np.ndarray, pooled: np.ndarray, batch
 # ---------------------------------------------------------------------------------------------
 # stage 2: fine-tune integration + classifier on a target dataset (backbone and processors frozen)
 
-def soft_cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    return torch.sum(-targets * logits.log_softmax(-1), -1).mean()
-
-
 def train_classifier(model, source, train_idx: np.ndarray, labels: np.ndarray, s: OptimSettings, seed: int,
                      label_smoothing: float, mixup_alpha: float, mixup_prob: float, checkpoint=None,
-                     live=None, tag: str = "") -> list[dict]:
+                     live=None, tag: str = "", desc: str = "finetune") -> list[dict]:
     """Stage 2 on clips `train_idx`; `labels` holds the class of every clip of the source (indexed like it).
     Mixup mixes feature maps m (the frozen backbone's output) and their labels.
     `checkpoint` (a Path) is written after every epoch and resumed from if present."""
     gen = seed_everything(seed)
+    if distributed.world() > 1:  # same batches on every rank, but each rank's own dropout masks
+        torch.manual_seed(seed + 1000 * distributed.rank())
+    dev = distributed.device()
+    model.to(dev)
     model.requires_grad_(False)
     trainable = model.stage2_parameters()
     for p in trainable:
@@ -231,14 +248,19 @@ def train_classifier(model, source, train_idx: np.ndarray, labels: np.ndarray, s
     y = torch.from_numpy(labels).long()
     start_epoch, history = 0, []
     if checkpoint is not None and checkpoint.exists():
-        state = torch.load(checkpoint, weights_only=False)
+        state = torch.load(checkpoint, weights_only=False, map_location=dev)
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
         sched.load_state_dict(state["scheduler"])
         gen.set_state(state["generator"])
+        torch.set_rng_state(state["torch_rng"][distributed.rank()].cpu())  # dropout draws from the global generator
         start_epoch, history = state["epoch"], state["history"]
         print(f"  resuming {tag} from epoch {start_epoch}")
-    for epoch in range(start_epoch, s.epochs):
+        for past in history:  # the curve stays whole across the crash
+            log_epoch(live, f"{tag}/loss", past["loss"])
+    bar = tqdm(range(start_epoch, s.epochs), desc=desc, unit="epoch", dynamic_ncols=True,
+               mininterval=1.0, initial=start_epoch, total=s.epochs, disable=not distributed.is_main())
+    for epoch in bar:
         model.train()
         model.processors.eval()
         order = train_idx[torch.randperm(len(train_idx), generator=gen).numpy()]
@@ -253,21 +275,42 @@ def train_classifier(model, source, train_idx: np.ndarray, labels: np.ndarray, s
                 perm = torch.randperm(len(idx), generator=gen)
                 m = lam * m + (1 - lam) * m[perm]
                 target = lam * target + (1 - lam) * target[perm]
-            loss = soft_cross_entropy(model(m), target)
+            # mixup pairs span the whole batch, so every rank reads all of it and trains on its shard; the
+            # loss is the shard's sum over the full batch size, so the summed gradients are the full batch's
+            part = distributed.shard(len(idx))
             opt.zero_grad()
-            loss.backward()
+            total += classifier_backward(model, m[part].to(dev), target[part].to(dev), len(idx))
             opt.step()
             sched.step()
-            total += loss.item()
         history.append({"epoch": epoch + 1, "loss": total / steps})
-        if live is not None:
-            live.log_metric(f"{tag}/loss", total / steps)
+        log_epoch(live, f"{tag}/loss", total / steps)
+        bar.set_postfix(loss=f"{total / steps:.3f}")
         if checkpoint is not None:
-            tmp = checkpoint.with_suffix(".tmp")
-            torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
-                        "generator": gen.get_state(), "epoch": epoch + 1, "history": history}, tmp)
-            tmp.replace(checkpoint)  # atomic: a crash never leaves a half-written checkpoint
+            torch_rng = distributed.gather_state(torch.get_rng_state())  # every rank's dropout generator
+            if distributed.is_main():
+                tmp = checkpoint.with_suffix(".tmp")
+                torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
+                            "generator": gen.get_state(), "torch_rng": torch_rng, "epoch": epoch + 1,
+                            "history": history}, tmp)
+                tmp.replace(checkpoint)  # atomic: a crash never leaves a half-written checkpoint
+            distributed.barrier()
     return history
+
+
+def classifier_backward(model, m_part: torch.Tensor, target_part: torch.Tensor, n: int) -> float:
+    """Soft-target cross-entropy of a batch of n clips, of which this rank holds m_part; accumulates the full
+    batch's gradient on every rank (summed across ranks). Returns the batch's mean loss."""
+    loss = torch.sum(-target_part * model(m_part).log_softmax(-1)) / n  # this shard's share of the mean
+    loss.backward()
+    distributed.sum_gradients(model.stage2_parameters())
+    return distributed.sum_value(loss.item())
+
+
+def log_epoch(live, name: str, value: float) -> None:
+    """One point of a dvclive curve per epoch (live is None on non-main ranks and in tests)."""
+    if live is not None:
+        live.log_metric(name, value)
+        live.next_step()
 
 
 def F_one_hot(y: torch.Tensor, n: int) -> torch.Tensor:
@@ -278,9 +321,24 @@ def F_one_hot(y: torch.Tensor, n: int) -> torch.Tensor:
 def predict(model, source, idx: np.ndarray, batch_size: int = 128) -> np.ndarray:
     """Multi-view testing: softmax averaged over every cached view (temporal clips x spatial crops)."""
     model.eval()
+    dev = next(model.parameters()).device
     out = []
     for start in range(0, len(idx), batch_size):
         batch = idx[start:start + batch_size]
-        probs = sum(model(source.get(batch, v)).softmax(-1) for v in range(source.n_views)) / source.n_views
-        out.append(probs.numpy())
+        probs = sum(model(source.get(batch, v).to(dev)).softmax(-1) for v in range(source.n_views)) / source.n_views
+        out.append(probs.cpu().numpy())
     return np.concatenate(out)
+
+
+@torch.inference_mode()
+def classifier_features(model, source, idx: np.ndarray, batch_size: int = 128) -> np.ndarray:
+    """The classifier's pooled features (before its linear layer), averaged over the cached views."""
+    model.eval()
+    dev = next(model.parameters()).device
+    out = []
+    for start in range(0, len(idx), batch_size):
+        batch = idx[start:start + batch_size]
+        feats = sum(model.classifier.features(model.f(source.get(batch, v).to(dev))) for v in range(source.n_views))
+        out.append((feats / source.n_views).cpu().numpy())
+    return np.concatenate(out)
+

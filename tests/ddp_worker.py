@@ -1,0 +1,81 @@
+"""Stage 1 and stage 2 on small in-memory data; run as one process or under torchrun (tests/test_distributed.py).
+
+Rank 0 saves the trained weights, the trained model's outputs, the retrieval metrics and the loss history
+to argv[1]. Dropout is off, so
+one process and N processes must take the same optimiser steps up to float rounding.
+"""
+import sys
+
+import numpy as np
+import torch
+
+from fourtier import distributed
+from fourtier.models.ftp import FTP
+from fourtier.training import (OptimSettings, alignment_backward, caption_groups, classifier_backward,
+                               train_alignment, train_classifier)
+
+T, H, W, D = 2, 2, 2, 8
+
+
+class ArraySource:
+    def __init__(self, m):
+        self.m = m
+        self.n_views = m.shape[1]
+
+    def get(self, indices, views):
+        return torch.from_numpy(self.m[np.asarray(indices), np.broadcast_to(views, np.shape(indices))]).float()
+
+
+def one_step_gradients(model, source, pooled, labels) -> dict:
+    """The summed gradients of one stage-1 batch (27 clips) and one stage-2 batch (25 clips)."""
+    idx = np.arange(27)
+    part = distributed.shard(len(idx))
+    e = torch.nn.functional.normalize(torch.from_numpy(pooled[idx][:, :2].astype(np.float32)), dim=-1)
+    groups = {p: torch.from_numpy(caption_groups(pooled[idx, j])) for j, p in enumerate(model.prompts)}
+    logit_scale = torch.nn.Parameter(torch.full((2,), 2.0))
+    alignment_backward(model, source.get(idx[part], 0), len(idx), e, groups, logit_scale)
+    grads = {f"align.{k}": p.grad.clone() for k, p in model.named_parameters() if p.grad is not None}
+    grads["align.logit_scale"] = logit_scale.grad.clone()
+    model.zero_grad()
+    idx = np.arange(25)
+    part = distributed.shard(len(idx))
+    target = torch.nn.functional.one_hot(torch.from_numpy(labels[idx]), 3).float()
+    classifier_backward(model, source.get(idx[part], 1), target[part], len(idx))
+    grads.update({f"classify.{k}": p.grad.clone() for k, p in model.named_parameters()
+                  if p.grad is not None and k.startswith(("integration.", "classifier."))})
+    model.zero_grad(set_to_none=True)
+    return grads
+
+
+def main(out: str) -> None:
+    distributed.setup()
+    torch.set_num_threads(1)
+    rng = np.random.default_rng(0)
+    m = rng.normal(size=(40, 2, T, H, W, D)).astype(np.float32)
+    pooled = rng.normal(size=(40, 4, 6)).astype(np.float16)
+    labels = rng.integers(0, 3, 40)
+    torch.manual_seed(0)
+    model = FTP(D, (T, H, W), ["A", "B"], n_classes=3, text_dim=6)
+    for module in model.modules():
+        if isinstance(module, torch.nn.Dropout):
+            module.p = 0.0
+    source = ArraySource(m)
+    gradients = one_step_gradients(model, source, pooled, labels)
+    # 27 training clips in batches of 8: the last batch (3) splits unevenly across 2 ranks
+    retrieval = train_alignment(model, source, np.arange(27), np.arange(27, 40), pooled,
+                                OptimSettings(3, 8, 1e-2, 0.05, (0.9, 0.95), 1), seed=0)
+    # 25 clips in batches of 8: the last batch (1) leaves one rank with nothing to do
+    history = train_classifier(model, source, np.arange(25), labels, OptimSettings(3, 8, 1e-2, 0.05, (0.9, 0.999), 1),
+                               seed=0, label_smoothing=0.1, mixup_alpha=0.8, mixup_prob=0.5)
+    model.eval()
+    with torch.no_grad():
+        every = torch.from_numpy(m[:, 0])
+        outputs = {"logits": model(every), **{f"z_{p}": z for p, z in model.align_embeddings(every).items()}}
+    if distributed.is_main():
+        torch.save({"state": model.state_dict(), "outputs": outputs, "gradients": gradients, "retrieval": retrieval, "history": history,
+                    "world": distributed.world()}, out)
+    distributed.teardown()
+
+
+if __name__ == "__main__":
+    main(sys.argv[1])
