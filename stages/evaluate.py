@@ -14,7 +14,7 @@ from fourtier.evaluation import accuracy_metrics, latency_ms, load_classifier, o
 from fourtier.features import FeatureSource
 from fourtier.models.backbone import load_backbone
 from fourtier.params import load_params
-from fourtier.plots import plot_class_gain, plot_tsne
+from fourtier.plots import placeholder, plot_class_gain, plot_tsne
 from fourtier.training import classifier_features, predict
 
 
@@ -36,6 +36,8 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     results: dict[str, list[dict]] = {}
     models = {}
+    for arm in ("ftp", "baseline"):  # declared outputs exist even when finetune.arms leaves an arm out
+        (out / f"confusion_{arm}.csv").write_text("actual,predicted\n")
     for path in runs:
         arm, seed = path.stem.rsplit("-seed", 1)
         model = load_classifier(path, source.classes)
@@ -60,7 +62,11 @@ def main() -> None:
     per_class = {arm: {c: float(np.mean([r["per_class"].get(c, 0.0) for r in rs])) for c in source.classes}
                  for arm, rs in results.items()}
     (out / "per_class.json").write_text(json.dumps(per_class, indent=1) + "\n")
-    if "ftp" in models and "baseline" in models:
+    if "ftp" not in models or "baseline" not in models:
+        for name in ("tsne.png", "per_class_gain.png"):
+            placeholder(out / name, f"{name} compares FTP with the baseline; finetune.arms trained only "
+                                    f"{', '.join(sorted(models))}")
+    else:
         title = f"{args.dataset}: validation clips, seed 0"
         plot_tsne({arm: classifier_features(models[arm], source, idx) for arm in ("baseline", "ftp")}, labels,
                   source.classes, out / "tsne.png", f"t-SNE of classifier features, {title}")

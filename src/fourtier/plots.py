@@ -60,3 +60,13 @@ def plot_class_gain(ftp: dict[str, float], baseline: dict[str, float], path: Pat
     fig.tight_layout()
     fig.savefig(path, dpi=80)
     plt.close(fig)
+
+
+def placeholder(path: Path, message: str) -> None:
+    """A declared image plot that has nothing to show in this run says why."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6, 1.2))
+    ax.axis("off")
+    ax.text(0.5, 0.5, message, ha="center", va="center", wrap=True, fontsize=9)
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
