@@ -6,6 +6,7 @@ plain mappings here and checked by that stage's own module.
 """
 from __future__ import annotations
 
+import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,7 +17,7 @@ import yaml
 from fourtier.errors import ParamsError
 
 PROMPT_IDS = ("A", "B", "C", "D")
-DATASET_TYPES = ("synthact", "folder")
+DATASET_TYPES = ("synthact", "folder", "ucf101", "hmdb51")
 SYNTHACT_VARIANTS = ("pretrain", "scenes", "motion")
 
 
@@ -41,6 +42,20 @@ class FolderSpec:
     val_fraction: float  # used for rows whose CSV has no split
     short_side: int  # 0 = keep the videos as they are (still validated)
     seed: int
+
+
+@dataclass(frozen=True)
+class PublicSpec:
+    """UCF-101 or HMDB51 from the official archives (fourtier.data.public)."""
+    kind: str
+    name: str
+    split: int  # the official split, 1-3
+    short_side: int  # normalised short side (0 = keep as is)
+    cache_dir: Path  # archives and extracted videos, outside the workspace
+    archive_url: str  # "" = the official location
+    splits_url: str
+    archive_sha256: str  # "" = not pinned (the downloaded file's sha256 is recorded in the manifest)
+    archive_size: int  # 0 = not pinned
 
 
 @dataclass(frozen=True)
@@ -151,7 +166,7 @@ def _selector(raw: dict, key: str, presets: dict[str, dict], presets_key: str) -
     return _choice(value, sorted(presets), key, f" (presets under '{presets_key}:', or hf:<model id>)")
 
 
-def _dataset_spec(name: str, spec: Any) -> SynthActSpec | FolderSpec:
+def _dataset_spec(name: str, spec: Any) -> SynthActSpec | FolderSpec | PublicSpec:
     where = f"datasets.{name}"
     if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_-]*", str(name)):
         # the name becomes a folder, a DVC stage suffix and a dotted params key
@@ -172,6 +187,18 @@ def _dataset_spec(name: str, spec: Any) -> SynthActSpec | FolderSpec:
             train_per_class=0 if pretrain else _int_at_least(spec, "train_per_class", where, 1),
             val_per_class=0 if pretrain else _int_at_least(spec, "val_per_class", where, 1),
         )
+    if kind in ("ucf101", "hmdb51"):
+        split = _int_at_least(spec, "split", where, 1, 1)
+        if split > 3:
+            raise ParamsError(f"params.yaml: '{where}.split' must be 1, 2 or 3 (the official splits), got {split}")
+        default_cache = os.environ.get("FOURTIER_DATA") or str(Path.home() / ".cache" / "fourtier" / "datasets")
+        return PublicSpec(kind=kind, name=name, split=split,
+                          short_side=_int_at_least(spec, "short_side", where, 0, 320),
+                          cache_dir=Path(_get(spec, "cache_dir", where, str, default_cache)).expanduser(),
+                          archive_url=_get(spec, "archive_url", where, str, ""),
+                          splits_url=_get(spec, "splits_url", where, str, ""),
+                          archive_sha256=_get(spec, "archive_sha256", where, str, ""),
+                          archive_size=_int_at_least(spec, "archive_size", where, 0, 0))
     return FolderSpec(
         name=name,
         root=Path(_get(spec, "root", where, str)),

@@ -88,38 +88,62 @@ def _ingest_one(job) -> dict:
 
 
 def download(spec, out_dir, workers: int) -> dict:
-    out_dir = Path(out_dir)
-    videos = out_dir / "videos"
-    videos.mkdir(parents=True, exist_ok=True)
     root = spec.root
     if not root.is_dir():
         raise DataError(f"dataset {spec.name!r}: folder not found: {root} (set datasets.{spec.name}.root)")
     csv_path = spec.csv if spec.csv.is_absolute() else root / spec.csv
     rows = read_label_csv(csv_path)
-    jobs, meta, skipped, seen = [], [], [], {}
     for line, row in enumerate(rows, start=2):
-        where = f"{csv_path}:{line}"
         if not row.get("label"):
-            raise DataError(f"{where}: empty label for {row.get('path')!r}")
-        src = Path(row["path"]) if Path(row["path"]).is_absolute() else root / row["path"]
-        vid = video_id_for(row["path"])
-        if vid in seen:
-            raise DataError(f"{where}: {row['path']!r} gives the same video id as line {seen[vid]} ({vid!r})")
-        seen[vid] = line
-        if not src.is_file():
-            skipped.append({"item": row["path"], "reason": "file not found"})
-            continue
-        jobs.append((src, videos / vid, spec.short_side))
-        meta.append((vid, row["label"], _split_for(row, spec.seed, spec.val_fraction, where), row["path"]))
-    annotations, normalised = [], 0
-    for (vid, label, split, rel), result in zip(meta, map_progress(_ingest_one, jobs, workers, desc=f"ingest {spec.name}")):
-        if not result["ok"]:
-            skipped.append({"item": rel, "reason": result["reason"]})
-            continue
-        normalised += result["normalised"]
-        annotations.append(Annotation(vid, f"videos/{result['file']}", label, split))
+            raise DataError(f"{csv_path}:{line}: empty label for {row.get('path')!r}")
+        row["split"] = _split_for(row, spec.seed, spec.val_fraction, f"{csv_path}:{line}")
+        row["where"] = f"{csv_path}:{line}"
     classes = sorted({r["label"] for r in rows})
     source = {"kind": "folder", "version": VERSION, "root": str(root), "csv": str(csv_path),
               "short_side": spec.short_side}
+    return ingest(spec.name, root, rows, classes, spec.short_side, Path(out_dir), workers, source)
+
+
+def ingest(name: str, root: Path, rows: list[dict], classes: list[str], short_side: int, out_dir: Path,
+           workers: int, source: dict) -> dict:
+    """Validate (and with short_side > 0 normalise) every listed video into the download contract.
+
+    rows: path (relative to root, or absolute), label, split, and optionally where (for messages). The
+    manifest accounts for every listed video: expected, present, missing and unreadable per split and class,
+    with the ids of the missing ones."""
+    videos = out_dir / "videos"
+    videos.mkdir(parents=True, exist_ok=True)
+    jobs, meta, skipped, seen = [], [], [], {}
+    for row in rows:
+        where = row.get("where", row["path"])
+        vid = video_id_for(row["path"])
+        if vid in seen:
+            raise DataError(f"{where}: {row['path']!r} gives the same video id as {seen[vid]} ({vid!r})")
+        seen[vid] = where
+        src = Path(row["path"]) if Path(row["path"]).is_absolute() else root / row["path"]
+        if not src.is_file():
+            skipped.append({"item": row["path"], "reason": "file not found", "split": row["split"],
+                            "label": row["label"]})
+            continue
+        jobs.append((src, videos / vid, short_side))
+        meta.append((vid, row["label"], row["split"], row["path"]))
+    annotations, normalised = [], 0
+    for (vid, label, split, rel), result in zip(meta, map_progress(_ingest_one, jobs, workers, desc=f"ingest {name}")):
+        if not result["ok"]:
+            skipped.append({"item": rel, "reason": result["reason"], "split": split, "label": label})
+            continue
+        normalised += result["normalised"]
+        annotations.append(Annotation(vid, f"videos/{result['file']}", label, split))
+    accounting: dict[str, dict[str, dict[str, int]]] = {}
+    for row in rows:
+        entry = accounting.setdefault(row["split"], {}).setdefault(
+            row["label"], {"expected": 0, "present": 0, "missing": 0, "unreadable": 0})
+        entry["expected"] += 1
+    for a in annotations:
+        accounting[a.split][a.label]["present"] += 1
+    for s in skipped:
+        accounting[s["split"]][s["label"]]["missing" if s["reason"] == "file not found" else "unreadable"] += 1
+    missing_ids = sorted(s["item"] for s in skipped if s["reason"] == "file not found")
     return write_dataset(out_dir, annotations, classes, source, skipped,
-                         extra={"normalised": normalised, "expected": len(rows)})
+                         extra={"normalised": normalised, "expected": len(rows), "accounting": accounting,
+                                "missing_ids": missing_ids})

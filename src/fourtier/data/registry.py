@@ -7,11 +7,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from fourtier.data import folder, synthact
+from fourtier.data import folder, public, synthact
 
 DOWNLOADERS = {
     "synthact": synthact.download,
     "folder": folder.download,
+    "ucf101": public.download,
+    "hmdb51": public.download,
 }
 
 

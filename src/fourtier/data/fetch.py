@@ -1,0 +1,174 @@
+"""Downloads and archive extraction for public datasets.
+
+`fetch` streams a URL to disk with a progress bar, resumes an interrupted download with an HTTP Range request,
+retries transient errors (connection resets, timeouts, 5xx) with back-off, and verifies the result against a
+known size and/or sha256. A mismatch is an error and the bad file is moved aside (`<name>.bad`), never used.
+A dead link (404, 410, 403) fails at once with the URL in the message.
+
+`extract` unpacks tar (with the `data` filter), zip and rar archives, refusing absolute paths, `..`
+traversal and links that leave the destination.
+"""
+from __future__ import annotations
+
+import hashlib
+import shutil
+import socket
+import tarfile
+import time
+import urllib.error
+import urllib.request
+import zipfile
+from pathlib import Path, PurePosixPath
+
+from fourtier.errors import DataError
+
+PERMANENT_HTTP = {400, 401, 403, 404, 410, 451}
+CHUNK = 1 << 20
+
+
+def sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(CHUNK), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _check(path: Path, sha256: str | None, size: int | None) -> str:
+    """'' when the file matches what is known about it, else the reason."""
+    actual = path.stat().st_size
+    if size is not None and actual != size:
+        return f"size {actual} bytes, expected {size}"
+    if sha256:
+        digest = sha256_of(path)
+        if digest != sha256.lower():
+            return f"sha256 {digest}, expected {sha256.lower()}"
+    return ""
+
+
+def _stream(url: str, part: Path, timeout: float, desc: str) -> None:
+    """Append the rest of `url` to `part`, starting from its current size."""
+    from tqdm import tqdm
+
+    have = part.stat().st_size if part.exists() else 0
+    request = urllib.request.Request(url, headers={"User-Agent": "fourtier", **({"Range": f"bytes={have}-"} if have else {})})
+    try:
+        response = urllib.request.urlopen(request, timeout=timeout)
+    except urllib.error.HTTPError as exc:
+        if exc.code == 416 and have:  # nothing left to send: the partial file is complete (checked after)
+            return
+        raise
+    with response:
+        if have and response.status != 206:  # the server ignored the Range header: start over
+            have = 0
+        total = response.headers.get("Content-Range", "").rpartition("/")[2]
+        total = int(total) if total.isdigit() else (int(response.headers.get("Content-Length") or 0) + have) or None
+        with open(part, "ab" if have else "wb") as fh, \
+                tqdm(total=total, initial=have, unit="B", unit_scale=True, desc=desc, dynamic_ncols=True,
+                     mininterval=1.0) as bar:
+            while True:
+                block = response.read(CHUNK)
+                if not block:
+                    break
+                fh.write(block)
+                bar.update(len(block))
+        if total is not None and part.stat().st_size < total:
+            raise ConnectionError(f"connection closed at {part.stat().st_size} of {total} bytes")
+
+
+def fetch(url: str, dest: Path, sha256: str | None = None, size: int | None = None, retries: int = 4,
+          timeout: float = 30.0, backoff: float = 2.0) -> Path:
+    """Download url to dest (resumable, verified). Returns dest; a verified dest is not downloaded again."""
+    dest = Path(dest)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    if dest.exists() and not _check(dest, sha256, size):
+        return dest
+    part = dest.with_name(dest.name + ".part")
+    for attempt in range(retries + 1):
+        try:
+            _stream(url, part, timeout, dest.name)
+            break
+        except urllib.error.HTTPError as exc:
+            if exc.code in PERMANENT_HTTP:
+                raise DataError(f"{url}: HTTP {exc.code} {exc.reason}. The link is dead or needs access rights; "
+                                "check the dataset's page for its current location and set the URL in params.yaml, "
+                                "or download it by hand into the folder the README names") from None
+            reason = f"HTTP {exc.code} {exc.reason}"
+        except (urllib.error.URLError, socket.timeout, TimeoutError, ConnectionError, OSError) as exc:
+            reason = str(getattr(exc, "reason", exc)) or type(exc).__name__
+        if attempt == retries:
+            kept = part.stat().st_size if part.exists() else 0
+            raise DataError(f"{url}: {reason} (after {retries + 1} attempts). Check the network or the server; "
+                            f"re-running resumes from the {kept} bytes already in {part}") from None
+        time.sleep(backoff * 2 ** attempt)
+    problem = _check(part, sha256, size)
+    if problem:
+        bad = dest.with_name(dest.name + ".bad")
+        part.replace(bad)
+        raise DataError(f"{url}: downloaded file does not match: {problem}. It is kept aside as {bad} and not "
+                        "used; delete it and re-run to download again, or report the changed file upstream")
+    part.replace(dest)
+    return dest
+
+
+# ---------------------------------------------------------------------------------------------
+# extraction
+
+def _safe_member(name: str, dest: Path) -> Path:
+    """The path a member named `name` extracts to, or an error for absolute or escaping paths."""
+    pure = PurePosixPath(name.replace("\\", "/"))
+    if pure.is_absolute() or (pure.parts and pure.parts[0].endswith(":")):
+        raise DataError(f"archive entry {name!r} has an absolute path; refusing to extract it")
+    target = (dest / pure).resolve()
+    if target != dest.resolve() and dest.resolve() not in target.parents:
+        raise DataError(f"archive entry {name!r} points outside the destination (path traversal); refusing "
+                        "to extract it")
+    return target
+
+
+def extract(archive: Path, dest: Path) -> None:
+    archive, dest = Path(archive), Path(dest)
+    dest.mkdir(parents=True, exist_ok=True)
+    if zipfile.is_zipfile(archive):
+        with zipfile.ZipFile(archive) as zf:
+            for info in zf.infolist():
+                _safe_member(info.filename, dest)
+                if (info.external_attr >> 16) & 0o170000 == 0o120000:
+                    raise DataError(f"{archive}: entry {info.filename!r} is a symbolic link; refusing to extract it")
+            zf.extractall(dest)
+    elif tarfile.is_tarfile(archive):
+        with tarfile.open(archive) as tf:
+            try:
+                for member in tf.getmembers():  # check every entry before writing any
+                    _safe_member(member.name, dest)  # refuse, where the filter would strip a leading '/'
+                    tarfile.data_filter(member, str(dest))
+                tf.extractall(dest, filter="data")  # no absolute paths, traversal, devices or escaping links
+            except tarfile.FilterError as exc:
+                raise DataError(f"{archive}: {exc}; refusing to extract it") from None
+    elif archive.read_bytes()[:7] in (b"Rar!\x1a\x07\x00", b"Rar!\x1a\x07\x01"):
+        _extract_rar(archive, dest)
+    else:
+        raise DataError(f"{archive} is not a zip, tar or rar archive")
+
+
+def _extract_rar(archive: Path, dest: Path) -> None:
+    """RAR needs an external tool: unrar, 7z or bsdtar (libarchive), whichever is on PATH."""
+    import subprocess
+
+    tools = [("unrar", ["unrar", "x", "-o+", "-idq", str(archive), str(dest) + "/"], ["unrar", "lb", str(archive)]),
+             ("7z", ["7z", "x", "-y", f"-o{dest}", str(archive)], ["7z", "l", "-slt", "-ba", str(archive)]),
+             ("bsdtar", ["bsdtar", "-xf", str(archive), "-C", str(dest)], ["bsdtar", "-tf", str(archive)])]
+    for tool, extract_cmd, list_cmd in tools:
+        if shutil.which(tool):
+            listing = subprocess.run(list_cmd, capture_output=True, text=True)
+            names = [line.removeprefix("Path = ") for line in listing.stdout.splitlines()
+                     if tool != "7z" or line.startswith("Path = ")]
+            for name in names:
+                _safe_member(name, dest)
+            done = subprocess.run(extract_cmd, capture_output=True, text=True)
+            if done.returncode != 0:
+                raise DataError(f"{tool} could not extract {archive}: {done.stderr.strip()[-500:]}")
+            return
+    raise DataError(f"{archive} is a RAR archive and no RAR tool was found. Install one without root, e.g. "
+                    "`conda install -c conda-forge unrar` or a static `7zz` from 7-zip.org on PATH as `7z`; with "
+                    "root, `apt install unrar` (or `libarchive-tools` for bsdtar). Then re-run")

@@ -1,0 +1,133 @@
+"""Downloads and extraction against a local HTTP server on 127.0.0.1 (no internet): resume after a cut
+connection, checksum mismatch, 404, timeout, and archives that try to escape their destination."""
+import hashlib
+import io
+import tarfile
+import threading
+import time
+import zipfile
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+
+from fourtier.data.fetch import extract, fetch
+from fourtier.errors import DataError
+
+PAYLOAD = bytes(range(256)) * 4096  # 1 MiB
+SHA = hashlib.sha256(PAYLOAD).hexdigest()
+
+
+class Handler(BaseHTTPRequestHandler):
+    requests: list = []
+    cut_once: set = set()
+
+    def log_message(self, *args):
+        pass
+
+    def do_GET(self):
+        Handler.requests.append((self.path, self.headers.get("Range")))
+        if self.path.startswith("/missing"):
+            self.send_error(404, "Not Found")
+            return
+        if self.path.startswith("/slow"):
+            time.sleep(2)
+        start = 0
+        if self.headers.get("Range"):
+            start = int(self.headers["Range"].split("=")[1].split("-")[0])
+            self.send_response(206)
+            self.send_header("Content-Range", f"bytes {start}-{len(PAYLOAD) - 1}/{len(PAYLOAD)}")
+        else:
+            self.send_response(200)
+        self.send_header("Content-Length", str(len(PAYLOAD) - start))
+        self.end_headers()
+        body = PAYLOAD[start:]
+        if self.path.startswith("/cut") and self.path not in Handler.cut_once:
+            Handler.cut_once.add(self.path)
+            self.wfile.write(body[:300_000])  # then the connection drops
+            self.wfile.flush()
+            self.connection.shutdown(2)
+            return
+        self.wfile.write(body)
+
+
+@pytest.fixture(scope="module")
+def server():
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{httpd.server_address[1]}"
+    httpd.shutdown()
+
+
+def test_cut_connection_resumes_with_a_range_request(server, tmp_path):
+    Handler.requests.clear()
+    dest = fetch(f"{server}/cut/data.bin", tmp_path / "data.bin", sha256=SHA, backoff=0)
+    assert dest.read_bytes() == PAYLOAD
+    ranges = [r for p, r in Handler.requests if p == "/cut/data.bin"]
+    assert ranges[0] is None and ranges[1] == "bytes=300000-"  # the second request asked only for the rest
+    assert not (tmp_path / "data.bin.part").exists()
+    Handler.requests.clear()
+    fetch(f"{server}/cut/data.bin", dest, sha256=SHA)  # verified already: no request at all
+    assert Handler.requests == []
+
+
+def test_checksum_mismatch_is_an_error_and_the_file_is_kept_aside(server, tmp_path):
+    with pytest.raises(DataError, match="does not match: sha256") as err:
+        fetch(f"{server}/data.bin", tmp_path / "data.bin", sha256="0" * 64)
+    assert "data.bin.bad" in str(err.value)
+    assert (tmp_path / "data.bin.bad").read_bytes() == PAYLOAD and not (tmp_path / "data.bin").exists()
+    with pytest.raises(DataError, match="size 1048576 bytes, expected 1000"):
+        fetch(f"{server}/data.bin", tmp_path / "other.bin", size=1000)
+
+
+def test_404_fails_at_once_with_the_url(server, tmp_path):
+    Handler.requests.clear()
+    with pytest.raises(DataError, match=r"/missing/x.rar: HTTP 404") as err:
+        fetch(f"{server}/missing/x.rar", tmp_path / "x.rar", backoff=0)
+    assert "link is dead" in str(err.value) and len(Handler.requests) == 1  # no retries
+
+
+def test_timeout_is_retried_then_reported(server, tmp_path):
+    Handler.requests.clear()
+    start = time.perf_counter()
+    with pytest.raises(DataError, match=r"timed out \(after 2 attempts\)"):
+        fetch(f"{server}/slow/data.bin", tmp_path / "data.bin", retries=1, timeout=0.3, backoff=0)
+    assert len(Handler.requests) == 2 and time.perf_counter() - start < 5
+
+
+def test_unreachable_server_is_reported(tmp_path):
+    with pytest.raises(DataError, match=r"127.0.0.1:9/x.bin: .*after 1 attempts"):
+        fetch("http://127.0.0.1:9/x.bin", tmp_path / "x.bin", retries=0)
+
+
+def _tar(path, names):
+    with tarfile.open(path, "w:gz") as tf:
+        for name in names:
+            info = tarfile.TarInfo(name)
+            info.size = 3
+            tf.addfile(info, io.BytesIO(b"abc"))
+    return path
+
+
+def test_extraction_refuses_path_traversal_and_absolute_paths(tmp_path):
+    dest = tmp_path / "out"
+    with pytest.raises(DataError, match="outside the destination"):
+        extract(_tar(tmp_path / "evil.tar.gz", ["ok/a.txt", "../evil.txt"]), dest)
+    assert not (tmp_path / "evil.txt").exists()
+    with pytest.raises(DataError, match="has an absolute path"):
+        extract(_tar(tmp_path / "abs.tar.gz", ["/tmp/fourtier-evil.txt"]), dest)
+    with zipfile.ZipFile(tmp_path / "evil.zip", "w") as zf:
+        zf.writestr("fine.txt", "x")
+        zf.writestr("../../evil.txt", "x")
+    with pytest.raises(DataError, match="path traversal"):
+        extract(tmp_path / "evil.zip", dest)
+    assert not (tmp_path / "evil.txt").exists() and not (dest / "fine.txt").exists()  # nothing half-extracted
+
+
+def test_good_archives_extract(tmp_path):
+    extract(_tar(tmp_path / "good.tar.gz", ["d/a.txt", "d/b.txt"]), tmp_path / "t")
+    assert (tmp_path / "t/d/a.txt").read_bytes() == b"abc"
+    with zipfile.ZipFile(tmp_path / "good.zip", "w") as zf:
+        zf.writestr("d/c.txt", "xyz")
+    extract(tmp_path / "good.zip", tmp_path / "z")
+    assert (tmp_path / "z/d/c.txt").read_text() == "xyz"

@@ -1,0 +1,98 @@
+"""The official split-file formats of UCF-101 and HMDB51 on tiny layouts built here."""
+import pytest
+
+from fourtier.data.public import hmdb51_rows, ucf101_rows
+from fourtier.errors import DataError
+
+
+def test_ucf101_split_files(tmp_path):
+    d = tmp_path / "ucfTrainTestlist"
+    d.mkdir()
+    (d / "classInd.txt").write_text("2 Basketball\r\n1 ApplyEyeMakeup\r\n")  # CRLF and out of order, as shipped
+    (d / "trainlist01.txt").write_text("ApplyEyeMakeup/v_ApplyEyeMakeup_g08_c01.avi 1\r\nBasketball/v_Basketball_g08_c01.avi 2\r\n")
+    (d / "testlist01.txt").write_text("Basketball/v_Basketball_g01_c01.avi\r\n")
+    rows, classes = ucf101_rows(tmp_path, 1)
+    assert classes == ["ApplyEyeMakeup", "Basketball"]  # classInd order, not file order
+    assert rows == [{"path": "ApplyEyeMakeup/v_ApplyEyeMakeup_g08_c01.avi", "label": "ApplyEyeMakeup", "split": "train"},
+                    {"path": "Basketball/v_Basketball_g08_c01.avi", "label": "Basketball", "split": "train"},
+                    {"path": "Basketball/v_Basketball_g01_c01.avi", "label": "Basketball", "split": "val"}]
+    with pytest.raises(DataError, match="no trainlist02.txt"):
+        ucf101_rows(tmp_path, 2)
+
+
+def test_hmdb51_split_files(tmp_path):
+    d = tmp_path / "testTrainMulti_7030_splits"
+    d.mkdir()
+    (d / "wave_test_split1.txt").write_text("a.avi 1 \nb.avi 2 \nc.avi 0 \n")
+    (d / "brush_hair_test_split1.txt").write_text("d.avi 2 \n")
+    rows, classes = hmdb51_rows(tmp_path, 1)
+    assert classes == ["brush_hair", "wave"]
+    assert sorted((r["path"], r["split"]) for r in rows) == [("brush_hair/d.avi", "val"), ("wave/a.avi", "train"),
+                                                            ("wave/b.avi", "val")]  # c.avi: not in split 1
+    (d / "wave_test_split1.txt").write_text("a.avi 7\n")
+    with pytest.raises(DataError, match="cannot read line 'a.avi 7'"):
+        hmdb51_rows(tmp_path, 1)
+
+
+@pytest.fixture
+def static_server(tmp_path):
+    import functools
+    import threading
+    from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+
+    root = tmp_path / "www"
+    root.mkdir()
+    handler = functools.partial(SimpleHTTPRequestHandler, directory=str(root))
+    handler.log_message = lambda *a: None
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    yield root, f"http://127.0.0.1:{httpd.server_address[1]}"
+    httpd.shutdown()
+
+
+def test_ucf101_download_from_a_local_mirror_accounts_for_every_listed_video(static_server, tmp_path):
+    """A tiny UCF-style archive and split zip served on 127.0.0.1: the official split is read, one listed
+    video is absent from the archive and one is corrupt; both are accounted for, the rest ingested."""
+    import json
+    import tarfile
+    import zipfile
+
+    from helpers import index_frames, write_video
+
+    from fourtier.data.registry import download
+    from fourtier.params import _dataset_spec
+
+    www, url = static_server
+    videos = tmp_path / "build" / "UCF-101"
+    for cls in ("ApplyEyeMakeup", "Basketball"):
+        (videos / cls).mkdir(parents=True)
+        for g in (1, 8):
+            write_video(videos / cls / f"v_{cls}_g0{g}_c01.avi", index_frames(12, 48, 64), codec="mpeg4")
+    corrupt = videos / "Basketball" / "v_Basketball_g08_c01.avi"
+    corrupt.write_bytes(corrupt.read_bytes()[:600])
+    with tarfile.open(www / "UCF101.tar.gz", "w:gz") as tf:
+        tf.add(videos, arcname="UCF-101")
+    with zipfile.ZipFile(www / "splits.zip", "w") as zf:
+        zf.writestr("ucfTrainTestlist/classInd.txt", "1 ApplyEyeMakeup\r\n2 Basketball\r\n")
+        zf.writestr("ucfTrainTestlist/trainlist01.txt",
+                    "ApplyEyeMakeup/v_ApplyEyeMakeup_g08_c01.avi 1\r\nBasketball/v_Basketball_g08_c01.avi 2\r\n"
+                    "Basketball/v_Basketball_g09_c01.avi 2\r\n")
+        zf.writestr("ucfTrainTestlist/testlist01.txt",
+                    "ApplyEyeMakeup/v_ApplyEyeMakeup_g01_c01.avi\r\nBasketball/v_Basketball_g01_c01.avi\r\n")
+    spec = _dataset_spec("ucf101", {"type": "ucf101", "split": 1, "short_side": 32, "cache_dir": str(tmp_path / "cache"),
+                                    "archive_url": f"{url}/UCF101.tar.gz", "splits_url": f"{url}/splits.zip"})
+    out = tmp_path / "raw" / "ucf101"
+    manifest = download(spec, out, workers=1)
+    assert (out / "classes.txt").read_text() == "ApplyEyeMakeup\nBasketball\n"
+    assert manifest["expected"] == 5 and manifest["num_videos"] == 3
+    assert manifest["missing_ids"] == ["Basketball/v_Basketball_g09_c01.avi"]
+    assert manifest["accounting"]["train"]["Basketball"] == {"expected": 2, "present": 0, "missing": 1, "unreadable": 1}
+    assert manifest["accounting"]["val"]["ApplyEyeMakeup"]["present"] == 1
+    assert manifest["source"]["archive_sha256"] and manifest["source"]["split"] == 1
+    assert manifest["normalised"] == 3  # 48x64 -> short side 32
+    # a second run reuses the downloaded archives and the extraction: the mirror can be gone
+    for f in www.iterdir():
+        f.unlink()
+    again = download(spec, tmp_path / "raw2" / "ucf101", workers=1)
+    assert again["checksums"] == manifest["checksums"]
+    assert json.loads((out / "manifest.json").read_text())["missing_ids"] == manifest["missing_ids"]
