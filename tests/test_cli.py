@@ -46,3 +46,57 @@ def test_describe_reports_a_broken_video(project, testvideos, capsys):
     with pytest.raises(SystemExit) as exit_:
         main(["describe", str(testvideos / "mediabunny_annex-b_truncated.mp4")])
     assert exit_.value.code == 2 and "truncated" in capsys.readouterr().err
+
+
+@pytest.fixture
+def trained_project(project):
+    """A project with a (random) tiny backbone and an FTP classifier for synth-scenes, as dvc repro leaves them."""
+    import torch
+
+    from fourtier.models.backbone import TinyVideoViT, save_tiny
+    from fourtier.models.ftp import FTP
+
+    torch.manual_seed(0)
+    save_tiny(TinyVideoViT(frames=8, size=64, dim=32, depth=1, heads=2), project / "models/backbone", {})
+    classes = [f"class {i}" for i in range(10)]
+    model = FTP(32, (8, 4, 4), ["A", "B", "C", "D"], n_classes=10)
+    (project / "models/finetune/synth-scenes").mkdir(parents=True)
+    torch.save({"config": model.config, "classes": classes, "arm": "ftp", "seed": 0, "backbone": "tiny",
+                "state": model.state_dict()}, project / "models/finetune/synth-scenes/ftp-seed0.pt")
+    (project / "data/raw/synth-scenes").mkdir(parents=True)
+    (project / "data/raw/synth-scenes/classes.txt").write_text("".join(f"{c}\n" for c in classes))
+    return project
+
+
+@pytest.mark.parametrize("clip", ["imageio_test.webm", "mmaction2_demo.mp4", "decord_video_90.mov"])
+def test_predict_prints_the_top5_for_real_clips(trained_project, testvideos, capsys, clip):
+    """WebM that decord cannot open, anamorphic pixels (SAR 64:51) and rotation metadata all work."""
+    main(["predict", str(testvideos / clip)])
+    lines = capsys.readouterr().out.splitlines()
+    assert "(synth-scenes, ftp seed 0, 2 views)" in lines[0]
+    probs = [float(line.split("%")[0]) for line in lines[1:]]
+    assert len(probs) == 5 and probs == sorted(probs, reverse=True) and all(line.split("%")[1].strip().startswith("class ")
+                                                                              for line in lines[1:])
+
+
+def test_predict_makes_pixels_square_before_reading_frames(testvideos, tmp_path):
+    from fourtier import video
+    from fourtier.cli import _decodable
+
+    src = testvideos / "mmaction2_demo.mp4"
+    out = _decodable(str(src), tmp_path)
+    stream = video.probe(out).main_stream
+    assert out != str(src) and stream.sar == 1
+    display = video.probe(src).main_stream.display_size  # 427 x 256; yuv420p needs even sizes
+    assert abs(stream.width - display[0]) <= 1 and stream.height == display[1]
+    assert _decodable(str(testvideos / "mmaction2_test.avi"), tmp_path) == str(testvideos / "mmaction2_test.avi")
+
+
+@pytest.mark.parametrize("clip, reason", [("decord_corrupted.mp4", "corrupt: decoder reported errors"),
+                                          ("mediabunny_annex-b_truncated.mp4", "truncated: header says 35.23 s")])
+def test_predict_names_why_a_broken_clip_cannot_be_used(trained_project, testvideos, capsys, clip, reason):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["predict", str(testvideos / clip)])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert reason in err and "Traceback" not in err

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import tempfile
 from pathlib import Path
 
 from fourtier.errors import DataError, VideoError, exits_cleanly
@@ -21,6 +22,41 @@ def _video(path: str) -> str:
     if not Path(path).is_file():
         raise VideoError(f"video not found: {path}")
     return path
+
+
+def _decodable(path: str, tmp: Path) -> str:
+    """The video as the folder ingest would normalise it: pixels made square (the feature pipeline reads
+    frames as stored) and, when decord cannot read the container (e.g. WebM without a duration), re-encoded
+    to H.264 MP4. Corrupt or truncated files get a clear error instead."""
+    from fourtier import video
+    from fourtier.data.folder import ingest_one
+
+    info = video.probe(path)
+    problem = video.readability_problem(info, video.decode_check(path))
+    if problem:
+        raise VideoError(f"{path} cannot be used: {problem}")
+    try:
+        import decord
+
+        decord.VideoReader(path, num_threads=1)
+        readable = True
+    except decord.DECORDError:
+        readable = False
+    stream = info.main_stream
+    if readable and stream.sar == 1:
+        return path
+    # short side kept: only the pixel aspect (and, for unreadable containers, the codec) changes
+    result = ingest_one((Path(path), tmp / "clip", min(stream.display_size) if stream.sar == 1 else 100000))
+    if not result["ok"]:
+        raise VideoError(f"{path} cannot be used: {result['reason']}")
+    if not result["normalised"]:  # square pixels already, but unreadable by decord: force an H.264 copy
+        dst = tmp / "clip.mp4"
+        proc = video.run_ffmpeg(["-y", "-i", path, "-an", "-sn", "-dn", "-c:v", "libx264", "-crf", "18",
+                                 "-pix_fmt", "yuv420p", "-threads", "1", str(dst)])
+        if proc.returncode != 0:
+            raise VideoError(f"{path}: re-encoding for decoding failed")
+        return str(dst)
+    return str(tmp / result["file"])
 
 
 def predict(args) -> None:
@@ -45,13 +81,9 @@ def predict(args) -> None:
     model = load_classifier(model_path, classes)
     backbone = load_backbone(Path("models/backbone"))
     cfg = params.raw["features"]
-    try:
-        views = load_views(_video(args.video), backbone.preprocess, cfg["temporal_views"], cfg["spatial_views"])
-    except VideoError as exc:
-        if "not found" in str(exc):
-            raise
-        raise VideoError(f"{args.video} cannot be decoded: it may be corrupt or truncated "
-                         f"({str(exc).split(':')[0]})") from None
+    with tempfile.TemporaryDirectory() as tmp:
+        path = _decodable(_video(args.video), Path(tmp))
+        views = load_views(path, backbone.preprocess, cfg["temporal_views"], cfg["spatial_views"])
     with torch.inference_mode():
         probs = model(backbone.feature_map(to_tensor(views, backbone.preprocess))).softmax(-1).mean(0)
     top = torch.topk(probs, min(5, len(classes)))

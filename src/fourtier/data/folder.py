@@ -63,7 +63,7 @@ def normalised_size(stream: video.VideoStream, short_side: int) -> tuple[int, in
     return even(dw * scale), even(dh * scale)
 
 
-def _ingest_one(job) -> dict:
+def ingest_one(job) -> dict:
     src, dst_stem, short_side = job
     try:
         info = video.probe(src)
@@ -128,7 +128,7 @@ def ingest(name: str, root: Path, rows: list[dict], classes: list[str], short_si
         jobs.append((src, videos / vid, short_side))
         meta.append((vid, row["label"], row["split"], row["path"]))
     annotations, normalised = [], 0
-    for (vid, label, split, rel), result in zip(meta, map_progress(_ingest_one, jobs, workers, desc=f"ingest {name}")):
+    for (vid, label, split, rel), result in zip(meta, map_progress(ingest_one, jobs, workers, desc=f"ingest {name}")):
         if not result["ok"]:
             skipped.append({"item": rel, "reason": result["reason"], "split": split, "label": label})
             continue
