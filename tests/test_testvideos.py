@@ -63,7 +63,7 @@ def test_every_readable_clip_is_tiled_with_display_geometry(ingested):
     assert summary["tiled"] == len(EXPECTED) and summary["skipped"] == 0
     by_id = {r["video_id"]: r for r in read_tile_index(tmp / "tiles")}
     for a in read_annotations(tmp / "raw"):
-        name = a.path.split("/", 1)[1]
+        name = a.path.split("/", 1)[1].replace("imageio_test.mp4", "imageio_test.webm")  # re-encoded at ingest
         (dw, dh), frames = EXPECTED[name]
         row = by_id[a.video_id]
         assert row["status"] == "ok", (name, row["reason"])
@@ -78,10 +78,15 @@ def test_every_readable_clip_is_tiled_with_display_geometry(ingested):
         assert indices == sorted(indices) and max(indices) < frames
 
 
-def test_webm_without_duration_falls_back_to_ffmpeg(ingested):
-    tmp, _, _ = ingested
+def test_webm_without_duration_is_reencoded_at_ingest_and_tiled_through_ffmpeg_directly(ingested, testvideos):
+    tmp, manifest, _ = ingested
+    # decord cannot open it, so the folder ingest stores an H.264 copy that every stage can read
+    assert manifest["normalised"] == 1
     row = next(r for r in read_tile_index(tmp / "tiles") if r["video_id"] == "imageio_test")
-    assert row["reader"] == "ffmpeg"
+    assert row["reader"] == "decord" and row["status"] == "ok"
+    # the original file itself still tiles, through the ffmpeg reader
+    key = video.read_keyframes(testvideos / "imageio_test.webm", K)
+    assert key.reader == "ffmpeg" and key.n_frames == 94 and key.display_size == (640, 480)
 
 
 @pytest.mark.parametrize("name", ["decord_video_90.mov", "decord_video_180.mov", "mmaction2_demo.mp4"])

@@ -25,38 +25,15 @@ def _video(path: str) -> str:
 
 
 def _decodable(path: str, tmp: Path) -> str:
-    """The video as the folder ingest would normalise it: pixels made square (the feature pipeline reads
-    frames as stored) and, when decord cannot read the container (e.g. WebM without a duration), re-encoded
-    to H.264 MP4. Corrupt or truncated files get a clear error instead."""
-    from fourtier import video
+    """The video as the folder ingest stores it, at its own size: pixels made square (the feature pipeline
+    reads frames as stored) and re-encoded when decord cannot open the container. Corrupt or truncated files
+    get a clear error instead."""
     from fourtier.data.folder import ingest_one
 
-    info = video.probe(path)
-    problem = video.readability_problem(info, video.decode_check(path))
-    if problem:
-        raise VideoError(f"{path} cannot be used: {problem}")
-    try:
-        import decord
-
-        decord.VideoReader(path, num_threads=1)
-        readable = True
-    except decord.DECORDError:
-        readable = False
-    stream = info.main_stream
-    if readable and stream.sar == 1:
-        return path
-    # short side kept: only the pixel aspect (and, for unreadable containers, the codec) changes
-    result = ingest_one((Path(path), tmp / "clip", min(stream.display_size) if stream.sar == 1 else 100000))
+    result = ingest_one((Path(path), tmp / "clip", 1 << 20))  # a short side this large never rescales
     if not result["ok"]:
         raise VideoError(f"{path} cannot be used: {result['reason']}")
-    if not result["normalised"]:  # square pixels already, but unreadable by decord: force an H.264 copy
-        dst = tmp / "clip.mp4"
-        proc = video.run_ffmpeg(["-y", "-i", path, "-an", "-sn", "-dn", "-c:v", "libx264", "-crf", "18",
-                                 "-pix_fmt", "yuv420p", "-threads", "1", str(dst)])
-        if proc.returncode != 0:
-            raise VideoError(f"{path}: re-encoding for decoding failed")
-        return str(dst)
-    return str(tmp / result["file"])
+    return path if not result["normalised"] else str(tmp / result["file"])
 
 
 def predict(args) -> None:

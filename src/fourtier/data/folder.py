@@ -63,6 +63,16 @@ def normalised_size(stream: video.VideoStream, short_side: int) -> tuple[int, in
     return even(dw * scale), even(dh * scale)
 
 
+def decord_opens(path: Path) -> bool:
+    import decord
+
+    try:
+        decord.VideoReader(str(path), num_threads=1)
+        return True
+    except decord.DECORDError:
+        return False
+
+
 def ingest_one(job) -> dict:
     src, dst_stem, short_side = job
     try:
@@ -71,12 +81,14 @@ def ingest_one(job) -> dict:
         if problem:
             return {"ok": False, "reason": problem}
         target = normalised_size(info.main_stream, short_side) if short_side else None
-        if target is None:
+        if target is None and decord_opens(src):
             dst = dst_stem.with_suffix(src.suffix.lower())
             shutil.copyfile(src, dst)
             return {"ok": True, "file": dst.name, "normalised": False}
+        # re-encoded: to normalise, or because the feature pipeline's reader (decord) cannot open the
+        # container (e.g. WebM without a duration); the size is then kept as displayed
         dst = dst_stem.with_suffix(".mp4")
-        w, h = target
+        w, h = target or [max(2, round(v / 2) * 2) for v in info.main_stream.display_size]  # yuv420p: even
         proc = video.run_ffmpeg(["-y", "-i", str(src), "-an", "-sn", "-dn", "-vf", f"scale={w}:{h},setsar=1",
                                  "-c:v", "libx264", "-crf", "18", "-preset", "fast", "-pix_fmt", "yuv420p",
                                  "-threads", "1", "-map_metadata", "-1", str(dst)])
