@@ -96,3 +96,26 @@ def test_ucf101_download_from_a_local_mirror_accounts_for_every_listed_video(sta
     again = download(spec, tmp_path / "raw2" / "ucf101", workers=1)
     assert again["checksums"] == manifest["checksums"]
     assert json.loads((out / "manifest.json").read_text())["missing_ids"] == manifest["missing_ids"]
+
+
+def test_ssv2_local_copy_names_the_files_it_expects_then_reads_the_templates(tmp_path):
+    import json
+
+    from fourtier.data.ssv2 import ssv2_rows
+
+    with pytest.raises(DataError, match="missing 20bn-something-something-v2, labels/labels.json"):
+        ssv2_rows(tmp_path)
+    (tmp_path / "20bn-something-something-v2").mkdir()
+    (tmp_path / "labels").mkdir()
+    (tmp_path / "labels/labels.json").write_text(json.dumps({"Pushing something from left to right": "1",
+                                                             "Approaching something with your camera": "0"}))
+    (tmp_path / "labels/train.json").write_text(json.dumps([
+        {"id": "7", "label": "pushing a cup from left to right", "template": "Pushing [something] from left to right"}]))
+    (tmp_path / "labels/validation.json").write_text(json.dumps([
+        {"id": "9", "label": "approaching a box with your camera", "template": "Approaching [something] with your camera"}]))
+    rows, classes = ssv2_rows(tmp_path)
+    assert classes == ["Approaching something with your camera", "Pushing something from left to right"]
+    assert rows == [{"path": "20bn-something-something-v2/7.webm", "video_id": "7",
+                     "label": "Pushing something from left to right", "split": "train"},
+                    {"path": "20bn-something-something-v2/9.webm", "video_id": "9",
+                     "label": "Approaching something with your camera", "split": "val"}]

@@ -17,7 +17,7 @@ import yaml
 from fourtier.errors import ParamsError
 
 PROMPT_IDS = ("A", "B", "C", "D")
-DATASET_TYPES = ("synthact", "folder", "ucf101", "hmdb51")
+DATASET_TYPES = ("synthact", "folder", "ucf101", "hmdb51", "kinetics", "k710", "ssv2")
 SYNTHACT_VARIANTS = ("pretrain", "scenes", "motion")
 
 
@@ -56,6 +56,28 @@ class PublicSpec:
     splits_url: str
     archive_sha256: str  # "" = not pinned (the downloaded file's sha256 is recorded in the manifest)
     archive_size: int  # 0 = not pinned
+
+
+@dataclass(frozen=True)
+class KineticsSpec:
+    """Kinetics-400/600/700 (kind kinetics) or K710 (kind k710) from the CVDF mirror (fourtier.data.kinetics)."""
+    kind: str
+    name: str
+    version: str  # 400, 600 or 700 (700 = Kinetics-700-2020); unused for k710
+    splits: tuple[str, ...]
+    parts: int  # 0 = every archive part; N = the first N parts of each split (a subset)
+    short_side: int
+    cache_dir: Path
+    base_url: str  # "" = the CVDF mirror
+
+
+@dataclass(frozen=True)
+class SSv2Spec:
+    """Something-Something V2 from a local copy (fourtier.data.ssv2)."""
+    kind: ClassVar[str] = "ssv2"
+    name: str
+    root: Path
+    short_side: int
 
 
 @dataclass(frozen=True)
@@ -187,11 +209,26 @@ def _dataset_spec(name: str, spec: Any) -> SynthActSpec | FolderSpec | PublicSpe
             train_per_class=0 if pretrain else _int_at_least(spec, "train_per_class", where, 1),
             val_per_class=0 if pretrain else _int_at_least(spec, "val_per_class", where, 1),
         )
+    default_cache = os.environ.get("FOURTIER_DATA") or str(Path.home() / ".cache" / "fourtier" / "datasets")
+    if kind in ("kinetics", "k710"):
+        version = str(_get(spec, "version", where, (str, int), "400")) if kind == "kinetics" else "710"
+        if kind == "kinetics":
+            _choice(version, ["400", "600", "700"], f"{where}.version")
+        splits = _get(spec, "splits", where, list, ["train", "val"])
+        for i, split in enumerate(splits):
+            _choice(split, ["train", "val"], f"{where}.splits[{i}]")
+        return KineticsSpec(kind=kind, name=name, version=version, splits=tuple(splits),
+                            parts=_int_at_least(spec, "parts", where, 0, 0),
+                            short_side=_int_at_least(spec, "short_side", where, 0, 320),
+                            cache_dir=Path(_get(spec, "cache_dir", where, str, default_cache)).expanduser(),
+                            base_url=_get(spec, "base_url", where, str, "").rstrip("/"))
+    if kind == "ssv2":
+        return SSv2Spec(name=name, root=Path(_get(spec, "root", where, str)).expanduser(),
+                        short_side=_int_at_least(spec, "short_side", where, 0, 320))
     if kind in ("ucf101", "hmdb51"):
         split = _int_at_least(spec, "split", where, 1, 1)
         if split > 3:
             raise ParamsError(f"params.yaml: '{where}.split' must be 1, 2 or 3 (the official splits), got {split}")
-        default_cache = os.environ.get("FOURTIER_DATA") or str(Path.home() / ".cache" / "fourtier" / "datasets")
         return PublicSpec(kind=kind, name=name, split=split,
                           short_side=_int_at_least(spec, "short_side", where, 0, 320),
                           cache_dir=Path(_get(spec, "cache_dir", where, str, default_cache)).expanduser(),

@@ -120,7 +120,8 @@ def ingest(name: str, root: Path, rows: list[dict], classes: list[str], short_si
            workers: int, source: dict) -> dict:
     """Validate (and with short_side > 0 normalise) every listed video into the download contract.
 
-    rows: path (relative to root, or absolute), label, split, and optionally where (for messages). The
+    rows: path (relative to root, or absolute), label, split, and optionally video_id (else derived from the
+    path) and where (for messages). The
     manifest accounts for every listed video: expected, present, missing and unreadable per split and class,
     with the ids of the missing ones."""
     videos = out_dir / "videos"
@@ -128,17 +129,17 @@ def ingest(name: str, root: Path, rows: list[dict], classes: list[str], short_si
     jobs, meta, skipped, seen = [], [], [], {}
     for row in rows:
         where = row.get("where", row["path"])
-        vid = video_id_for(row["path"])
+        vid = row.get("video_id") or video_id_for(row["path"])
+        item = row.get("video_id", row["path"])
         if vid in seen:
             raise DataError(f"{where}: {row['path']!r} gives the same video id as {seen[vid]} ({vid!r})")
         seen[vid] = where
         src = Path(row["path"]) if Path(row["path"]).is_absolute() else root / row["path"]
         if not src.is_file():
-            skipped.append({"item": row["path"], "reason": "file not found", "split": row["split"],
-                            "label": row["label"]})
+            skipped.append({"item": item, "reason": "file not found", "split": row["split"], "label": row["label"]})
             continue
         jobs.append((src, videos / vid, short_side))
-        meta.append((vid, row["label"], row["split"], row["path"]))
+        meta.append((vid, row["label"], row["split"], item))
     annotations, normalised = [], 0
     for (vid, label, split, rel), result in zip(meta, map_progress(ingest_one, jobs, workers, desc=f"ingest {name}")):
         if not result["ok"]:

@@ -7,13 +7,16 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from fourtier.data import folder, public, synthact
+from fourtier.data import folder, kinetics, public, ssv2, synthact
 
 DOWNLOADERS = {
     "synthact": synthact.download,
     "folder": folder.download,
     "ucf101": public.download,
     "hmdb51": public.download,
+    "kinetics": kinetics.download,
+    "k710": kinetics.download,
+    "ssv2": ssv2.download,
 }
 
 

@@ -1,0 +1,104 @@
+"""Kinetics-400/600/700 from the CVDF mirror, and K710 (their union, as UniFormerV2 builds it).
+
+The CVDF hosts each split as many tar.gz parts, listed in `k<version>_<split>_path.txt`, with one annotation
+CSV per split (label, youtube_id, time_start, time_end, split). Clips are named
+`<youtube_id>_<start:06d>_<end:06d>.mp4`. Parts are downloaded (resumable, retried) and extracted into the
+download cache; `parts: N` takes only the first N parts of each split, for a quick subset.
+
+K710: the train and validation lists of K400, K600 and K700 merged by class name, duplicates (same YouTube
+id) removed, and every video that is in any of the three validation sets removed from training, so no K710
+training clip is a validation clip of K400/600/700. Its classes are the union of the three class lists
+(710 names). Its videos come from the three versions' downloads.
+"""
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+from fourtier.data.fetch import extract, fetch, sha256_of
+from fourtier.data.folder import ingest
+from fourtier.errors import DataError
+
+VERSION = "kinetics-1"
+CVDF = "https://s3.amazonaws.com/kinetics"
+FOLDERS = {"400": "400", "600": "600", "700": "700_2020"}
+SPLIT_NAMES = {"train": "train", "val": "val"}  # our split name -> CVDF's
+
+
+def clip_name(youtube_id: str, start: float, end: float) -> str:
+    return f"{youtube_id}_{int(float(start)):06d}_{int(float(end)):06d}"
+
+
+def read_annotations(path: Path, split: str) -> list[dict]:
+    """One CVDF annotation CSV -> rows {youtube_id, clip, label, split}."""
+    with open(path, newline="") as fh:
+        reader = csv.DictReader(fh)
+        missing = {"label", "youtube_id", "time_start", "time_end"} - set(reader.fieldnames or [])
+        if missing:
+            raise DataError(f"{path}: missing column(s) {sorted(missing)}; is this a Kinetics annotation CSV?")
+        return [{"youtube_id": r["youtube_id"], "clip": clip_name(r["youtube_id"], r["time_start"], r["time_end"]),
+                 "label": r["label"].strip(), "split": split} for r in reader]
+
+
+def k710_rows(lists: dict[str, dict[str, list[dict]]]) -> tuple[list[dict], list[str]]:
+    """lists[version][split] = rows of read_annotations. Returns K710's rows and classes (see module doc)."""
+    val_ids = {r["youtube_id"] for version in lists.values() for r in version.get("val", [])}
+    rows, seen = [], set()
+    for split in ("val", "train"):  # validation first: a duplicate keeps its validation role
+        for version in sorted(lists):
+            for r in lists[version].get(split, []):
+                if r["youtube_id"] in seen or (split == "train" and r["youtube_id"] in val_ids):
+                    continue
+                seen.add(r["youtube_id"])
+                rows.append({**r, "version": version})
+    classes = sorted({r["label"] for r in rows})
+    return rows, classes
+
+
+def _fetch_version(spec, version: str, cache: Path) -> tuple[dict[str, list[dict]], dict[str, Path]]:
+    """Annotations of every split of one version, and an index clip name -> extracted file."""
+    folder = FOLDERS[version]
+    base = spec.base_url or CVDF
+    lists, files = {}, {}
+    for split in spec.splits:
+        remote = SPLIT_NAMES[split]
+        ann = fetch(f"{base}/{folder}/annotations/{remote}.csv", cache / folder / "annotations" / f"{remote}.csv")
+        lists[split] = read_annotations(ann, split)
+        path_list = fetch(f"{base}/{folder}/{remote}/k{folder}_{remote}_path.txt",
+                          cache / folder / f"k{folder}_{remote}_path.txt")
+        urls = [u.strip() for u in path_list.read_text().splitlines() if u.strip()]
+        for url in urls[:spec.parts or None]:
+            archive = fetch(url, cache / folder / remote / "archives" / Path(url).name)
+            dest = cache / folder / remote / "videos" / Path(url).name.split(".")[0]
+            done = dest / ".extracted"
+            if not done.exists():
+                extract(archive, dest)
+                done.write_text(archive.name)
+        for video in (cache / folder / remote / "videos").rglob("*.mp4"):
+            files[video.stem] = video
+    return lists, files
+
+
+def download(spec, out_dir: Path, workers: int) -> dict:
+    cache = spec.cache_dir / "kinetics"
+    versions = ["400", "600", "700"] if spec.kind == "k710" else [spec.version]
+    lists, files = {}, {}
+    for version in versions:
+        lists[version], found = _fetch_version(spec, version, cache)
+        files.update(found)
+    if spec.kind == "k710":
+        rows, classes = k710_rows(lists)
+    else:
+        rows = [r for split in spec.splits for r in lists[spec.version][split]]
+        classes = sorted({r["label"] for r in rows})
+    listed = [{"path": str(files[r["clip"]].relative_to(cache)) if r["clip"] in files else f"not-downloaded/{r['clip']}.mp4",
+               "video_id": r["clip"], "label": r["label"], "split": r["split"]} for r in rows]
+    if spec.parts:  # a subset: only clips of the downloaded parts are expected
+        listed = [r for r in listed if not r["path"].startswith("not-downloaded/")]
+        if not listed:
+            raise DataError(f"{spec.name}: none of the annotated clips are in the first {spec.parts} part(s)")
+    source = {"kind": spec.kind, "version": VERSION, "versions": versions, "splits": list(spec.splits),
+              "parts": spec.parts or "all", "base_url": spec.base_url or CVDF,
+              "annotation_sha256": {f"{v}/{s}": sha256_of(cache / FOLDERS[v] / "annotations" / f"{SPLIT_NAMES[s]}.csv")
+                                    for v in versions for s in spec.splits}}
+    return ingest(spec.name, cache, listed, classes, spec.short_side, Path(out_dir), workers, source)

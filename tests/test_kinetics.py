@@ -1,0 +1,90 @@
+"""Kinetics from a local CVDF-style mirror on 127.0.0.1, and K710's list logic, offline."""
+import tarfile
+
+import pytest
+
+from fourtier.data.kinetics import clip_name, k710_rows
+from fourtier.errors import ParamsError
+from fourtier.params import _dataset_spec
+
+
+def _rows(version_rows):
+    return [{"youtube_id": y, "clip": clip_name(y, 0, 10), "label": label, "split": split}
+            for y, label, split in version_rows]
+
+
+def test_k710_merges_dedupes_and_keeps_validation_videos_out_of_training():
+    lists = {
+        "400": {"train": _rows([("a", "abseiling", "train"), ("b", "archery", "train"), ("v6", "archery", "train")]),
+                "val": _rows([("v4", "abseiling", "val")])},
+        "600": {"train": _rows([("a", "abseiling", "train"), ("c", "arm wrestling", "train")]),  # a: duplicate
+                "val": _rows([("v6", "archery", "val")])},  # v6 is K400 train but K600 val
+        "700": {"train": _rows([("v4", "abseiling", "train"), ("d", "baking cookies", "train")]),  # v4: K400 val
+                "val": _rows([("v4", "abseiling", "val"), ("v7", "baking cookies", "val")])},
+    }
+    rows, classes = k710_rows(lists)
+    train = sorted(r["youtube_id"] for r in rows if r["split"] == "train")
+    val = sorted(r["youtube_id"] for r in rows if r["split"] == "val")
+    assert train == ["a", "b", "c", "d"]  # no duplicate, no validation video
+    assert val == ["v4", "v6", "v7"]  # each once
+    assert classes == ["abseiling", "archery", "arm wrestling", "baking cookies"]
+
+
+def test_kinetics_params_are_checked():
+    with pytest.raises(ParamsError, match="'datasets.k.version' is '500'"):
+        _dataset_spec("k", {"type": "kinetics", "version": 500})
+    with pytest.raises(ParamsError, match=r"'datasets.k.splits\[0\]' is 'test'"):
+        _dataset_spec("k", {"type": "kinetics", "splits": ["test"]})
+    spec = _dataset_spec("k400", {"type": "kinetics", "version": 400, "parts": 2})
+    assert spec.version == "400" and spec.splits == ("train", "val") and spec.parts == 2 and spec.short_side == 320
+
+
+def test_kinetics_from_a_local_mirror(tmp_path):
+    """Path lists, two tar.gz parts per split and the annotation CSVs, as the CVDF lays them out. One annotated
+    clip is in no archive: the manifest reports it missing by its clip name."""
+    import functools
+    import threading
+    from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+
+    from helpers import index_frames, write_video
+
+    from fourtier.data.registry import download
+
+    www = tmp_path / "www"
+    handler = functools.partial(SimpleHTTPRequestHandler, directory=str(www))
+    handler.log_message = lambda *a: None
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{httpd.server_address[1]}"
+    try:
+        clips = {"train": [("yt1", "abseiling"), ("yt2", "archery"), ("yt3", "archery")],
+                 "val": [("yt4", "abseiling"), ("yt5", "archery")]}
+        for split, items in clips.items():
+            (www / "400" / split).mkdir(parents=True)
+            (www / "400" / "annotations").mkdir(parents=True, exist_ok=True)
+            lines = ["label,youtube_id,time_start,time_end,split"]
+            lines += [f"{label},{y},0,10,{split}" for y, label in items]
+            lines += ["archery,ytmissing,5,15," + split] if split == "train" else []
+            (www / "400" / "annotations" / f"{split}.csv").write_text("\n".join(lines) + "\n")
+            parts = []
+            for p, group in enumerate([items[:1], items[1:]]):
+                src = tmp_path / "build" / split / f"part_{p}"
+                src.mkdir(parents=True)
+                for y, _ in group:
+                    write_video(src / f"{clip_name(y, 0, 10)}.mp4", index_frames(10, 48, 64))
+                with tarfile.open(www / "400" / split / f"part_{p}.tar.gz", "w:gz") as tf:
+                    tf.add(src, arcname=f"part_{p}")
+                parts.append(f"{url}/400/{split}/part_{p}.tar.gz")
+            (www / "400" / split / f"k400_{split}_path.txt").write_text("\n".join(parts) + "\n")
+        spec = _dataset_spec("k400", {"type": "kinetics", "version": 400, "short_side": 32, "base_url": url,
+                                      "cache_dir": str(tmp_path / "cache")})
+        manifest = download(spec, tmp_path / "raw" / "k400", workers=1)
+    finally:
+        httpd.shutdown()
+    assert (tmp_path / "raw/k400/classes.txt").read_text() == "abseiling\narchery\n"
+    assert manifest["num_videos"] == 5 and manifest["expected"] == 6
+    assert manifest["missing_ids"] == ["ytmissing_000005_000015"]
+    assert manifest["accounting"]["train"]["archery"] == {"expected": 3, "present": 2, "missing": 1, "unreadable": 0}
+    assert manifest["accounting"]["val"]["abseiling"]["present"] == 1
+    ids = (tmp_path / "raw/k400/annotations.csv").read_text()
+    assert "yt1_000000_000010,videos/yt1_000000_000010.mp4,abseiling,train" in ids
