@@ -1,0 +1,47 @@
+"""What do m and the stage-1 processors encode about each target's classes? A linear probe per representation.
+
+    python analysis/linear_probe.py      (after dvc repro; about 1 minute on 2 cores)
+
+For each target: logistic regression on the training clips, top-1 on the validation clips (view 0), for
+  m (frame means, T x D)           the frozen backbone's feature map, pooled over space
+  s_i of random/shuffled/ftp       the four processors' spatially pooled outputs (4 x T x D)
+If the FTP processors add little over m and the controls, stage 1 has not put the target's distinctions into
+v_i, and stage 2 cannot gain from them.
+"""
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+from sklearn.linear_model import LogisticRegression
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "stages"))
+from finetune import build_model  # noqa: E402
+
+from fourtier.features import FeatureSource  # noqa: E402
+from fourtier.params import load_params  # noqa: E402
+
+
+def main() -> None:
+    params = load_params()
+    torch.set_num_threads(params.workers)
+    for ds in params.targets:
+        source = FeatureSource(Path("data/features") / ds)
+        train, val = source.split("train"), source.split("val")
+        m = torch.from_numpy(np.asarray(source.m[:, 0], dtype=np.float32))
+        representations = {"m (frame means, T x D)": m.mean((2, 3)).flatten(1).numpy()}
+        for arm in ("random", "shuffled", "ftp"):
+            model = build_model(arm, list(params.prompts), source, len(source.classes), Path("models/align")).eval()
+            with torch.no_grad():
+                outputs = model.processor_outputs(m)
+            representations[f"s_i of {arm} processors"] = torch.cat([s.flatten(1) for s, _ in outputs.values()], 1).numpy()
+        for name, x in representations.items():
+            probe = make_pipeline(StandardScaler(), LogisticRegression(C=0.05, max_iter=2000))
+            probe.fit(x[train], source.labels[train])
+            print(f"{ds:14s} {name:30s} linear probe top-1 {100 * probe.score(x[val], source.labels[val]):.1f}%")
+
+
+if __name__ == "__main__":
+    main()
