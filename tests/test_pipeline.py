@@ -168,7 +168,7 @@ def test_bad_param_fails_with_a_clear_message(repo, params_file):
 
 def git_commit(dst, message):
     run(["git", "-c", "user.email=t@t", "-c", "user.name=t", "add", "-A"], dst)
-    run(["git", "-c", "user.email=t@t", "-c", "user.name=t", "commit", "-qm", message], dst)
+    run(["git", "-c", "user.email=t@t", "-c", "user.name=t", "commit", "-q", "--allow-empty", "-m", message], dst)
 
 
 def test_push_then_pull_into_a_fresh_clone_needs_no_rerun_and_run_cache_restores_a_teammates_run(repo):
