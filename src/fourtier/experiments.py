@@ -179,12 +179,13 @@ def report(results: list[Result]) -> str:
 
 
 def gain_per_dataset(results: list[Result]) -> dict[str, dict[str, float]]:
-    """FTP top-1 gain over the baseline per dataset, for every result that trained both arms or that a
-    prompts-g01 (baseline) experiment can pair with: {experiment: {dataset: gain in pp}}."""
+    """FTP top-1 gain over the baseline per dataset, for every ablation experiment that trained both arms or
+    that a prompts-g01 (baseline) experiment can pair with: {experiment: {dataset: gain in pp}}."""
     baseline = latest(results, "prompts-g01")
     base = next(iter(baseline.values())).metrics if baseline else {}
     gains: dict[str, dict[str, float]] = {}
-    for r in sorted(results, key=lambda r: r.name):
+    ablations = {name: r for kind in ABLATIONS for name, r in latest(results, f"{kind}-").items()}
+    for r in sorted(ablations.values(), key=lambda r: r.name):
         for ds, m in r.metrics.items():
             ftp = (m.get("ftp") or {}).get("top1")
             ref = (m.get("baseline") or (base.get(ds) or {}).get("baseline") or {}).get("top1")
