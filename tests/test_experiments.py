@@ -40,3 +40,18 @@ def test_bad_ablation_requests_are_named(kind, values, message):
 def test_report_without_finished_experiments_says_what_to_do():
     assert collect([{"rev": "workspace", "data": None, "experiments": None}]) == []
     assert "fourtier ablate prompts" in report([])
+
+
+def test_report_skips_experiments_that_have_not_finished():
+    def exp(name, state, top1):
+        metrics = {"data/eval/ds/metrics.json": {"data": {"ftp": {"top1": {"mean": top1, "std": 0.0}}}}}
+        return {"revs": [{"rev": name, "name": name, "data": {"params": {"params.yaml": {"data": {"prompts": ["B"]}}},
+                                                             "metrics": metrics, "timestamp": "t"}}],
+                "executor": {"state": state} if state else None}
+
+    shown = [{"rev": "abc", "data": None, "experiments": [exp("prompts-g03-B", "success", 0.5),
+                                                          exp("prompts-g04-C", "running", 0.9),
+                                                          exp("prompts-g05-D", None, 0.7)]}]
+    assert sorted(r.name for r in collect(shown)) == ["prompts-g03-B", "prompts-g05-D"]
+    table = report(collect(shown))
+    assert "50.0 +- 0.0" in table and "70.0 +- 0.0" in table and "90.0" not in table

@@ -80,6 +80,9 @@ def collect(exp_show: list[dict]) -> list[Result]:
     for entry in exp_show:
         states.append(entry)
         for exp_range in entry.get("experiments") or []:
+            executor = exp_range.get("executor") or {}
+            if executor.get("state", "success") != "success":  # queued/running: its files are not its results
+                continue
             states.extend(exp_range.get("revs") or [])
     results = []
     for state in states:
