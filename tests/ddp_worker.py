@@ -10,20 +10,12 @@ import numpy as np
 import torch
 
 from fourtier import distributed
+from helpers import ArraySource
 from fourtier.models.ftp import FTP
 from fourtier.training import (OptimSettings, alignment_backward, caption_groups, classifier_backward,
                                train_alignment, train_classifier)
 
 T, H, W, D = 2, 2, 2, 8
-
-
-class ArraySource:
-    def __init__(self, m):
-        self.m = m
-        self.n_views = m.shape[1]
-
-    def get(self, indices, views):
-        return torch.from_numpy(self.m[np.asarray(indices), np.broadcast_to(views, np.shape(indices))]).float()
 
 
 def one_step_gradients(model, source, pooled, labels) -> dict:

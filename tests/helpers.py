@@ -1,4 +1,5 @@
-"""Small videos built with the project's ffmpeg, with content we know frame by frame."""
+"""Test helpers: small videos built with the project's ffmpeg, with content we know frame by frame, and an
+in-memory feature source."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -39,3 +40,16 @@ def with_rotation(src: Path, dst: Path, degrees: int) -> Path:
     proc = run_ffmpeg(["-y", "-display_rotation:v:0", str(degrees), "-i", str(src), "-c", "copy", str(dst)])
     assert proc.returncode == 0, proc.stderr.decode()[-500:]
     return dst
+
+
+class ArraySource:
+    """The FeatureSource interface over an in-memory array (N, V, T, h, w, D)."""
+
+    def __init__(self, m):
+        self.m = m
+        self.n_views = m.shape[1]
+
+    def get(self, indices, views):
+        import torch
+
+        return torch.from_numpy(self.m[np.asarray(indices), np.broadcast_to(views, np.shape(indices))]).float()

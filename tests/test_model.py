@@ -6,6 +6,7 @@ import torch
 from fourtier.models.backbone import TinyVideoViT
 from fourtier.models.ftp import FTP
 from fourtier.training import OptimSettings, caption_groups, retrieval, train_alignment, train_classifier
+from helpers import ArraySource
 
 B, T, H, W, D = 3, 4, 2, 3, 16
 
@@ -44,17 +45,6 @@ def test_integration_starts_at_f_equals_m_and_no_prompts_is_the_baseline():
     ftp.classifier.load_state_dict(baseline.classifier.state_dict())
     ftp.eval(), baseline.eval()
     assert torch.allclose(ftp(m), baseline(m))
-
-
-class ArraySource:
-    """The FeatureSource interface over an in-memory array (N, V, T, h, w, D)."""
-
-    def __init__(self, m):
-        self.m = m
-        self.n_views = m.shape[1]
-
-    def get(self, indices, views):
-        return torch.from_numpy(self.m[np.asarray(indices), np.broadcast_to(views, np.shape(indices))]).float()
 
 
 def test_stage2_trains_only_integration_and_classifier():

@@ -10,7 +10,6 @@ traversal and links that leave the destination.
 """
 from __future__ import annotations
 
-import hashlib
 import shutil
 import socket
 import tarfile
@@ -20,18 +19,11 @@ import urllib.request
 import zipfile
 from pathlib import Path, PurePosixPath
 
+from fourtier.data.contract import sha256_file
 from fourtier.errors import DataError
 
 PERMANENT_HTTP = {400, 401, 403, 404, 410, 451}
 CHUNK = 1 << 20
-
-
-def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(CHUNK), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _check(path: Path, sha256: str | None, size: int | None) -> str:
@@ -40,7 +32,7 @@ def _check(path: Path, sha256: str | None, size: int | None) -> str:
     if size is not None and actual != size:
         return f"size {actual} bytes, expected {size}"
     if sha256:
-        digest = sha256_of(path)
+        digest = sha256_file(path)
         if digest != sha256.lower():
             return f"sha256 {digest}, expected {sha256.lower()}"
     return ""
@@ -149,6 +141,22 @@ def extract(archive: Path, dest: Path) -> None:
         _extract_rar(archive, dest)
     else:
         raise DataError(f"{archive} is not a zip, tar or rar archive")
+
+
+ARCHIVE_SUFFIXES = (".rar", ".zip", ".tar", ".tar.gz", ".tgz")
+
+
+def extract_once(archive: Path, dest: Path) -> None:
+    """Extract into dest unless a previous run finished it (a marker names the archive); nested archives
+    (HMDB51 ships one rar per class) are extracted where they lie."""
+    done = dest / ".extracted"
+    if done.exists() and done.read_text() == archive.name:
+        return
+    extract(archive, dest)
+    for inner in sorted(p for p in dest.rglob("*") if p.name.lower().endswith(ARCHIVE_SUFFIXES)):
+        extract(inner, inner.parent)
+        inner.unlink()
+    done.write_text(archive.name)
 
 
 def _extract_rar(archive: Path, dest: Path) -> None:

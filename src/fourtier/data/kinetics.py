@@ -15,7 +15,8 @@ from __future__ import annotations
 import csv
 from pathlib import Path
 
-from fourtier.data.fetch import extract, fetch, sha256_of
+from fourtier.data.contract import sha256_file
+from fourtier.data.fetch import extract_once, fetch
 from fourtier.data.folder import ingest
 from fourtier.errors import DataError
 
@@ -69,11 +70,7 @@ def _fetch_version(spec, version: str, cache: Path) -> tuple[dict[str, list[dict
         urls = [u.strip() for u in path_list.read_text().splitlines() if u.strip()]
         for url in urls[:spec.parts or None]:
             archive = fetch(url, cache / folder / remote / "archives" / Path(url).name)
-            dest = cache / folder / remote / "videos" / Path(url).name.split(".")[0]
-            done = dest / ".extracted"
-            if not done.exists():
-                extract(archive, dest)
-                done.write_text(archive.name)
+            extract_once(archive, cache / folder / remote / "videos" / Path(url).name.split(".")[0])
         for video in (cache / folder / remote / "videos").rglob("*.mp4"):
             files[video.stem] = video
     return lists, files
@@ -99,6 +96,6 @@ def download(spec, out_dir: Path, workers: int) -> dict:
             raise DataError(f"{spec.name}: none of the annotated clips are in the first {spec.parts} part(s)")
     source = {"kind": spec.kind, "version": VERSION, "versions": versions, "splits": list(spec.splits),
               "parts": spec.parts or "all", "base_url": spec.base_url or CVDF,
-              "annotation_sha256": {f"{v}/{s}": sha256_of(cache / FOLDERS[v] / "annotations" / f"{SPLIT_NAMES[s]}.csv")
+              "annotation_sha256": {f"{v}/{s}": sha256_file(cache / FOLDERS[v] / "annotations" / f"{SPLIT_NAMES[s]}.csv")
                                     for v in versions for s in spec.splits}}
     return ingest(spec.name, cache, listed, classes, spec.short_side, Path(out_dir), workers, source)

@@ -14,7 +14,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from fourtier.data.fetch import extract, fetch, sha256_of
+from fourtier.data.contract import sha256_file
+from fourtier.data.fetch import extract_once, fetch
 from fourtier.data.folder import ingest
 from fourtier.errors import DataError
 
@@ -79,22 +80,6 @@ def hmdb51_rows(split_dir: Path, split: int) -> tuple[list[dict], list[str]]:
 
 
 ROWS = {"ucf101": ucf101_rows, "hmdb51": hmdb51_rows}
-ARCHIVE_SUFFIXES = (".rar", ".zip", ".tar", ".tar.gz", ".tgz")
-
-
-def _extract_once(archive: Path, dest: Path) -> None:
-    """Extract into dest unless a previous run finished it; nested archives (HMDB51 ships one rar per class)
-    are extracted where they lie."""
-    done = dest / ".extracted"
-    if done.exists() and done.read_text() == archive.name:
-        return
-    extract(archive, dest)
-    for inner in sorted(p for p in dest.rglob("*") if p.name.lower().endswith(ARCHIVE_SUFFIXES)):
-        extract(inner, inner.parent)
-        inner.unlink()
-    done.write_text(archive.name)
-
-
 def _video_root(videos: Path, rows: list[dict]) -> Path:
     """The folder under which the split files' relative paths ('Class/file.avi') resolve."""
     first = rows[0]["path"].split("/")[0]
@@ -112,12 +97,12 @@ def download(spec, out_dir: Path, workers: int) -> dict:
     archive = fetch(urls["archive_url"], cache / Path(urls["archive_url"]).name, spec.archive_sha256 or None,
                     spec.archive_size or None)
     splits_archive = fetch(urls["splits_url"], cache / Path(urls["splits_url"]).name)
-    _extract_once(splits_archive, cache / "splits")
-    _extract_once(archive, cache / "videos")
+    extract_once(splits_archive, cache / "splits")
+    extract_once(archive, cache / "videos")
     rows, classes = ROWS[spec.kind](cache / "splits", spec.split)
     root = _video_root(cache / "videos", rows)
     source = {"kind": spec.kind, "version": VERSION, "split": spec.split, **urls,
-              "archive_sha256": sha256_of(archive), "splits_sha256": sha256_of(splits_archive),
+              "archive_sha256": sha256_file(archive), "splits_sha256": sha256_file(splits_archive),
               "short_side": spec.short_side}
     manifest = ingest(spec.name, root, rows, classes, spec.short_side, Path(out_dir), workers, source)
     missing = len(manifest["missing_ids"])
