@@ -16,9 +16,10 @@ import torch
 
 from fourtier import distributed
 from fourtier.errors import DataError, exits_cleanly
-from fourtier.features import FeatureSource
+from fourtier.features import open_features
 from fourtier.models.ftp import FTP
 from fourtier.params import load_params
+from fourtier.runtime import loader_workers, resolve_device
 from fourtier.text import load_embeddings
 from fourtier.training import OptimSettings, seed_everything, train_alignment
 
@@ -30,11 +31,13 @@ def processor_state(model) -> dict:
 @exits_cleanly
 def main() -> None:
     params = load_params()
-    distributed.setup()
+    device = resolve_device(params.runtime.device)
+    distributed.setup(device)
     torch.set_num_threads(max(1, params.workers // distributed.world()))
+    workers = loader_workers(params.runtime.loader_workers, device)
     cfg = params.raw["align"]
     corpus = params.pretrain[0]
-    source = FeatureSource(Path("data/features") / corpus)
+    source = open_features(Path("data/features") / corpus, Path("data/raw") / corpus, Path("models/backbone"), device)
     emb = load_embeddings(Path("data/embeddings") / corpus)
     position = {v: i for i, v in enumerate(emb.videos)}
     missing = [v for v in source.videos if v not in position]
@@ -73,7 +76,8 @@ def main() -> None:
         model = FTP(source.dim, source.grid, prompts, n_classes=1, text_dim=text_dim)
         model.load_state_dict(init.state_dict())
         # only training rows are shuffled: retrieval is scored against the true captions of held-out clips
-        result = train_alignment(model, source, train_idx, val_idx, targets, settings, cfg["seed"], tag=arm)
+        result = train_alignment(model, source, train_idx, val_idx, targets, settings, cfg["seed"], tag=arm,
+                                 device=device, workers=workers)
         if distributed.is_main():
             torch.save({"config": config, "state": processor_state(model.cpu())}, out / f"{arm}.pt")
         metrics[arm] = {p: {k: round(v, 4) for k, v in r.items()} for p, r in result.items()}

@@ -5,6 +5,7 @@ hub presets are fetched and saved, so the exact weights are versioned with the e
 """
 import argparse
 import json
+import tempfile
 import time
 from pathlib import Path
 
@@ -14,7 +15,7 @@ import torch
 from fourtier.clips import to_tensor
 from fourtier.data.contract import read_annotations
 from fourtier.errors import DataError, exits_cleanly
-from fourtier.features import decode_dataset
+from fourtier.features import FrameStore
 from fourtier.models.backbone import TinyVideoViT, obtain_hub_backbone, save_tiny, tiny_preprocess
 from fourtier.params import load_params
 from fourtier.training import OptimSettings, pretrain_backbone
@@ -47,7 +48,10 @@ def main() -> None:
     rows = read_annotations(corpus)
     config = {k: preset[k] for k in ("frames", "size", "dim", "depth", "heads")}
     pre = tiny_preprocess(config)
-    frames, kept, skipped = decode_dataset(corpus, pre, train["temporal_views"], 1, params.workers, "decode pretraining clips")
+    # decoded once to disk and read a batch at a time: memory is bounded by the batch, not the corpus
+    scratch = tempfile.TemporaryDirectory(prefix=".backbone-frames-", dir="data")
+    frames = FrameStore(Path(scratch.name), corpus, pre, train["temporal_views"], params.workers)
+    kept = frames.kept
     targets, head_classes = label_parts([r.label for r in kept])
     splits = np.array([r.split for r in kept])
     train_idx, val_idx = np.nonzero(splits == "train")[0], np.nonzero(splits != "train")[0]
@@ -59,6 +63,7 @@ def main() -> None:
                              tuple(train["betas"]), train["warmup_epochs"])
     result = pretrain_backbone(model, frames, targets, train_idx, val_idx, lambda x: to_tensor(x, pre), settings,
                                train["seed"])
+    scratch.cleanup()
     save_tiny(model, args.out, {"head_classes": head_classes, "corpus": corpus.name})
     metrics = {f"heldout_accuracy_{h}": round(result[f"head{i}_accuracy"], 4)
                for i, h in enumerate(["motion_family", "shape"][:len(head_classes)] if len(head_classes) == 2

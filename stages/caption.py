@@ -22,23 +22,34 @@ def main() -> None:
     params.dataset(args.dataset)
     cap = params.caption
     backend = make_backend(params.vlm, params.vlms, {"max_new_tokens": cap.max_new_tokens,
-                                                     "temperature": cap.temperature}, params.workers)
+                                                     "temperature": cap.temperature,
+                                                     "device": params.runtime.device}, params.workers)
     settings = {**backend.settings, "K": params.K}
-    requests = build_requests(Path("data/tiles") / args.dataset, params.K, cap.prompts, backend.model_id, settings)
+    chunks = build_requests(Path("data/tiles") / args.dataset, params.K, cap.prompts, backend.model_id, settings)
     cache = AnswerCache()
     if args.dry_run:
-        cached = cache.get_many([r.key for r in requests])
-        missing = [r for r in requests if r.key not in cached]
-        print(f"caption {args.dataset} with {params.vlm} ({backend.model_id}): {len(requests)} answers needed, "
-              f"{len(requests) - len(missing)} cached, {len(missing)} calls to make")
+        needed, missing = 0, []
+        for requests in chunks:
+            cached = cache.get_many([r.key for r in requests])
+            needed += len(requests)
+            missing += [r for r in requests if r.key not in cached]
+        print(f"caption {args.dataset} with {params.vlm} ({backend.model_id}): {needed} answers needed, "
+              f"{needed - len(missing)} cached, {len(missing)} calls to make")
         if hasattr(backend, "estimate") and missing:
             est = backend.estimate(missing)
             print(f"  estimated: {est['input_tokens']:,} input + up to {est['output_tokens']:,} output tokens, "
                   f"about ${est['cost_usd']:.2f} (prices from vlms.{params.vlm})")
         return
-    stats = run_captions(backend, requests, cache, cap.max_failures)
     out = Path("data/captions") / args.dataset
-    totals = write_captions(out, requests, cache, params.vlm, backend.model_id, settings)
+    stats = {"cached": 0, "called": 0, "failed": 0, "seconds": 0.0}
+    totals: dict = {}
+    # a chunk of tiles at a time: each chunk's answers are cached as they arrive (max_failures per chunk)
+    for n, requests in enumerate(chunks):
+        chunk_stats = run_captions(backend, requests, cache, cap.max_failures)
+        chunk_totals = write_captions(out, requests, cache, params.vlm, backend.model_id, settings, append=n > 0)
+        for key in stats:
+            stats[key] += chunk_stats[key]
+        totals = {k: totals.get(k, 0) + v for k, v in chunk_totals.items()}
     cost = backend.cost(totals["input_tokens"], totals["output_tokens"]) if hasattr(backend, "cost") else 0.0
     metrics = {"vlm": params.vlm, "model": backend.model_id, "answers": totals["answers"],
                "missing": totals["missing"], "input_tokens": totals["input_tokens"],

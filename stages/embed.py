@@ -8,6 +8,7 @@ import torch
 from fourtier.captioning import read_captions
 from fourtier.errors import exits_cleanly
 from fourtier.params import load_params
+from fourtier.runtime import resolve_device
 from fourtier.text import embed_captions, make_encoder
 
 
@@ -20,13 +21,14 @@ def main() -> None:
     params.dataset(args.dataset)
     torch.set_num_threads(params.workers)
     captions = read_captions(Path("data/captions") / args.dataset / "captions.jsonl")
-    encoder = make_encoder(params.text_encoder, params.text_encoders, params.embed.max_length)
+    device = resolve_device(params.runtime.device)
+    encoder = make_encoder(params.text_encoder, params.text_encoders, params.embed.max_length, str(device))
     start = time.perf_counter()
     meta = embed_captions(captions, Path("data/embeddings") / args.dataset, encoder, params.embed.batch_size,
                           params.embed.max_tokens)
     seconds = time.perf_counter() - start
     print(f"embed {args.dataset}: {meta['texts']} answers with {params.text_encoder} ({meta['model']}), "
-          f"{meta['texts'] / seconds:.0f} texts/s, tokens {meta['token_dim']}-d, pooled {meta['pooled_dim']}-d")
+          f"on {device}, {meta['texts'] / seconds:.0f} texts/s, tokens {meta['token_dim']}-d, pooled {meta['pooled_dim']}-d")
 
 
 if __name__ == "__main__":

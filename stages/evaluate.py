@@ -11,9 +11,10 @@ import torch
 
 from fourtier.errors import DataError, exits_cleanly
 from fourtier.evaluation import accuracy_metrics, latency_ms, load_classifier, overhead, summarise
-from fourtier.features import FeatureSource
+from fourtier.features import open_features
 from fourtier.models.backbone import load_backbone
 from fourtier.params import load_params
+from fourtier.runtime import loader_workers, resolve_device
 from fourtier.plots import placeholder, plot_class_gain, plot_tsne
 from fourtier.training import classifier_features, predict
 
@@ -26,7 +27,10 @@ def main() -> None:
     params = load_params()
     params.dataset(args.dataset)
     torch.set_num_threads(params.workers)
-    source = FeatureSource(Path("data/features") / args.dataset)
+    device = resolve_device(params.runtime.device)
+    workers = loader_workers(params.runtime.loader_workers, device)
+    source = open_features(Path("data/features") / args.dataset, Path("data/raw") / args.dataset,
+                           Path("models/backbone"), device)
     idx = source.split("val")
     labels = source.labels[idx]
     runs = sorted(Path("models/finetune", args.dataset).glob("*-seed*.pt"))
@@ -40,9 +44,9 @@ def main() -> None:
         (out / f"confusion_{arm}.csv").write_text("actual,predicted\n")
     for path in runs:
         arm, seed = path.stem.rsplit("-seed", 1)
-        model = load_classifier(path, source.classes)
+        model = load_classifier(path, source.classes).to(device)
         models.setdefault(arm, model)
-        probs = predict(model, source, idx)
+        probs = predict(model, source, idx, workers=workers)
         results.setdefault(arm, []).append(accuracy_metrics(probs, labels, source.classes))
         if seed == "0" and arm in ("ftp", "baseline"):  # the two declared confusion plots
             with open(out / f"confusion_{arm}.csv", "w", newline="") as fh:
@@ -68,10 +72,11 @@ def main() -> None:
                                     f"{', '.join(sorted(models))}")
     else:
         title = f"{args.dataset}: validation clips, seed 0"
-        plot_tsne({arm: classifier_features(models[arm], source, idx) for arm in ("baseline", "ftp")}, labels,
+        plot_tsne({arm: classifier_features(models[arm], source, idx, workers=workers) for arm in ("baseline", "ftp")}, labels,
                   source.classes, out / "tsne.png", f"t-SNE of classifier features, {title}")
         plot_class_gain(per_class["ftp"], per_class["baseline"], out / "per_class_gain.png",
                         f"{args.dataset}: per-class top-1 change (mean of seeds)")
+    models = {arm: model.cpu() for arm, model in models.items()}  # overhead and latency are CPU figures
     backbone = load_backbone(Path("models/backbone"))
     pre = backbone.preprocess
     clip = torch.zeros(1, pre.frames, 3, pre.size, pre.size)

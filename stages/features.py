@@ -1,4 +1,5 @@
-"""features stage: the frozen backbone's feature map m per clip and view, float16 (data/features/<ds>)."""
+"""features stage: the frozen backbone's feature map m per clip and view, float16, streamed to shards
+(data/features/<ds>); resumes after a kill. With features.cache: false, only the index of readable clips."""
 import argparse
 import time
 from pathlib import Path
@@ -9,6 +10,7 @@ from fourtier.errors import exits_cleanly
 from fourtier.features import compute_features
 from fourtier.models.backbone import load_backbone
 from fourtier.params import load_params
+from fourtier.runtime import resolve_device
 
 
 @exits_cleanly
@@ -19,14 +21,18 @@ def main() -> None:
     params = load_params()
     params.dataset(args.dataset)
     torch.set_num_threads(params.workers)
-    cfg = params.raw["features"]
+    cfg = params.features
+    device = resolve_device(params.runtime.device)
     backbone = load_backbone(Path("models/backbone"))
     start = time.perf_counter()
     meta = compute_features(backbone, Path("data/raw") / args.dataset, Path("data/features") / args.dataset,
-                            cfg["temporal_views"], cfg["spatial_views"], cfg["batch_size"], params.workers)
+                            cfg.temporal_views, cfg.spatial_views, cfg.batch_size, params.workers, device,
+                            cfg.shard_mb, cfg.cache)
     n, v = meta["shape"][:2]
-    print(f"features {args.dataset}: {n} clips x {v} views, m {meta['shape'][2:]} float16, "
-          f"{len(meta['skipped'])} skipped, {time.perf_counter() - start:.0f} s")
+    seconds = time.perf_counter() - start
+    print(f"features {args.dataset}: {n} clips x {v} views, m {meta['shape'][2:]} float16 on {device}"
+          f"{'' if cfg.cache else ' (not cached: computed when needed)'}, {len(meta['skipped'])} skipped, "
+          f"{seconds:.0f} s ({n / seconds:.1f} clips/s)")
 
 
 if __name__ == "__main__":

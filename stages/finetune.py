@@ -21,9 +21,10 @@ import torch
 from fourtier.captioning import cache_dir
 from fourtier import distributed
 from fourtier.errors import DataError, exits_cleanly
-from fourtier.features import FeatureSource
+from fourtier.features import FeatureSource, open_features
 from fourtier.models.ftp import FTP
 from fourtier.params import load_params
+from fourtier.runtime import loader_workers, resolve_device
 from fourtier.training import OptimSettings, seed_everything, train_classifier
 
 ARMS = ("baseline", "ftp", "random", "shuffled")
@@ -53,10 +54,13 @@ def main() -> None:
     args = parser.parse_args()
     params = load_params()
     params.dataset(args.dataset)
-    distributed.setup()
+    device = resolve_device(params.runtime.device)
+    distributed.setup(device)
     torch.set_num_threads(max(1, params.workers // distributed.world()))
+    workers = loader_workers(params.runtime.loader_workers, device)
     cfg = params.raw["finetune"]
-    source = FeatureSource(Path("data/features") / args.dataset)
+    source = open_features(Path("data/features") / args.dataset, Path("data/raw") / args.dataset,
+                           Path("models/backbone"), device)
     train_idx = source.split("train")
     prompts = list(params.prompts)
     out = Path("models/finetune") / args.dataset
@@ -64,7 +68,7 @@ def main() -> None:
     settings = OptimSettings(cfg["epochs"], cfg["batch_size"], cfg["lr"], cfg["weight_decay"], tuple(cfg["betas"]),
                              cfg["warmup_epochs"])
     align_dir = Path("models/align")
-    run_key = hashlib.sha256(json.dumps([args.dataset, cfg, prompts, source.meta["shape"],
+    run_key = hashlib.sha256(json.dumps(["checkpoint v2", args.dataset, device.type, cfg, prompts, source.meta["shape"],
                                          [hashlib.sha256(path.read_bytes()).hexdigest() for path in sorted(align_dir.glob("*.pt"))]],
                                         sort_keys=True).encode()).hexdigest()[:16]
     checkpoints = cache_dir() / "checkpoints" / run_key
@@ -84,7 +88,8 @@ def main() -> None:
             history = train_classifier(model, source, train_idx, source.labels, settings, seed,
                                        cfg["label_smoothing"], cfg["mixup_alpha"], cfg["mixup_prob"],
                                        checkpoint=checkpoints / f"{arm}-{seed}.pt", live=live, tag="train",
-                                       desc=f"finetune {args.dataset} {arm} seed {seed}")
+                                       desc=f"finetune {args.dataset} {arm} seed {seed}", device=device,
+                                       workers=workers)
             if live is not None:
                 live.end()
             if not distributed.is_main():

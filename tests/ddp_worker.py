@@ -12,8 +12,8 @@ import torch
 from fourtier import distributed
 from helpers import ArraySource
 from fourtier.models.ftp import FTP
-from fourtier.training import (OptimSettings, alignment_backward, caption_groups, classifier_backward,
-                               train_alignment, train_classifier)
+from fourtier.training import (AlignmentModel, OptimSettings, alignment_backward, caption_groups,
+                               classifier_backward, train_alignment, train_classifier)
 
 T, H, W, D = 2, 2, 2, 8
 
@@ -24,23 +24,30 @@ def one_step_gradients(model, source, pooled, labels) -> dict:
     part = distributed.shard(len(idx))
     e = torch.nn.functional.normalize(torch.from_numpy(pooled[idx][:, :2].astype(np.float32)), dim=-1)
     groups = {p: torch.from_numpy(caption_groups(pooled[idx, j])) for j, p in enumerate(model.prompts)}
-    logit_scale = torch.nn.Parameter(torch.full((2,), 2.0))
-    alignment_backward(model, source.get(idx[part], 0), len(idx), e, groups, logit_scale)
+    stage1 = AlignmentModel(model)
+    with torch.no_grad():
+        stage1.logit_scale.fill_(2.0)
+    cpu = torch.device("cpu")
+    alignment_backward(distributed.wrap(stage1, cpu), stage1.logit_scale, source.get(idx[part], 0), len(idx), e, groups)
     grads = {f"align.{k}": p.grad.clone() for k, p in model.named_parameters() if p.grad is not None}
-    grads["align.logit_scale"] = logit_scale.grad.clone()
+    grads["align.logit_scale"] = stage1.logit_scale.grad.clone()
     model.zero_grad()
     idx = np.arange(25)
     part = distributed.shard(len(idx))
     target = torch.nn.functional.one_hot(torch.from_numpy(labels[idx]), 3).float()
-    classifier_backward(model, source.get(idx[part], 1), target[part], len(idx))
+    model.requires_grad_(False)
+    for p in model.stage2_parameters():
+        p.requires_grad_(True)
+    classifier_backward(distributed.wrap(model, cpu), source.get(idx[part], 1), target[part], len(idx))
     grads.update({f"classify.{k}": p.grad.clone() for k, p in model.named_parameters()
                   if p.grad is not None and k.startswith(("integration.", "classifier."))})
     model.zero_grad(set_to_none=True)
+    model.requires_grad_(True)
     return grads
 
 
 def main(out: str) -> None:
-    distributed.setup()
+    distributed.setup(torch.device("cpu"))
     torch.set_num_threads(1)
     rng = np.random.default_rng(0)
     m = rng.normal(size=(40, 2, T, H, W, D)).astype(np.float32)
@@ -57,8 +64,10 @@ def main(out: str) -> None:
     retrieval = train_alignment(model, source, np.arange(27), np.arange(27, 40), pooled,
                                 OptimSettings(3, 8, 1e-2, 0.05, (0.9, 0.95), 1), seed=0)
     # 25 clips in batches of 8: the last batch (1) leaves one rank with nothing to do
+    # mixup pairs clips within each rank's shard (as data-parallel training does), so mixup is off here:
+    # with it on, 2 processes mix other pairs than 1 and the runs are not comparable step for step
     history = train_classifier(model, source, np.arange(25), labels, OptimSettings(3, 8, 1e-2, 0.05, (0.9, 0.999), 1),
-                               seed=0, label_smoothing=0.1, mixup_alpha=0.8, mixup_prob=0.5)
+                               seed=0, label_smoothing=0.1, mixup_alpha=0.8, mixup_prob=0.0)
     model.eval()
     with torch.no_grad():
         every = torch.from_numpy(m[:, 0])

@@ -49,7 +49,17 @@ class ArraySource:
         self.m = m
         self.n_views = m.shape[1]
 
-    def get(self, indices, views):
+    def __len__(self):
+        return len(self.m)
+
+    def load(self, indices, views):
+        indices = np.asarray(indices, dtype=np.int64).reshape(-1)
+        return self.m[indices, np.broadcast_to(views, indices.shape)]
+
+    def to_m(self, loaded, device=None):
         import torch
 
-        return torch.from_numpy(self.m[np.asarray(indices), np.broadcast_to(views, np.shape(indices))]).float()
+        return torch.as_tensor(loaded).float().to(device or "cpu")
+
+    def get(self, indices, views):
+        return self.to_m(self.load(indices, views))

@@ -1,60 +1,204 @@
-"""The feature cache and the on-the-fly path give the same numbers; bad inputs give clear errors."""
+"""The feature cache: streamed, sharded, resumable after a kill with the same bytes; the on-the-fly path gives
+the same numbers; devices and bad inputs give clear errors."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
 
 from fourtier.data.contract import Annotation, write_dataset
-from fourtier.errors import DataError
-from fourtier.features import FeatureSource, OnTheFlyFeatures, compute_features
-from fourtier.models.backbone import LoadedBackbone, TinyVideoViT, tiny_preprocess
+from fourtier.errors import DataError, ParamsError
+from fourtier.features import FeatureSource, OnTheFlyFeatures, compute_features, open_features
+from fourtier.models.backbone import LoadedBackbone, TinyVideoViT, load_backbone, save_tiny, tiny_preprocess
 from fourtier.models.ftp import FTP
+from fourtier.runtime import resolve_device
+from fourtier.shards import ShardedArray
 from fourtier.training import OptimSettings, train_alignment
 from helpers import index_frames, write_video
+
+CPU = torch.device("cpu")
 
 
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory):
+    """6 clips of different sizes and lengths; v4 is not a video (skipped with its reason)."""
     root = tmp_path_factory.mktemp("ds")
     (root / "videos").mkdir()
     rows = []
-    for i in range(4):
-        write_video(root / "videos" / f"v{i}.mp4", index_frames(12 + 3 * i, 48, 64 + 16 * i))
-        rows.append(Annotation(f"v{i}", f"videos/v{i}.mp4", "ab"[i % 2], "train" if i < 3 else "val"))
+    for i in range(6):
+        path = root / "videos" / f"v{i}.mp4"
+        if i == 4:
+            path.write_bytes(b"not a video")
+        else:
+            write_video(path, index_frames(12 + 3 * i, 48, 64 + 16 * i))
+        rows.append(Annotation(f"v{i}", f"videos/v{i}.mp4", "ab"[i % 2], "train" if i < 4 else "val"))
     write_dataset(root, rows, ["a", "b"], {"kind": "test"}, [])
     return root
 
 
 @pytest.fixture(scope="module")
-def backbone():
+def backbone_dir(tmp_path_factory):
     torch.manual_seed(0)
-    config = dict(frames=4, size=32, dim=16, depth=1, heads=2)
-    return LoadedBackbone(TinyVideoViT(**config, head_sizes=(2,)), tiny_preprocess(config), "tiny")
+    out = tmp_path_factory.mktemp("backbone")
+    save_tiny(TinyVideoViT(frames=4, size=32, dim=16, depth=1, heads=2, head_sizes=(2,)), out, {})
+    return out
+
+
+@pytest.fixture(scope="module")
+def backbone(backbone_dir):
+    return load_backbone(backbone_dir)
+
+
+def files(directory: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(directory.iterdir())}
 
 
 def test_cache_and_on_the_fly_give_the_same_numbers(dataset, backbone, tmp_path):
-    meta = compute_features(backbone, dataset, tmp_path / "features", 2, 1, batch_size=3, workers=1)
-    assert meta["shape"] == [4, 2, 4, 2, 2, 16] and meta["classes"] == ["a", "b"]
+    meta = compute_features(backbone, dataset, tmp_path / "features", 2, 1, batch_size=3, workers=0)
+    assert meta["shape"] == [5, 2, 4, 2, 2, 16] and meta["classes"] == ["a", "b"]
+    assert [s["video_id"] for s in meta["skipped"]] == ["v4"] and meta["skipped"][0]["reason"]
     cached = FeatureSource(tmp_path / "features")
     live = OnTheFlyFeatures(dataset, backbone, 2, 1)
+    assert cached.videos == ["v0", "v1", "v2", "v3", "v5"]
     assert (cached.n_views, cached.grid, cached.dim) == (live.n_views, live.grid, live.dim)
-    assert cached.labels.tolist() == live.labels.tolist() == [0, 1, 0, 1]
-    idx, views = np.array([0, 2, 3]), np.array([1, 0, 1])
-    assert torch.allclose(cached.get(idx, views), live.get(idx, views), atol=1e-3)
-    assert cached.split("val").tolist() == [3]
+    assert cached.labels.tolist() == [0, 1, 0, 1, 1]
+    # cached position 4 is v5 (v4 was skipped): the on-the-fly source still lists v4 at position 4
+    idx, views = np.array([0, 2, 3, 4]), np.array([1, 0, 1, 1])
+    assert torch.allclose(cached.get(idx, views), live.get(np.array([0, 2, 3, 5]), views), atol=1e-3)
+    assert cached.split("val").tolist() == [4]
+    assert not any(p.name.endswith(".partial") for p in tmp_path.iterdir())  # the work folder became the output
+
+
+def test_shards_workers_and_batches_do_not_change_the_bytes(dataset, backbone, tmp_path):
+    compute_features(backbone, dataset, tmp_path / "one", 2, 1, batch_size=2, workers=0)
+    # 1 MB shards hold 2**20 / 1024 bytes-per-view = 1024 views: force several with a tiny row budget instead
+    import fourtier.features as features
+
+    compute_features(backbone, dataset, tmp_path / "two", 2, 1, batch_size=2, workers=2)
+    assert files(tmp_path / "one") == files(tmp_path / "two")
+    original = features.rows_per_shard
+    features.rows_per_shard = lambda row_bytes, shard_mb: 3  # 3 views per shard: 12 rows in 4 shards
+    try:
+        compute_features(backbone, dataset, tmp_path / "sharded", 2, 1, batch_size=2, workers=0)
+    finally:
+        features.rows_per_shard = original
+    assert sorted(p.name for p in (tmp_path / "sharded").glob("m-*.npy")) == [f"m-0000{k}.npy" for k in range(4)]
+    whole, sharded = FeatureSource(tmp_path / "one"), FeatureSource(tmp_path / "sharded")
+    idx, views = np.array([4, 0, 3, 3, 1]), np.array([0, 1, 1, 0, 0])
+    assert torch.equal(whole.get(idx, views), sharded.get(idx, views))
+    # each shard is a plain .npy a user can open
+    assert np.load(tmp_path / "sharded" / "m-00001.npy", mmap_mode="r").shape == (3, 4, 2, 2, 16)
+
+
+KILLABLE = """
+import sys, time
+from pathlib import Path
+import fourtier.features as f
+from fourtier.models.backbone import load_backbone
+slow = f.frames_to_m
+def frames_to_m(*args):
+    time.sleep(0.4)  # slow enough to be killed part-way
+    return slow(*args)
+f.frames_to_m = frames_to_m
+f.compute_features(load_backbone(Path(sys.argv[1])), Path(sys.argv[2]), Path(sys.argv[3]), 2, 1, 1, 0)
+"""
+
+
+def test_a_killed_run_resumes_and_writes_the_same_bytes(dataset, backbone, backbone_dir, tmp_path):
+    compute_features(backbone, dataset, tmp_path / "whole", 2, 1, batch_size=1, workers=0)
+    out = tmp_path / "killed"
+    progress = tmp_path / ".killed.partial" / "progress.json"
+    proc = subprocess.Popen([sys.executable, "-c", KILLABLE, str(backbone_dir), str(dataset), str(out)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.time() + 60
+    while time.time() < deadline:
+        if progress.exists() and json.loads(progress.read_text())["next_batch"] >= 2:
+            break
+        time.sleep(0.05)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    done_before = json.loads(progress.read_text())["next_batch"]
+    assert 2 <= done_before < 6 and not out.exists()
+    meta = compute_features(backbone, dataset, out, 2, 1, batch_size=1, workers=0)
+    assert meta["shape"][0] == 5
+    assert files(out) == files(tmp_path / "whole")
+    assert not progress.parent.exists()
+
+
+def test_a_resume_with_other_settings_starts_over(dataset, backbone, tmp_path):
+    with pytest.raises(KeyboardInterrupt):
+        compute_features(backbone, dataset, tmp_path / "f", 1, 1, batch_size=2, workers=0, stop_after=1)
+    compute_features(backbone, dataset, tmp_path / "f", 2, 1, batch_size=2, workers=0)  # other views: new key
+    compute_features(backbone, dataset, tmp_path / "g", 2, 1, batch_size=2, workers=0)
+    assert files(tmp_path / "f") == files(tmp_path / "g")
+
+
+def test_index_only_when_not_cached_and_the_on_the_fly_source_reads_it(dataset, backbone, backbone_dir, tmp_path):
+    compute_features(backbone, dataset, tmp_path / "cached", 2, 1, batch_size=4, workers=0)
+    meta = compute_features(backbone, dataset, tmp_path / "index", 2, 1, batch_size=4, workers=0, cache=False)
+    assert meta["cache"] is False and not list((tmp_path / "index").glob("m-*.npy"))
+    live = open_features(tmp_path / "index", dataset, backbone_dir, CPU)
+    cached = open_features(tmp_path / "cached", dataset, backbone_dir, CPU)
+    assert isinstance(live, OnTheFlyFeatures) and live.videos == cached.videos
+    idx, views = np.array([4, 1]), np.array([0, 1])
+    assert torch.allclose(live.get(idx, views), cached.get(idx, views), atol=1e-3)
+    with pytest.raises(DataError, match="features.cache: false"):
+        FeatureSource(tmp_path / "index")
+
+
+def test_sharded_array_reads_what_it_wrote_in_any_order(tmp_path):
+    store = ShardedArray(tmp_path, "x", 10, (2, 3), np.float16, per_shard=4)
+    store.create()
+    rows = np.arange(60, dtype=np.float16).reshape(10, 2, 3)
+    store.write(0, rows[:5])
+    store.write(5, rows[5:])
+    store.close()
+    reader = ShardedArray.open(tmp_path, "x")
+    assert np.array_equal(reader.read([9, 0, 4, 4, 3]), rows[[9, 0, 4, 4, 3]])
+    assert [np.load(reader.path(k)).shape[0] for k in range(3)] == [4, 4, 2]
+    with pytest.raises(IndexError):
+        reader.read([10])
 
 
 def test_missing_features_and_empty_split_are_clear_errors(dataset, backbone, tmp_path):
     with pytest.raises(DataError, match="has no features: run the features stage first"):
         FeatureSource(tmp_path / "nothing")
-    compute_features(backbone, dataset, tmp_path / "f", 1, 1, batch_size=4, workers=1)
+    compute_features(backbone, dataset, tmp_path / "f", 1, 1, batch_size=4, workers=0)
     with pytest.raises(DataError, match=r"no clips in split 'test' \(splits present: \['train', 'val'\]\)"):
         FeatureSource(tmp_path / "f").split("test")
 
 
 def test_text_dim_mismatch_is_a_clear_error(dataset, backbone, tmp_path):
-    compute_features(backbone, dataset, tmp_path / "f", 1, 1, batch_size=4, workers=1)
+    compute_features(backbone, dataset, tmp_path / "f", 1, 1, batch_size=4, workers=0)
     source = FeatureSource(tmp_path / "f")
     model = FTP(source.dim, source.grid, ["A"], n_classes=1, text_dim=384)
-    pooled = np.zeros((4, 4, 512), np.float16)
+    pooled = np.zeros((5, 4, 512), np.float16)
     with pytest.raises(DataError, match="text embeddings are 512-d but the alignment heads expect 384-d"):
-        train_alignment(model, source, np.arange(3), np.arange(3, 4), pooled, OptimSettings(1, 2, 1e-3, 0, (0.9, 0.95), 0), 0)
+        train_alignment(model, source, np.arange(3), np.arange(3, 5), pooled, OptimSettings(1, 2, 1e-3, 0, (0.9, 0.95), 0), 0)
+
+
+def test_devices():
+    assert resolve_device("cpu") == CPU
+    assert resolve_device("auto") == (torch.device("cuda", 0) if torch.cuda.is_available() else CPU)
+    with pytest.raises(ParamsError, match="runtime.device"):
+        resolve_device("tpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(ParamsError, match="torch sees no GPU"):
+            resolve_device("cuda")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_features_on_the_gpu_match_the_cpu(dataset, backbone, tmp_path):
+    compute_features(backbone, dataset, tmp_path / "cpu", 2, 1, batch_size=4, workers=0, device=CPU)
+    compute_features(backbone, dataset, tmp_path / "gpu", 2, 1, batch_size=4, workers=2, device=torch.device("cuda"))
+    cpu, gpu = FeatureSource(tmp_path / "cpu"), FeatureSource(tmp_path / "gpu")
+    assert gpu.meta["device"] == "cuda"
+    idx = np.arange(len(cpu))
+    # bf16 autocast: close, not equal
+    assert torch.allclose(cpu.get(idx, 0), gpu.get(idx, 0), atol=0.1, rtol=0.05)

@@ -17,6 +17,7 @@ import sqlite3
 import time
 from dataclasses import asdict
 from pathlib import Path
+from typing import Iterator
 
 from fourtier.errors import DataError
 from fourtier.store import ItemReader
@@ -62,20 +63,25 @@ class AnswerCache:
         self.db.close()
 
 
-def build_requests(tile_dir: Path, k: int, prompts: dict[str, str], model_id: str, settings: dict) -> list[Request]:
-    """One request per (tiled video, prompt), always all four prompts."""
+def build_requests(tile_dir: Path, k: int, prompts: dict[str, str], model_id: str, settings: dict,
+                   chunk: int = 1024) -> Iterator[list[Request]]:
+    """One request per (tiled video, prompt), always all four prompts, `chunk` tiles at a time: only one
+    chunk's images are in memory, whatever the corpus size."""
     rows = [r for r in read_tile_index(tile_dir) if r["status"] == "ok"]
     if not rows:
         raise DataError(f"{tile_dir} has no tiles to caption")
     reader = ItemReader(tile_dir)
-    requests = []
-    for row in rows:
-        jpeg = reader.get(row["location"])
-        for pid in PROMPT_IDS:
-            requests.append(Request(row["video_id"], pid, prompts[pid], jpeg, k,
-                                    answer_key(jpeg, prompts[pid], model_id, settings)))
-    reader.close()
-    return requests
+    try:
+        for start in range(0, len(rows), chunk):
+            requests = []
+            for row in rows[start:start + chunk]:
+                jpeg = reader.get(row["location"])
+                for pid in PROMPT_IDS:
+                    requests.append(Request(row["video_id"], pid, prompts[pid], jpeg, k,
+                                            answer_key(jpeg, prompts[pid], model_id, settings)))
+            yield requests
+    finally:
+        reader.close()
 
 
 def run_captions(backend, requests: list[Request], cache: AnswerCache, max_failures: float) -> dict:
@@ -112,12 +118,13 @@ def _usable(record: dict) -> bool:
 
 
 def write_captions(out_dir: Path, requests: list[Request], cache: AnswerCache, vlm_name: str, model_id: str,
-                   settings: dict) -> dict:
-    """captions.jsonl: one row per (video, prompt), in tile-index order, built from the cache."""
+                   settings: dict, append: bool = False) -> dict:
+    """captions.jsonl: one row per (video, prompt), in tile-index order, built from the cache (`append`: after
+    the rows of the chunks before)."""
     out_dir.mkdir(parents=True, exist_ok=True)
     records = cache.get_many([r.key for r in requests])
     totals = {"answers": 0, "missing": 0, "input_tokens": 0, "output_tokens": 0, "attempts": 0, "latency_s": 0.0}
-    with open(out_dir / "captions.jsonl", "w") as fh:
+    with open(out_dir / "captions.jsonl", "a" if append else "w") as fh:
         for r in requests:
             rec = records.get(r.key)
             row = {"video_id": r.video_id, "prompt_id": r.prompt_id, "prompt": r.prompt,

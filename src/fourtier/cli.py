@@ -39,8 +39,10 @@ def _decodable(path: str, tmp: Path) -> str:
 def predict(args) -> None:
     import torch
 
-    from fourtier.clips import load_views, to_tensor
+    from fourtier.clips import load_views
     from fourtier.evaluation import load_classifier
+    from fourtier.features import frames_to_m
+    from fourtier.runtime import resolve_device
     from fourtier.models.backbone import load_backbone
     from fourtier.params import load_params
 
@@ -55,14 +57,16 @@ def predict(args) -> None:
     if not classes_file.exists():
         raise DataError(f"{classes_file} not found: run `dvc repro` (or `dvc pull`) first")
     classes = classes_file.read_text().splitlines()
-    model = load_classifier(model_path, classes)
-    backbone = load_backbone(Path("models/backbone"))
-    cfg = params.raw["features"]
+    device = resolve_device(params.runtime.device)
+    model = load_classifier(model_path, classes).to(device)
+    backbone = load_backbone(Path("models/backbone")).to(device)
+    cfg = params.features
     with tempfile.TemporaryDirectory() as tmp:
         path = _decodable(_video(args.video), Path(tmp))
-        views = load_views(path, backbone.preprocess, cfg["temporal_views"], cfg["spatial_views"])
+        views = load_views(path, backbone.preprocess, cfg.temporal_views, cfg.spatial_views)
     with torch.inference_mode():
-        probs = model(backbone.feature_map(to_tensor(views, backbone.preprocess))).softmax(-1).mean(0)
+        # the same path as the features stage: m in float16, as the classifier was trained on it
+        probs = model(frames_to_m(backbone, views, device).to(device).float()).softmax(-1).mean(0).cpu()
     top = torch.topk(probs, min(5, len(classes)))
     print(f"{args.video}  ({dataset}, {args.arm} seed {args.seed}, {len(views)} views)")
     for p, i in zip(top.values.tolist(), top.indices.tolist()):
@@ -83,7 +87,8 @@ def describe(args) -> None:
     out = Path(args.tile or Path(args.video).with_suffix(".tile.jpg").name)
     out.write_bytes(result.jpeg)
     backend = make_backend(name, params.vlms, {"max_new_tokens": params.caption.max_new_tokens,
-                                               "temperature": params.caption.temperature})
+                                               "temperature": params.caption.temperature,
+                                               "device": params.runtime.device})
     requests = [Request("video", p, params.caption.prompts[p], result.jpeg, k, p) for p in PROMPT_IDS]
     answers: dict[str, Record] = {}
     backend.run(requests, lambda r, rec: answers.__setitem__(r.prompt_id, rec))

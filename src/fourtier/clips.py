@@ -64,7 +64,7 @@ def load_views(path: str, pre: Preprocess, temporal_views: int, spatial_views: i
         indices = [segment_indices(n, pre.frames, j, temporal_views) for j in range(temporal_views)]
         unique = sorted(set(np.concatenate(indices).tolist()))
         decoded = dict(zip(unique, vr.get_batch(unique).asnumpy()))
-    except decord.DECORDError as exc:
+    except (decord.DECORDError, RuntimeError) as exc:  # decord raises RuntimeError for a file it cannot open
         raise VideoError(f"decord: {str(exc).splitlines()[0][:200]}") from None
     views = []
     for idx in indices:
@@ -77,10 +77,10 @@ def load_views(path: str, pre: Preprocess, temporal_views: int, spatial_views: i
     return np.stack(views)
 
 
-def to_tensor(frames: np.ndarray, pre: Preprocess):
-    """uint8 (..., T, H, W, 3) -> normalised float (..., T, 3, H, W)."""
+def to_tensor(frames, pre: Preprocess):
+    """uint8 (..., T, H, W, 3), an array or a tensor on any device -> normalised float (..., T, 3, H, W) there."""
     import torch
 
-    x = torch.from_numpy(np.ascontiguousarray(frames)).float().div_(255)
-    x = (x - torch.tensor(pre.mean)) / torch.tensor(pre.std)
+    x = torch.as_tensor(np.ascontiguousarray(frames) if isinstance(frames, np.ndarray) else frames).float().div_(255)
+    x = (x - torch.tensor(pre.mean, device=x.device)) / torch.tensor(pre.std, device=x.device)
     return x.movedim(-1, -3)

@@ -1,11 +1,10 @@
 """Data parallelism for `align` and `finetune` under `torchrun --nproc_per_node N` (gloo on CPU, nccl on GPU).
 
-Every rank uses the same seed, so every rank draws the same batches, views and mixup pairs; each rank runs
-the forward and backward pass on its own shard of the batch, and gradients are summed across ranks, so the
-optimiser takes the single-process step (this is what DistributedDataParallel does; it is written out here
-because stage 1 calls the model through align_embeddings, not forward). Stage 1 gathers the shards'
-embeddings with autograd, so InfoNCE still sees every in-batch negative. Without torchrun (WORLD_SIZE unset)
-everything here is a no-op.
+torch's own machinery: `DistributedDataParallel` wraps the trained modules (bucketed gradient all-reduce,
+overlapped with the backward pass) and `torch.distributed.nn.functional.all_gather` gathers the stage-1
+embeddings with autograd, so InfoNCE sees every in-batch negative. Every rank draws the same global batch
+(same seed) and loads only its own shard of it (`shard`): a distributed sampler that keeps the global batch
+exactly what one process would see. Without torchrun (WORLD_SIZE unset) everything here is a no-op.
 """
 from __future__ import annotations
 
@@ -16,18 +15,11 @@ import torch
 import torch.distributed as dist
 
 
-def setup() -> None:
+def setup(device: torch.device) -> None:
     if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():
-        if torch.cuda.is_available():
-            torch.cuda.set_device(device())
-        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
-
-
-def device() -> torch.device:
-    """This rank's GPU when there is one (LOCAL_RANK under torchrun), else the CPU."""
-    if torch.cuda.is_available():
-        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
-    return torch.device("cpu")
+        if device.type == "cuda":
+            torch.cuda.set_device(device)
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
 
 
 def world() -> int:
@@ -52,46 +44,32 @@ def shard(n: int) -> slice:
     return slice(int(bounds[rank()]), int(bounds[rank() + 1]))
 
 
-class _Gather(torch.autograd.Function):
-    """all_gather with a backward pass: each rank gets the gradient of the summed losses for its own shard."""
+def wrap(module: torch.nn.Module, device: torch.device) -> torch.nn.Module:
+    """DistributedDataParallel under torchrun (gradients averaged across ranks), the module itself otherwise."""
+    if world() == 1:
+        return module
+    from torch.nn.parallel import DistributedDataParallel
 
-    @staticmethod
-    def forward(ctx, x: torch.Tensor, sizes: tuple[int, ...]) -> torch.Tensor:
-        ctx.sizes = sizes
-        padded = torch.cat([x, x.new_zeros((max(sizes) - len(x), *x.shape[1:]))])
-        parts = [torch.empty_like(padded) for _ in sizes]
-        dist.all_gather(parts, padded.contiguous())
-        return torch.cat([part[:size] for part, size in zip(parts, sizes)])
-
-    @staticmethod
-    def backward(ctx, grad: torch.Tensor):
-        grad = grad.contiguous().clone()
-        dist.all_reduce(grad, op=dist.ReduceOp.SUM)
-        start = sum(ctx.sizes[:rank()])
-        return grad[start:start + ctx.sizes[rank()]], None
+    return DistributedDataParallel(module, device_ids=[device.index] if device.type == "cuda" else None)
 
 
 def gather(x: torch.Tensor, n: int) -> torch.Tensor:
-    """Concatenate every rank's shard of a batch of n items, keeping gradients to the local shard.
+    """Every rank's shard of a batch of n items, concatenated, with gradients flowing back to each shard.
 
-    Shards may differ in size by one; they are padded for all_gather and trimmed after."""
+    Shards may differ in size by one: they are padded for all_gather and trimmed after."""
     if world() == 1:
         return x
-    return _Gather.apply(x, tuple(int(size) for size in np.diff(_bounds(n))))
+    from torch.distributed.nn.functional import all_gather
+
+    sizes = np.diff(_bounds(n))
+    padded = torch.cat([x, x.new_zeros((int(sizes.max()) - len(x), *x.shape[1:]))])
+    return torch.cat([part[:size] for part, size in zip(all_gather(padded), sizes)])
 
 
-def sum_gradients(params) -> None:
-    if world() == 1:
-        return
-    for p in params:
-        if p.grad is not None:
-            dist.all_reduce(p.grad, op=dist.ReduceOp.SUM)
-
-
-def sum_value(value: float) -> float:
+def sum_value(value: float, device: torch.device) -> float:
     if world() == 1:
         return value
-    t = torch.tensor([value], dtype=torch.float64, device=device())
+    t = torch.tensor([value], dtype=torch.float64, device=device)
     dist.all_reduce(t, op=dist.ReduceOp.SUM)
     return float(t.item())
 

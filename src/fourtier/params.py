@@ -104,6 +104,22 @@ class EmbedParams:
 
 
 @dataclass(frozen=True)
+class FeaturesParams:
+    temporal_views: int  # clips per video (sparse sampling)
+    spatial_views: int  # crops per clip
+    batch_size: int  # clips per backbone forward (speed only)
+    cache: bool  # false: m is computed from the videos whenever a stage needs it, nothing stored
+    shard_mb: int  # m is stored in .npy shards of at most this size
+
+
+@dataclass(frozen=True)
+class RuntimeParams:
+    workers: int  # processes for per-video work (decoding, tiling, SynthAct)
+    device: str  # auto | cpu | cuda (see fourtier.runtime)
+    loader_workers: int | str  # training/evaluation data-loading processes, or auto
+
+
+@dataclass(frozen=True)
 class Params:
     vlm: str
     K: int
@@ -119,8 +135,13 @@ class Params:
     tile: TileParams
     caption: CaptionParams
     embed: EmbedParams
-    workers: int
+    features: FeaturesParams
+    runtime: RuntimeParams
     raw: dict[str, Any]
+
+    @property
+    def workers(self) -> int:
+        return self.runtime.workers
 
     def dataset(self, name: str) -> SynthActSpec | FolderSpec:
         if name not in self.datasets:
@@ -312,7 +333,20 @@ def parse_params(raw: Any) -> Params:
     embed_params = EmbedParams(batch_size=_int_at_least(embed, "batch_size", "embed", 1),
                                max_tokens=_int_at_least(embed, "max_tokens", "embed", 1),
                                max_length=_int_at_least(embed, "max_length", "embed", 8))
+    features = _get(raw, "features", "", dict)
+    cache = _get(features, "cache", "features", bool, True)
+    features_params = FeaturesParams(temporal_views=_int_at_least(features, "temporal_views", "features", 1),
+                                     spatial_views=_int_at_least(features, "spatial_views", "features", 1),
+                                     batch_size=_int_at_least(features, "batch_size", "features", 1),
+                                     cache=cache, shard_mb=_int_at_least(features, "shard_mb", "features", 1, 2048))
     runtime = _get(raw, "runtime", "", dict, {})
+    loader = runtime.get("loader_workers", "auto")
+    if loader != "auto" and (not isinstance(loader, int) or isinstance(loader, bool) or loader < 0):
+        raise ParamsError(f"params.yaml: 'runtime.loader_workers' must be auto or a whole number >= 0, got {loader!r}")
+    runtime_params = RuntimeParams(workers=_int_at_least(runtime, "workers", "runtime", 1, 2),
+                                   device=_choice(_get(runtime, "device", "runtime", str, "auto"), ("auto", "cpu", "cuda"),
+                                                  "runtime.device"),
+                                   loader_workers=loader)
     return Params(
         vlm=_selector(raw, "vlm", vlms, "vlms"),
         K=K,
@@ -328,7 +362,8 @@ def parse_params(raw: Any) -> Params:
         tile=tile_params,
         caption=caption_params,
         embed=embed_params,
-        workers=_int_at_least(runtime, "workers", "runtime", 1, 2),
+        features=features_params,
+        runtime=runtime_params,
         raw=raw,
     )
 

@@ -79,7 +79,10 @@ class TextEncoder:
     def encode(self, texts: list[str]) -> Encoded:
         batch = self.tokenizer(texts, padding=True, truncation=True, max_length=self.max_length, return_tensors="pt")
         batch = {k: v.to(self.device) for k, v in batch.items()}
-        out = self.model(**batch)
+        from fourtier.runtime import frozen_autocast
+
+        with frozen_autocast(torch.device(self.device)):
+            out = self.model(**batch)
         mask = batch["attention_mask"].bool()
         hidden = out.last_hidden_state * mask[..., None]
         if self.kind == "clip":
@@ -90,13 +93,13 @@ class TextEncoder:
         return Encoded(hidden.float().cpu().numpy(), mask.cpu().numpy(), pooled.float().cpu().numpy())
 
 
-def make_encoder(name: str, presets: dict, max_length: int = 256) -> TextEncoder:
+def make_encoder(name: str, presets: dict, max_length: int = 256, device: str = "cpu") -> TextEncoder:
     if name.startswith("hf:"):
-        return TextEncoder(name, {"type": "hf", "model": name[3:]}, max_length)
+        return TextEncoder(name, {"type": "hf", "model": name[3:]}, max_length, device)
     if name in presets:
-        return TextEncoder(name, presets[name], max_length)
+        return TextEncoder(name, presets[name], max_length, device)
     if Path(name).is_dir():
-        return TextEncoder(name, {"type": "hf", "model": name}, max_length)
+        return TextEncoder(name, {"type": "hf", "model": name}, max_length, device)
     raise TextEncoderError(f"unknown text encoder {name!r}: use a preset under 'text_encoders:' "
                            f"({', '.join(sorted(presets))}), hf:<model id>, or a local directory")
 
@@ -114,6 +117,7 @@ def embed_captions(captions: list[dict], out_dir: Path, encoder: TextEncoder, ba
 
     from tqdm import tqdm
 
+    from fourtier.shards import NpyFile
     from fourtier.vlm import PROMPT_IDS
 
     out_dir = Path(out_dir)
@@ -121,12 +125,10 @@ def embed_captions(captions: list[dict], out_dir: Path, encoder: TextEncoder, ba
     videos = list(dict.fromkeys(r["video_id"] for r in captions))
     position = {v: i for i, v in enumerate(videos)}
     n, d, p = len(videos), encoder.token_dim, encoder.pooled_dim
-    tokens = np.lib.format.open_memmap(out_dir / "tokens.npy", "w+", np.float16, (n, len(PROMPT_IDS), max_tokens, d))
-    mask = np.lib.format.open_memmap(out_dir / "mask.npy", "w+", np.bool_, (n, len(PROMPT_IDS), max_tokens))
-    pooled = np.lib.format.open_memmap(out_dir / "pooled.npy", "w+", np.float16, (n, len(PROMPT_IDS), p))
-    tokens[:] = 0
-    mask[:] = False
-    pooled[:] = 0
+    # written in place, row by row: memory stays bounded by the batch (zeros where nothing is written)
+    tokens = NpyFile(out_dir / "tokens.npy", (n, len(PROMPT_IDS), max_tokens, d), np.float16)
+    mask = NpyFile(out_dir / "mask.npy", (n, len(PROMPT_IDS), max_tokens), np.bool_)
+    pooled = NpyFile(out_dir / "pooled.npy", (n, len(PROMPT_IDS), p), np.float16)
     todo = [r for r in captions if r["answer"].strip()]
     # templated answers repeat (a third of the default corpus): encode each distinct text once
     rows_of: dict[str, list[dict]] = {}
@@ -141,12 +143,12 @@ def embed_captions(captions: list[dict], out_dir: Path, encoder: TextEncoder, ba
             for j, text in enumerate(batch):
                 for r in rows_of[text]:
                     i, k = position[r["video_id"]], PROMPT_IDS.index(r["prompt_id"])
-                    tokens[i, k, :length] = enc.tokens[j, :length]
-                    mask[i, k, :length] = enc.mask[j, :length]
-                    pooled[i, k] = enc.pooled[j]
+                    tokens.write((i, k), enc.tokens[j, :length])
+                    mask.write((i, k), enc.mask[j, :length])
+                    pooled.write((i, k), enc.pooled[j])
             bar.update(len(batch))
     for array in (tokens, mask, pooled):
-        array.flush()
+        array.close()
     (out_dir / "videos.txt").write_text("".join(f"{v}\n" for v in videos))
     meta = {"encoder": encoder.name, "model": encoder.model_id, "token_dim": d, "pooled_dim": p,
             "max_tokens": max_tokens, "prompts": list(PROMPT_IDS), "videos": n, "texts": len(todo),

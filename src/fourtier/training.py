@@ -15,6 +15,7 @@ from torch import nn
 from tqdm import tqdm
 
 from fourtier import distributed
+from fourtier.features import batch_loader
 
 
 def seed_everything(seed: int) -> torch.Generator:
@@ -53,10 +54,11 @@ def make_optimizer(params, s: OptimSettings, steps_per_epoch: int):
 # ---------------------------------------------------------------------------------------------
 # the tiny backbone's pretraining
 
-def pretrain_backbone(model, frames: np.ndarray, targets: np.ndarray, train_idx: np.ndarray, val_idx: np.ndarray,
+def pretrain_backbone(model, frames, targets: np.ndarray, train_idx: np.ndarray, val_idx: np.ndarray,
                       to_tensor, s: OptimSettings, seed: int) -> dict:
-    """frames uint8 (N, V, T, S, S, 3); targets (N, heads) int. Random view, horizontal flip and time reversal
-    per sample: the coarse pretraining label does not depend on either."""
+    """frames: decoded clips on disk (`FrameStore`: load(indices, views) -> uint8 (B, T, S, S, 3), n_views), read
+    a batch at a time; targets (N, heads) int. Random view, horizontal flip and time reversal per sample: the
+    coarse pretraining label does not depend on either."""
     gen = seed_everything(seed)
     steps = math.ceil(len(train_idx) / s.batch_size)
     opt, sched = make_optimizer(model.parameters(), s, steps)
@@ -70,8 +72,8 @@ def pretrain_backbone(model, frames: np.ndarray, targets: np.ndarray, train_idx:
         bar = tqdm(range(steps), desc=f"backbone epoch {epoch + 1}/{s.epochs}", dynamic_ncols=True, mininterval=1.0)
         for step in bar:
             idx = order[step * s.batch_size:(step + 1) * s.batch_size]
-            views = torch.randint(frames.shape[1], (len(idx),), generator=gen).numpy()
-            x = to_tensor(frames[idx, views])
+            views = torch.randint(frames.n_views, (len(idx),), generator=gen).numpy()
+            x = to_tensor(frames.load(idx, views))
             flip = torch.rand(len(idx), generator=gen) < 0.5
             x[flip] = x[flip].flip(-1)  # labels (motion family, shape) do not depend on left/right
             backwards = torch.rand(len(idx), generator=gen) < 0.5
@@ -98,8 +100,8 @@ def evaluate_backbone(model, frames, targets, idx, to_tensor, batch_size) -> dic
     for start in range(0, len(idx), batch_size):
         batch = idx[start:start + batch_size]
         probs = None
-        for v in range(frames.shape[1]):  # multi-view: average softmax
-            out = [o.softmax(-1) for o in model(to_tensor(frames[batch, v]))]
+        for v in range(frames.n_views):  # multi-view: average softmax
+            out = [o.softmax(-1) for o in model(to_tensor(frames.load(batch, v)))]
             probs = out if probs is None else [p + o for p, o in zip(probs, out)]
         for h, p in enumerate(probs):
             correct[h] += (p.argmax(-1).numpy() == targets[batch, h]).sum()
@@ -143,8 +145,55 @@ def retrieval(z: np.ndarray, e: np.ndarray, groups: np.ndarray, ks=(1, 5)) -> di
     return out
 
 
+class EpochPlan:
+    """The batches of every epoch: clip order and one random view per clip, drawn from (seed, epoch) alone, so
+    a resumed run draws exactly the batches it would have drawn. Batches smaller than `min_batch` are dropped.
+    Each batch's clips are sorted (neighbouring rows of the feature shards)."""
+
+    def __init__(self, train_idx: np.ndarray, n_views: int, batch_size: int, seed: int, min_batch: int = 1):
+        self.train_idx, self.n_views, self.batch_size = np.asarray(train_idx), n_views, batch_size
+        self.seed, self.min_batch = seed, min_batch
+
+    def epoch(self, epoch: int) -> list[tuple[np.ndarray, np.ndarray]]:
+        gen = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
+        order = self.train_idx[torch.randperm(len(self.train_idx), generator=gen).numpy()]
+        batches = []
+        for start in range(0, len(order), self.batch_size):
+            idx = np.sort(order[start:start + self.batch_size])
+            if len(idx) >= self.min_batch:
+                batches.append((idx, torch.randint(self.n_views, (len(idx),), generator=gen).numpy()))
+        return batches
+
+    @property
+    def steps(self) -> int:
+        n, b = len(self.train_idx), self.batch_size
+        return n // b + (1 if n % b >= self.min_batch else 0)
+
+    def keys(self, first_epoch: int, epochs: int):
+        """This rank's (clip, view) keys of every batch from `first_epoch` on, for the loader."""
+        for epoch in range(first_epoch, epochs):
+            for idx, views in self.epoch(epoch):
+                part = distributed.shard(len(idx))
+                yield list(zip(idx[part].tolist(), views[part].tolist()))
+
+
+class AlignmentModel(nn.Module):
+    """What stage 1 trains: the processors and alignment heads of an FTP model, and one InfoNCE temperature per
+    prompt. Its forward is stage 1's forward, so DistributedDataParallel can wrap it."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.ftp = [model]  # not a submodule: only the stage-1 parts below are this module's parameters
+        self.processors, self.align_heads = model.processors, model.align_heads
+        self.logit_scale = nn.Parameter(torch.full((len(model.prompts),), math.log(1 / 0.07)))
+
+    def forward(self, m: torch.Tensor) -> dict[str, torch.Tensor]:
+        return self.ftp[0].align_embeddings(m)
+
+
 def train_alignment(model, source, train_idx: np.ndarray, val_idx: np.ndarray, pooled: np.ndarray, s: OptimSettings,
-                    seed: int, live=None, tag: str = "") -> dict:
+                    seed: int, live=None, tag: str = "", device: torch.device = torch.device("cpu"),
+                    workers: int = 0) -> dict:
     """Stage 1: only processors and alignment heads train. pooled (N, 4, P) aligned with source rows.
     Returns per-prompt retrieval on val_idx."""
     from fourtier.vlm import PROMPT_IDS
@@ -155,64 +204,60 @@ def train_alignment(model, source, train_idx: np.ndarray, val_idx: np.ndarray, p
         raise DataError(f"the text embeddings are {pooled.shape[-1]}-d but the alignment heads expect "
                         f"{model.config['text_dim']}-d: the text encoder changed since the heads were built; "
                         "re-run embed and align (dvc repro)")
-    gen = seed_everything(seed)
-    dev = distributed.device()
-    model.to(dev)
+    seed_everything(seed)
+    model.to(device)
     prompts = model.prompts
     cols = [PROMPT_IDS.index(p) for p in prompts]
     e_all = torch.from_numpy(np.asarray(pooled[:, cols], dtype=np.float32))
-    e_all = torch.nn.functional.normalize(e_all, dim=-1).to(dev)
-    groups = {p: torch.from_numpy(caption_groups(np.asarray(pooled[:, c]))).to(dev) for p, c in zip(prompts, cols)}
-    logit_scale = nn.Parameter(torch.full((len(prompts),), math.log(1 / 0.07), device=dev))
-    params = model.stage1_parameters() + [logit_scale]
-    steps = math.ceil(len(train_idx) / s.batch_size)
-    opt, sched = make_optimizer(params, s, steps)
+    e_all = torch.nn.functional.normalize(e_all, dim=-1).to(device)
+    groups = {p: torch.from_numpy(caption_groups(np.asarray(pooled[:, c]))).to(device) for p, c in zip(prompts, cols)}
+    stage1 = AlignmentModel(model).to(device)
+    trained = distributed.wrap(stage1, device)
+    plan = EpochPlan(train_idx, source.n_views, s.batch_size, seed, min_batch=2)
+    opt, sched = make_optimizer(list(stage1.parameters()), s, plan.steps)
+    batches = iter(batch_loader(source, plan.keys(0, s.epochs), workers, device))
     bar = tqdm(range(s.epochs), desc=f"align {tag}".strip(), unit="epoch", dynamic_ncols=True, mininterval=1.0,
                disable=not distributed.is_main())
     for epoch in bar:
-        model.train()
-        order = train_idx[torch.randperm(len(train_idx), generator=gen).numpy()]
+        trained.train()
         total = 0.0
-        for step in range(steps):
-            idx = np.sort(order[step * s.batch_size:(step + 1) * s.batch_size])
-            if len(idx) < 2:
-                continue
-            views = torch.randint(source.n_views, (len(idx),), generator=gen).numpy()
-            part = distributed.shard(len(idx))  # this rank's share (all of it in one process)
+        for idx, _ in plan.epoch(epoch):
+            m_part = source.to_m(next(batches), device)  # this rank's shard of the batch
             opt.zero_grad()
-            total += alignment_backward(model, source.get(idx[part], views[part]).to(dev), len(idx),
-                                        e_all[idx], {p: g[idx] for p, g in groups.items()}, logit_scale)
+            total += alignment_backward(trained, stage1.logit_scale, m_part, len(idx), e_all[idx],
+                                        {p: g[idx] for p, g in groups.items()})
             opt.step()
             sched.step()
-        log_epoch(live, "align/loss", total / steps)
-        bar.set_postfix(loss=f"{total / steps:.3f}")
-    return evaluate_alignment(model, source, val_idx, pooled)
+        log_epoch(live, "align/loss", total / plan.steps)
+        bar.set_postfix(loss=f"{total / plan.steps:.3f}")
+    return evaluate_alignment(model, source, val_idx, pooled, device=device, workers=workers)
 
 
-def alignment_backward(model, m_part: torch.Tensor, n: int, e: torch.Tensor, groups: dict, logit_scale) -> float:
-    """InfoNCE of a batch of n clips, of which this rank holds m_part; accumulates the full batch's gradient
-    on every rank (summed across ranks). e (n, prompts, P) unit text embeddings. Returns the loss."""
-    z_part = model.align_embeddings(m_part)
-    z = {p: distributed.gather(z_part[p], n) for p in model.prompts}  # every in-batch negative
-    loss = sum(info_nce(z[p], e[:, j], groups[p], logit_scale[j]) for j, p in enumerate(model.prompts))
-    # every rank computes the same full-batch loss; gather's backward sums the ranks' gradients for the
-    # local shard, so each rank scales by 1/world and the summed parameter gradients are exact
-    (loss / distributed.world()).backward()
-    distributed.sum_gradients(model.stage1_parameters() + [logit_scale])
+def alignment_backward(stage1, logit_scale, m_part: torch.Tensor, n: int, e: torch.Tensor, groups: dict) -> float:
+    """InfoNCE of a batch of n clips, of which this rank holds m_part; leaves the full batch's gradient on
+    every rank. e (n, prompts, P) unit text embeddings. Returns the loss."""
+    z_part = stage1(m_part)
+    prompts = list(z_part)
+    z = {p: distributed.gather(z_part[p], n) for p in prompts}  # every in-batch negative
+    loss = sum(info_nce(z[p], e[:, j], groups[p], logit_scale[j]) for j, p in enumerate(prompts))
+    # Every rank computes the same full-batch loss; all_gather's backward sums the ranks' gradients for the
+    # local shard (world x the true one) and DistributedDataParallel averages over ranks: the exact gradient.
+    loss.backward()
     return loss.item()
 
 
 @torch.inference_mode()
-def evaluate_alignment(model, source, idx: np.ndarray, pooled: np.ndarray, batch_size: int = 256) -> dict:
+def evaluate_alignment(model, source, idx: np.ndarray, pooled: np.ndarray, batch_size: int = 256,
+                       device: torch.device = torch.device("cpu"), workers: int = 0) -> dict:
     from fourtier.vlm import PROMPT_IDS
 
     model.eval()
     zs = {p: [] for p in model.prompts}
+    batches = iter(batch_loader(source, eval_keys(idx, source.n_views, batch_size), workers, device))
     for start in range(0, len(idx), batch_size):
-        batch = idx[start:start + batch_size]
         z = None
-        for v in range(source.n_views):  # average the views' embeddings
-            out = model.align_embeddings(source.get(batch, v).to(distributed.device()))
+        for _ in range(source.n_views):  # average the views' embeddings
+            out = model.align_embeddings(source.to_m(next(batches), device))
             z = out if z is None else {p: z[p] + out[p] for p in out}
         for p in zs:
             zs[p].append(torch.nn.functional.normalize(z[p], dim=-1).cpu().numpy())
@@ -224,86 +269,91 @@ def evaluate_alignment(model, source, idx: np.ndarray, pooled: np.ndarray, batch
     return result
 
 
+def eval_keys(idx: np.ndarray, n_views: int, batch_size: int):
+    """Multi-view testing order: each chunk of clips once per view, view 0 first."""
+    for start in range(0, len(idx), batch_size):
+        chunk = idx[start:start + batch_size].tolist()
+        for v in range(n_views):
+            yield [(i, v) for i in chunk]
+
+
 # ---------------------------------------------------------------------------------------------
 # stage 2: fine-tune integration + classifier on a target dataset (backbone and processors frozen)
 
 def train_classifier(model, source, train_idx: np.ndarray, labels: np.ndarray, s: OptimSettings, seed: int,
                      label_smoothing: float, mixup_alpha: float, mixup_prob: float, checkpoint=None,
-                     live=None, tag: str = "", desc: str = "finetune") -> list[dict]:
+                     live=None, tag: str = "", desc: str = "finetune", device: torch.device = torch.device("cpu"),
+                     workers: int = 0) -> list[dict]:
     """Stage 2 on clips `train_idx`; `labels` holds the class of every clip of the source (indexed like it).
-    Mixup mixes feature maps m (the frozen backbone's output) and their labels.
+    Mixup mixes feature maps m (the frozen backbone's output) and their labels, within each rank's shard.
     `checkpoint` (a Path) is written after every epoch and resumed from if present."""
-    gen = seed_everything(seed)
-    if distributed.world() > 1:  # same batches on every rank, but each rank's own dropout masks
-        torch.manual_seed(seed + 1000 * distributed.rank())
-    dev = distributed.device()
-    model.to(dev)
+    gen = seed_everything(seed + 1000 * distributed.rank())  # mixup and dropout: each rank its own draws
+    model.to(device)
     model.requires_grad_(False)
     trainable = model.stage2_parameters()
     for p in trainable:
         p.requires_grad_(True)
-    steps = math.ceil(len(train_idx) / s.batch_size)
-    opt, sched = make_optimizer(trainable, s, steps)
+    trained = distributed.wrap(model, device)
+    plan = EpochPlan(train_idx, source.n_views, s.batch_size, seed)
+    opt, sched = make_optimizer(trainable, s, plan.steps)
     n_classes = model.config["n_classes"]
     y = torch.from_numpy(labels).long()
     start_epoch, history = 0, []
     if checkpoint is not None and checkpoint.exists():
-        state = torch.load(checkpoint, weights_only=False, map_location=dev)
+        state = torch.load(checkpoint, weights_only=False, map_location=device)
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
         sched.load_state_dict(state["scheduler"])
-        gen.set_state(state["generator"])
+        gen.set_state(state["generator"][distributed.rank()].cpu())
         torch.set_rng_state(state["torch_rng"][distributed.rank()].cpu())  # dropout draws from the global generator
         start_epoch, history = state["epoch"], state["history"]
         print(f"  resuming {tag} from epoch {start_epoch}")
         for past in history:  # the curve stays whole across the crash
             log_epoch(live, f"{tag}/loss", past["loss"])
+    batches = iter(batch_loader(source, plan.keys(start_epoch, s.epochs), workers, device))
     bar = tqdm(range(start_epoch, s.epochs), desc=desc, unit="epoch", dynamic_ncols=True,
                mininterval=1.0, initial=start_epoch, total=s.epochs, disable=not distributed.is_main())
     for epoch in bar:
-        model.train()
+        trained.train()
         model.processors.eval()
-        order = train_idx[torch.randperm(len(train_idx), generator=gen).numpy()]
         total = 0.0
-        for step in range(steps):
-            idx = order[step * s.batch_size:(step + 1) * s.batch_size]
-            views = torch.randint(source.n_views, (len(idx),), generator=gen).numpy()
-            m = source.get(idx, views)
-            target = F_one_hot(y[idx], n_classes) * (1 - label_smoothing) + label_smoothing / n_classes
+        for idx, _ in plan.epoch(epoch):
+            part = distributed.shard(len(idx))
+            m = source.to_m(next(batches), device)  # this rank's shard
+            target = F_one_hot(y[idx[part]], n_classes) * (1 - label_smoothing) + label_smoothing / n_classes
             if mixup_alpha > 0 and torch.rand(1, generator=gen).item() < mixup_prob:
                 lam = float(np.random.default_rng(int(torch.randint(2 ** 31, (1,), generator=gen))).beta(mixup_alpha, mixup_alpha))
-                perm = torch.randperm(len(idx), generator=gen)
+                perm = torch.randperm(len(m), generator=gen)
                 m = lam * m + (1 - lam) * m[perm]
                 target = lam * target + (1 - lam) * target[perm]
-            # mixup pairs span the whole batch, so every rank reads all of it and trains on its shard; the
-            # loss is the shard's sum over the full batch size, so the summed gradients are the full batch's
-            part = distributed.shard(len(idx))
             opt.zero_grad()
-            total += classifier_backward(model, m[part].to(dev), target[part].to(dev), len(idx))
+            total += classifier_backward(trained, m, target.to(device), len(idx), device)
             opt.step()
             sched.step()
-        history.append({"epoch": epoch + 1, "loss": total / steps})
-        log_epoch(live, f"{tag}/loss", total / steps)
-        bar.set_postfix(loss=f"{total / steps:.3f}")
+        history.append({"epoch": epoch + 1, "loss": total / plan.steps})
+        log_epoch(live, f"{tag}/loss", total / plan.steps)
+        bar.set_postfix(loss=f"{total / plan.steps:.3f}")
         if checkpoint is not None:
             torch_rng = distributed.gather_state(torch.get_rng_state())  # every rank's dropout generator
+            generators = distributed.gather_state(gen.get_state())  # and mixup generator
             if distributed.is_main():
                 tmp = checkpoint.with_suffix(".tmp")
                 torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
-                            "generator": gen.get_state(), "torch_rng": torch_rng, "epoch": epoch + 1,
+                            "generator": generators, "torch_rng": torch_rng, "epoch": epoch + 1,
                             "history": history}, tmp)
                 tmp.replace(checkpoint)  # atomic: a crash never leaves a half-written checkpoint
             distributed.barrier()
     return history
 
 
-def classifier_backward(model, m_part: torch.Tensor, target_part: torch.Tensor, n: int) -> float:
-    """Soft-target cross-entropy of a batch of n clips, of which this rank holds m_part; accumulates the full
-    batch's gradient on every rank (summed across ranks). Returns the batch's mean loss."""
-    loss = torch.sum(-target_part * model(m_part).log_softmax(-1)) / n  # this shard's share of the mean
-    loss.backward()
-    distributed.sum_gradients(model.stage2_parameters())
-    return distributed.sum_value(loss.item())
+def classifier_backward(model, m_part: torch.Tensor, target_part: torch.Tensor, n: int,
+                        device: torch.device = torch.device("cpu")) -> float:
+    """Soft-target cross-entropy of a batch of n clips, of which this rank holds m_part; leaves the full batch's
+    mean gradient on every rank. Returns the batch's mean loss."""
+    shard_sum = torch.sum(-target_part * model(m_part).log_softmax(-1))
+    # DistributedDataParallel averages the ranks' gradients: scale the shard's sum so the average is the mean
+    (shard_sum * distributed.world() / n).backward()
+    return distributed.sum_value(shard_sum.item() / n, device)
 
 
 def log_epoch(live, name: str, value: float) -> None:
@@ -318,27 +368,24 @@ def F_one_hot(y: torch.Tensor, n: int) -> torch.Tensor:
 
 
 @torch.inference_mode()
-def predict(model, source, idx: np.ndarray, batch_size: int = 128) -> np.ndarray:
+def predict(model, source, idx: np.ndarray, batch_size: int = 128, workers: int = 0) -> np.ndarray:
     """Multi-view testing: softmax averaged over every cached view (temporal clips x spatial crops)."""
-    model.eval()
-    dev = next(model.parameters()).device
-    out = []
-    for start in range(0, len(idx), batch_size):
-        batch = idx[start:start + batch_size]
-        probs = sum(model(source.get(batch, v).to(dev)).softmax(-1) for v in range(source.n_views)) / source.n_views
-        out.append(probs.cpu().numpy())
-    return np.concatenate(out)
+    return _over_views(lambda m: model(m).softmax(-1), model, source, idx, batch_size, workers)
 
 
 @torch.inference_mode()
-def classifier_features(model, source, idx: np.ndarray, batch_size: int = 128) -> np.ndarray:
+def classifier_features(model, source, idx: np.ndarray, batch_size: int = 128, workers: int = 0) -> np.ndarray:
     """The classifier's pooled features (before its linear layer), averaged over the cached views."""
+    return _over_views(lambda m: model.classifier.features(model.f(m)), model, source, idx, batch_size, workers)
+
+
+def _over_views(fn, model, source, idx: np.ndarray, batch_size: int, workers: int) -> np.ndarray:
     model.eval()
     dev = next(model.parameters()).device
+    batches = iter(batch_loader(source, eval_keys(idx, source.n_views, batch_size), workers, dev))
     out = []
-    for start in range(0, len(idx), batch_size):
-        batch = idx[start:start + batch_size]
-        feats = sum(model.classifier.features(model.f(source.get(batch, v).to(dev))) for v in range(source.n_views))
-        out.append((feats / source.n_views).cpu().numpy())
+    for _ in range(0, len(idx), batch_size):
+        total = sum(fn(source.to_m(next(batches), dev)) for _ in range(source.n_views))
+        out.append((total / source.n_views).cpu().numpy())
     return np.concatenate(out)
 

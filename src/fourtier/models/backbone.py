@@ -133,6 +133,10 @@ class LoadedBackbone:
         self.preprocess = preprocess
         self.name = name
 
+    def to(self, device) -> "LoadedBackbone":
+        self.module.to(device)
+        return self
+
     @torch.inference_mode()
     def feature_map(self, x: torch.Tensor) -> torch.Tensor:
         return self.module.feature_map(x)

@@ -21,7 +21,8 @@ class HFBackend:
             raise VLMError(f"vlms.{name} needs a 'model': a Hugging Face model id or a local directory")
         self.name = name
         self.model_id = str(preset["model"])
-        self.device = preset.get("device", "cpu")
+        # the preset's own device wins; otherwise runtime.device (auto: the GPU when there is one)
+        self.device = preset.get("device", generation.get("device", "auto"))
         self.dtype = preset.get("dtype", "float32")
         if self.dtype not in DTYPES:
             raise VLMError(f"vlms.{name}.dtype is {self.dtype!r}; use one of {', '.join(DTYPES)}")
@@ -58,9 +59,9 @@ class HFBackend:
                 f"vlm {self.name!r}: cannot load {self.model_id!r} ({str(exc).splitlines()[0][:200]}). Without network "
                 "access, download it on a machine that has it (huggingface-cli download <id>) and copy the Hugging "
                 "Face cache or the model folder here; or use vlm=builtin, which works offline") from None
-        device = self.device
-        if device == "auto":
-            device = "cuda" if torch.cuda.is_available() else "cpu"
+        from fourtier.runtime import resolve_device
+
+        device = str(resolve_device(self.device))
         self._model.to(device).eval()
         self.device = device
         tokenizer = getattr(self._processor, "tokenizer", None)

@@ -1,0 +1,44 @@
+"""Where the work runs: `runtime.device` (auto | cpu | cuda) and the number of data-loading processes.
+
+One setting serves every stage that runs a network (features, embed, align, finetune, evaluate), the
+`fourtier predict` command and the hf VLM backend. On CUDA the frozen networks (the visual backbone, the
+text encoder) run under bf16 autocast; what they produce is stored as float16 either way. Trained modules
+run in float32 everywhere. Under torchrun each process takes the GPU of its LOCAL_RANK.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+
+import torch
+
+from fourtier.errors import ParamsError
+
+DEVICES = ("auto", "cpu", "cuda")
+
+
+def resolve_device(setting: str = "auto") -> torch.device:
+    if setting not in DEVICES:
+        raise ParamsError(f"params.yaml: 'runtime.device' must be one of {', '.join(DEVICES)}, got {setting!r}")
+    if setting == "cpu" or (setting == "auto" and not torch.cuda.is_available()):
+        return torch.device("cpu")
+    if not torch.cuda.is_available():
+        raise ParamsError("params.yaml: 'runtime.device' is cuda but torch sees no GPU (torch "
+                          f"{torch.__version__}, CUDA build: {torch.version.cuda or 'no'}); install a CUDA build of "
+                          "torch (see the README) or set runtime.device: auto")
+    return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+
+
+def frozen_autocast(device: torch.device):
+    """bf16 autocast for the frozen networks on a GPU; nothing on the CPU (CPU bf16 is slower and changes m)."""
+    if device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def loader_workers(setting, device: torch.device) -> int:
+    """Data-loading processes for the training and evaluation loaders: `auto` is none on the CPU (the reads are
+    cheap next to a CPU step and each worker costs a process start) and up to 8 next to a GPU."""
+    if setting == "auto":
+        return min(8, os.cpu_count() or 1) if device.type == "cuda" else 0
+    return int(setting)
