@@ -202,3 +202,18 @@ def test_features_on_the_gpu_match_the_cpu(dataset, backbone, tmp_path):
     idx = np.arange(len(cpu))
     # bf16 autocast: close, not equal
     assert torch.allclose(cpu.get(idx, 0), gpu.get(idx, 0), atol=0.1, rtol=0.05)
+
+
+def test_loader_workers_feed_training_the_same_batches(dataset, backbone, tmp_path):
+    from fourtier.training import train_classifier
+
+    compute_features(backbone, dataset, tmp_path / "f", 2, 1, batch_size=4, workers=0)
+    source = FeatureSource(tmp_path / "f")
+    states = []
+    for workers in (0, 2):
+        torch.manual_seed(0)
+        model = FTP(source.dim, source.grid, [], n_classes=2)
+        train_classifier(model, source, source.split("train"), source.labels, OptimSettings(2, 2, 1e-3, 0.05, (0.9, 0.999), 0),
+                         seed=0, label_smoothing=0.1, mixup_alpha=0.8, mixup_prob=0.5, workers=workers)
+        states.append(model.state_dict())
+    assert all(torch.equal(states[0][k], states[1][k]) for k in states[0])

@@ -171,6 +171,13 @@ def report(args) -> None:
 
 
 @exits_cleanly
+def plan_command(args) -> None:
+    from fourtier.params import load_params
+    from fourtier.plan import plan
+
+    print(plan(load_params()))
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(prog="fourtier", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -196,6 +203,8 @@ def main(argv=None) -> None:
                    help="an extra -S for every experiment, e.g. --set finetune.seeds=[0]")
     a.add_argument("--dry-run", action="store_true", help="print the dvc commands without queueing")
     a.set_defaults(run=ablate)
+    pl = sub.add_parser("plan", help="clips, disk per stage, memory bound and time per stage before a run")
+    pl.set_defaults(run=plan_command)
     r = sub.add_parser("report", help="Markdown tables shaped like the paper's from `dvc exp show --json`")
     r.add_argument("--json", help="a saved `dvc exp show --json` output (default: run it)")
     r.add_argument("--out", help="write the Markdown here instead of printing it")

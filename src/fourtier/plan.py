@@ -1,0 +1,138 @@
+"""`fourtier plan`: the bill before the run. For the configured datasets, backbone and K: clips, disk per stage
+output, the memory bound of the streaming stages, and time per stage from measured rates, with a warning when
+the m cache would not fit on the free disk.
+
+Rates come from benchmarks/results/scale.jsonl (written by benchmarks/scale.py on the machine that ran it; run
+it on yours for your figures) and benchmarks/results/gpu_h100.jsonl (a ViT-B backbone on one H100).
+"""
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+
+# Approximate clip counts of the public datasets (train + validation), used before they are downloaded.
+PUBLIC_CLIPS = {"ucf101": 13_320, "hmdb51": 6_766, "k400": 260_000, "k600": 420_000, "k700": 580_000,
+                "k710": 660_000, "ssv2": 193_000}
+# Feature-map shape per view (T', h, w, D) of the hub presets at their native input.
+HUB_VIEW_SHAPE = {"videomae": (8, 14, 14, 768), "timesformer": (8, 14, 14, 768), "vivit": (16, 14, 14, 768),
+                  "xclip": (8, 14, 14, 768)}
+# Bytes per clip of stage outputs where nothing is on disk yet (measured on SynthAct; public video at 320 px)
+RAW_BYTES = {"synthact": 22_000, "public": 1_500_000}
+TILE_BYTES, CAPTION_BYTES = 29_000, 2_100
+
+
+def _clips(params, name: str) -> tuple[int, str]:
+    ann = Path("data/raw") / name / "annotations.csv"
+    if ann.exists():
+        return sum(1 for _ in open(ann)) - 1, "downloaded"
+    spec = params.datasets[name]
+    if spec.kind == "synthact":
+        if spec.variant == "pretrain":
+            return spec.clips, "params"
+        classes = 10 if spec.variant == "scenes" else 12
+        return classes * (spec.train_per_class + spec.val_per_class), "params"
+    key = name if name in PUBLIC_CLIPS else getattr(spec, "kind", "")
+    return PUBLIC_CLIPS.get(key, 0), "approx." if key in PUBLIC_CLIPS else "unknown until downloaded"
+
+
+def _view_shape(params) -> tuple[tuple[int, ...], tuple[int, int], str]:
+    """m per view, and (frames, size) of the backbone's input."""
+    preset = params.backbones.get(params.backbone, {"type": "hf", "model": params.backbone})
+    if preset["type"] == "tiny":
+        g = preset["size"] // 16
+        return (preset["frames"], g, g, preset["dim"]), (preset["frames"], preset["size"]), "tiny"
+    for kind, shape in HUB_VIEW_SHAPE.items():
+        if kind in str(preset.get("model", "")).lower():
+            return shape, (16 if kind == "videomae" else 8 if kind != "vivit" else 32, 224), kind
+    return HUB_VIEW_SHAPE["videomae"], (16, 224), "ViT-B (assumed)"
+
+
+def _rates(path: Path) -> dict[str, float]:
+    """clips/s per stage at the largest corpus measured."""
+    if not path.exists():
+        return {}
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    best: dict[str, dict] = {}
+    for r in rows:
+        if r["stage"] not in best or r["clips"] >= best[r["stage"]]["clips"]:
+            best[r["stage"]] = r
+    return {stage: r["clips_per_s"] for stage, r in best.items()}
+
+
+def _size(n: float) -> str:
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if abs(n) < 1024 or unit == "TB":
+            return f"{n:,.1f} {unit}" if unit != "B" else f"{n:,.0f} B"
+        n /= 1024
+    return ""
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    if seconds < 7200:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
+def plan(params, root: Path = Path(".")) -> str:
+    feats, rt = params.features, params.runtime
+    view_shape, (frames, size), backbone_kind = _view_shape(params)
+    views = feats.temporal_views * feats.spatial_views
+    m_clip = views * int(np.prod(view_shape)) * 2
+    embed_clip = 4 * params.embed.max_tokens * (384 + 1) * 2 + 4 * 384 * 2
+    cpu_rates = _rates(root / "benchmarks" / "results" / "scale.jsonl")
+    gpu = [json.loads(x) for x in (root / "benchmarks/results/gpu_h100.jsonl").read_text().splitlines()] \
+        if (root / "benchmarks/results/gpu_h100.jsonl").exists() else []
+    gpu_rates = {r["stage"].split(" ")[0]: r["clips_per_s"] for r in gpu if r["device"] == "cuda" and "shared memory" in r.get("code", "")}
+    lines = [f"backbone {params.backbone} ({backbone_kind}): m per view {view_shape} float16, {views} views per clip "
+             f"= {_size(m_clip)} per clip; K={params.K}; device {rt.device}", ""]
+    lines.append("| dataset | role | clips | raw | tiles | captions | embeddings | m (features) |")
+    lines.append("|---|---|---|---|---|---|---|---|")
+    total_m, pretrain_clips = 0, 0
+    for role, names in (("pretrain", params.pretrain), ("target", params.targets)):
+        for name in names:
+            n, how = _clips(params, name)
+            spec = params.datasets[name]
+            raw = RAW_BYTES["synthact" if spec.kind == "synthact" else "public"]
+            m = n * m_clip if feats.cache else 0
+            total_m += m
+            stage1 = role == "pretrain"
+            pretrain_clips += n if stage1 else 0
+            lines.append(f"| {name} | {role} | {n:,} ({how}) | {_size(n * raw)} | "
+                         f"{_size(n * TILE_BYTES) if stage1 else '-'} | {_size(n * CAPTION_BYTES) if stage1 else '-'} | "
+                         f"{_size(n * embed_clip) if stage1 else '-'} | {_size(m) if feats.cache else 'not cached'} |")
+    free = shutil.disk_usage(root).free
+    lines += ["", f"m cache in all: {_size(total_m)}; free disk here: {_size(free)}"]
+    if total_m > free:
+        lines.append(f"WARNING: the m cache ({_size(total_m)}) does not fit on the free disk ({_size(free)}): free space, "
+                     "point data/ at a larger disk, or set features.cache: false (m computed on the fly)")
+    buffered = rt.workers * 4 + 2  # batches in flight: prefetch 4 per loader worker, one decoding, one on device
+    decode_mem = buffered * feats.batch_size * views * frames * size * size * 3
+    train_mem = (8 * 4 + 2) * params.raw["align"]["batch_size"] * int(np.prod(view_shape)) * 2
+    lines += ["", "Memory bound (batches in flight, independent of the number of clips):",
+              f"- features: {_size(decode_mem)} of decoded frames ({rt.workers} workers x prefetch 4, batch "
+              f"{feats.batch_size} clips x {views} views x {frames}x{size}x{size}x3) plus the backbone",
+              f"- align/finetune: {_size(train_mem)} of m batches at most (8 loader workers x prefetch 4, batch "
+              f"{params.raw['align']['batch_size']}); the index of clips grows by bytes per clip, the data does not"]
+    lines += ["", "Time per stage for the pretraining corpus (" + f"{pretrain_clips:,} clips):"]
+    if cpu_rates:
+        lines.append("| stage | this machine's CPU (measured rate) | one H100 (measured, ViT-B) |")
+        lines.append("|---|---|---|")
+        for stage in ("download", "tile", "caption", "embed", "features", "align"):
+            cpu = cpu_rates.get(stage)
+            same_backbone = stage not in ("features", "align") or backbone_kind == "tiny"
+            cpu_text = f"{_duration(pretrain_clips / cpu)} at {cpu:g} clips/s" if cpu and same_backbone else \
+                "not measured for this backbone: run benchmarks/gpu_features.py --device cpu"
+            g = gpu_rates.get(stage)
+            gpu_text = f"{_duration(pretrain_clips / g)} at {g:g} clips/s" + (" per epoch" if stage == "align" else "") \
+                if g and stage in ("features", "align") else "-"
+            lines.append(f"| {stage}{' (one epoch)' if stage == 'align' else ''} | {cpu_text} | {gpu_text} |")
+        lines.append("CPU rates: benchmarks/results/scale.jsonl (SynthAct, tiny backbone, 2 cores); captions with the "
+                     "builtin VLM (a real VLM's rate is its own: see `dvc repro caption --dry` / caption --dry-run).")
+    else:
+        lines.append("no measured rates: run `python benchmarks/scale.py` on this machine")
+    return "\n".join(lines)

@@ -1,0 +1,35 @@
+"""`fourtier plan`: sizes follow from the backbone and the datasets; a cache larger than the disk is flagged."""
+import shutil
+from collections import namedtuple
+
+import yaml
+
+from fourtier.params import parse_params
+from fourtier.plan import plan
+from helpers import REPO
+
+
+def params(**changes):
+    raw = yaml.safe_load((REPO / "params.yaml").read_text())
+    raw.update(changes)
+    return parse_params(raw)
+
+
+def test_plan_sizes_m_from_the_backbone_and_warns_when_the_disk_is_too_small(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # nothing downloaded here: clip counts come from params
+    text = plan(params(), REPO)
+    assert "48.0 KB per clip" in text  # tiny: 2 views x 8 x 4 x 4 x 96 x 2 bytes
+    assert "| synth-pretrain | pretrain | 4,000 (params) |" in text and "WARNING" not in text
+    big = plan(params(pretrain=["k710"], backbone="videomae"), REPO)
+    assert "4.6 MB per clip" in big and "660,000 (approx.)" in big
+    Usage = namedtuple("Usage", "total used free")
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: Usage(10 ** 12, 0, 10 ** 12))
+    assert "WARNING: the m cache (2.9 TB) does not fit on the free disk" in plan(params(pretrain=["k710"], backbone="videomae"), REPO)
+
+
+def test_plan_with_features_not_cached_needs_no_m_disk(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    raw = yaml.safe_load((REPO / "params.yaml").read_text())
+    raw["features"]["cache"] = False
+    text = plan(parse_params(raw), REPO)
+    assert "not cached" in text and "m cache in all: 0 B" in text
