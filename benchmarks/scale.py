@@ -2,7 +2,7 @@
 embed, features and one epoch of align, each stage run as its own process (exactly the stage scripts that
 `dvc repro` runs), in a scratch workspace with a fresh answer cache.
 
-    python benchmarks/scale.py                       # 500, 2000 and 8000 clips
+    python benchmarks/scale.py                       # 1000, 4000 and 16000 clips
     python benchmarks/scale.py --clips 1000 4000 16000
 
 Per stage it prints clips/s and the stage process's peak RSS (from wait4: the process and the workers it
@@ -55,7 +55,7 @@ def run_stage(stage: str, cwd: Path, env: dict) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--clips", type=int, nargs="+", default=[500, 2000, 8000])
+    parser.add_argument("--clips", type=int, nargs="+", default=[1000, 4000, 16000])
     args = parser.parse_args()
     rows = []
     for clips in sorted(args.clips):
