@@ -10,7 +10,7 @@ import numpy as np
 import torch
 
 from fourtier.errors import DataError, exits_cleanly
-from fourtier.evaluation import accuracy_metrics, latency_ms, load_classifier, overhead, summarise
+from fourtier.evaluation import accuracy_metrics, latency_ms, load_classifier, overhead, paired_gain, summarise
 from fourtier.features import open_features
 from fourtier.models.backbone import load_backbone
 from fourtier.params import load_params
@@ -61,8 +61,7 @@ def main() -> None:
         base = np.array([r["top1"] for r in results["baseline"]])
         for arm, rs in results.items():
             if arm != "baseline":
-                gain = np.array([r["top1"] for r in rs]) - base[:len(rs)]
-                metrics[f"{arm}_gain_top1"] = summarise(list(gain))
+                metrics[f"{arm}_gain_top1"] = paired_gain([r["top1"] for r in rs], list(base))
     per_class = {arm: {c: float(np.mean([r["per_class"].get(c, 0.0) for r in rs])) for c in source.classes}
                  for arm, rs in results.items()}
     (out / "per_class.json").write_text(json.dumps(per_class, indent=1) + "\n")

@@ -170,7 +170,6 @@ def report(args) -> None:
         print(f"wrote {args.plot} (FTP gain per experiment and dataset)")
 
 
-@exits_cleanly
 def plan_command(args) -> None:
     from fourtier.params import load_params
     from fourtier.plan import plan
@@ -178,6 +177,7 @@ def plan_command(args) -> None:
     print(plan(load_params()))
 
 
+@exits_cleanly
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(prog="fourtier", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)

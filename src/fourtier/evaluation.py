@@ -39,8 +39,21 @@ def accuracy_metrics(probs: np.ndarray, labels: np.ndarray, classes: list[str]) 
 
 
 def summarise(values: list[float]) -> dict:
-    return {"mean": round(float(np.mean(values)), 4), "std": round(float(np.std(values)), 4),
-            "runs": [round(v, 4) for v in values]}
+    """Mean, sample standard deviation (ddof 1) and the runs. Paired gains get their 95% interval (`paired_gain`)."""
+    std = float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
+    return {"mean": round(float(np.mean(values)), 4), "std": round(std, 4), "runs": [round(v, 4) for v in values]}
+
+
+def paired_gain(arm: list[float], baseline: list[float]) -> dict:
+    """arm - baseline per seed (same seed = same data order), with the t-based 95% interval of the mean."""
+    from scipy import stats
+
+    gain = np.asarray(arm) - np.asarray(baseline[:len(arm)])
+    out = summarise(list(gain))
+    if len(gain) > 1:
+        half = float(stats.t.ppf(0.975, len(gain) - 1) * np.std(gain, ddof=1) / np.sqrt(len(gain)))
+        out["ci95"] = [round(float(gain.mean()) - half, 4), round(float(gain.mean()) + half, 4)]
+    return out
 
 
 def count_flops(fn, *args) -> int:

@@ -127,17 +127,19 @@ def info_nce(z: torch.Tensor, e: torch.Tensor, groups: torch.Tensor, logit_scale
     return 0.5 * (torch.sum(-targets * logits.log_softmax(1), 1).mean() + torch.sum(-targets * logits.t().log_softmax(1), 1).mean())
 
 
-def retrieval(z: np.ndarray, e: np.ndarray, groups: np.ndarray, ks=(1, 5)) -> dict:
+def retrieval(z: np.ndarray, e: np.ndarray, groups: np.ndarray, ks=(1, 5), chunk: int = 2048) -> dict:
     """Video-to-text retrieval: a hit when one of the top-k texts is the video's own answer (or identical to it).
-    Chance is exact for a random ranking: 1 - C(n - g, k) / C(n, k), g = copies of the right text."""
+    Chance is exact for a random ranking: 1 - C(n - g, k) / C(n, k), g = copies of the right text.
+    Similarities are ranked `chunk` videos at a time: memory is chunk x n, not n x n (66,000 held-out K710
+    clips would need 17 GB at once)."""
     from math import comb
 
-    sim = z @ e.T
-    order = np.argsort(-sim, axis=1)
-    out = {}
     n = len(z)
+    top = np.concatenate([np.argsort(-(z[start:start + chunk] @ e.T), axis=1)[:, :max(ks)]
+                          for start in range(0, n, chunk)])
+    out = {}
     for k in ks:
-        hits = (groups[order[:, :k]] == groups[:, None]).any(1)
+        hits = (groups[top[:, :k]] == groups[:, None]).any(1)
         sizes = np.bincount(groups)[groups]
         chance = np.mean([1 - comb(n - g, k) / comb(n, k) for g in sizes])
         out[f"R@{k}"] = float(hits.mean())
@@ -170,11 +172,11 @@ class EpochPlan:
         return n // b + (1 if n % b >= self.min_batch else 0)
 
     def keys(self, first_epoch: int, epochs: int):
-        """This rank's (clip, view) keys of every batch from `first_epoch` on, for the loader."""
+        """This rank's (clips, views) of every batch from `first_epoch` on, for the loader."""
         for epoch in range(first_epoch, epochs):
             for idx, views in self.epoch(epoch):
                 part = distributed.shard(len(idx))
-                yield list(zip(idx[part].tolist(), views[part].tolist()))
+                yield idx[part], views[part]
 
 
 class AlignmentModel(nn.Module):
@@ -272,9 +274,9 @@ def evaluate_alignment(model, source, idx: np.ndarray, pooled: np.ndarray, batch
 def eval_keys(idx: np.ndarray, n_views: int, batch_size: int):
     """Multi-view testing order: each chunk of clips once per view, view 0 first."""
     for start in range(0, len(idx), batch_size):
-        chunk = idx[start:start + batch_size].tolist()
+        chunk = np.asarray(idx[start:start + batch_size])
         for v in range(n_views):
-            yield [(i, v) for i in chunk]
+            yield chunk, np.full(len(chunk), v)
 
 
 # ---------------------------------------------------------------------------------------------
