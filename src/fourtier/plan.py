@@ -87,7 +87,11 @@ def plan(params, root: Path = Path(".")) -> str:
     cpu_rates = _rates(root / "benchmarks" / "results" / "scale.jsonl")
     gpu = [json.loads(x) for x in (root / "benchmarks/results/gpu_h100.jsonl").read_text().splitlines()] \
         if (root / "benchmarks/results/gpu_h100.jsonl").exists() else []
-    gpu_rates = {r["stage"].split(" ")[0]: r["clips_per_s"] for r in gpu if r["device"] == "cuda" and "shared memory" in r.get("code", "")}
+    gpu_rates: dict[str, float] = {}  # the best measured rate of the committed code per stage
+    for r in gpu:
+        stage = {"features": "features", "align epoch (cached m)": "align"}.get(r["stage"])
+        if stage and r["device"] == "cuda" and "shared memory" in r.get("code", ""):
+            gpu_rates[stage] = max(gpu_rates.get(stage, 0.0), r["clips_per_s"])
     lines = [f"backbone {params.backbone} ({backbone_kind}): m per view {view_shape} float16, {views} views per clip "
              f"= {_size(m_clip)} per clip; K={params.K}; device {rt.device}", ""]
     lines.append("| dataset | role | clips | raw | tiles | captions | embeddings | m (features) |")
@@ -132,7 +136,7 @@ def plan(params, root: Path = Path(".")) -> str:
                 if g and stage in ("features", "align") else "-"
             lines.append(f"| {stage}{' (one epoch)' if stage == 'align' else ''} | {cpu_text} | {gpu_text} |")
         lines.append("CPU rates: benchmarks/results/scale.jsonl (SynthAct, tiny backbone, 2 cores); captions with the "
-                     "builtin VLM (a real VLM's rate is its own: see `dvc repro caption --dry` / caption --dry-run).")
+                     "builtin VLM (a real VLM's rate is its own: `python stages/caption.py DATASET --dry-run` counts the calls).")
     else:
         lines.append("no measured rates: run `python benchmarks/scale.py` on this machine")
     return "\n".join(lines)
