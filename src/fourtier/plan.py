@@ -16,7 +16,8 @@ import numpy as np
 # Approximate clip counts of the public datasets (train + validation), used before they are downloaded.
 PUBLIC_CLIPS = {"ucf101": 13_320, "hmdb51": 6_766, "k400": 260_000, "k600": 420_000, "k700": 580_000,
                 "k710": 660_000, "ssv2": 193_000}
-# Feature-map shape per view (T', h, w, D) of the hub presets at their native input.
+# Input frames and feature-map shape per view (T', h, w, D) of the hub presets, at 224 px.
+HUB_INPUT_FRAMES = {"videomae": 16, "timesformer": 8, "vivit": 32, "xclip": 8}
 HUB_VIEW_SHAPE = {"videomae": (8, 14, 14, 768), "timesformer": (8, 14, 14, 768), "vivit": (16, 14, 14, 768),
                   "xclip": (8, 14, 14, 768)}
 # Bytes per clip of stage outputs where nothing is on disk yet (measured on SynthAct; public video at 320 px)
@@ -46,7 +47,7 @@ def _view_shape(params) -> tuple[tuple[int, ...], tuple[int, int], str]:
         return (preset["frames"], g, g, preset["dim"]), (preset["frames"], preset["size"]), "tiny"
     for kind, shape in HUB_VIEW_SHAPE.items():
         if kind in str(preset.get("model", "")).lower():
-            return shape, (16 if kind == "videomae" else 8 if kind != "vivit" else 32, 224), kind
+            return shape, (HUB_INPUT_FRAMES[kind], 224), kind
     return HUB_VIEW_SHAPE["videomae"], (16, 224), "ViT-B (assumed)"
 
 
