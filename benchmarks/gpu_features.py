@@ -29,7 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 from fourtier.data.contract import Annotation, write_dataset  # noqa: E402
 from fourtier.features import FeatureSource, OnTheFlyFeatures, compute_features  # noqa: E402
 from fourtier.models.backbone import load_backbone  # noqa: E402
-from fourtier.models.ftp import FTP  # noqa: E402
+from fourtier.models.ftp import FTP, FTPConfig  # noqa: E402
 from fourtier.training import OptimSettings, train_alignment  # noqa: E402
 
 
@@ -117,7 +117,7 @@ def main() -> None:
                 (("align epoch (m on the fly)", OnTheFlyFeatures(ds, backbone, 2, 1, tmp / "features", device)),)
                 if args.on_the_fly else ()):
             torch.manual_seed(0)
-            model = FTP(source.dim, source.grid, ["A", "B", "C", "D"], n_classes=1, text_dim=384)
+            model = FTP(FTPConfig(source.dim, source.grid, ["A", "B", "C", "D"], n_classes=1, text_dim=384))
             if device.type == "cuda":
                 torch.cuda.reset_peak_memory_stats()
                 torch.cuda.synchronize()

@@ -1,31 +1,29 @@
 """align stage (training stage 1): feature processors learn to match their prompt's text embeddings (InfoNCE).
 
-Writes into models/align/ the processors that finetune.arms needs: ftp.pt (real captions), shuffled.pt
-(captions permuted across videos: the control without the captions' meaning), random.pt (the same processors
-untrained: the capacity control). models/align_metrics.json holds per-prompt video-to-text retrieval on
+Writes into models/align/ the processors that finetune.arms needs, each as <arm>.safetensors + <arm>.json:
+ftp (real captions), shuffled (captions permuted across videos: the control without the captions' meaning),
+random (the same processors untrained: the capacity control). models/align_metrics.json holds per-prompt video-to-text retrieval on
 held-out pretraining clips against chance. Ablations that train only the ftp arm skip the shuffled run.
 Data parallel under `torchrun --nproc_per_node N stages/align.py` (see fourtier.distributed).
 """
 import json
 import shutil
 import time
-from pathlib import Path
 
 import numpy as np
 import torch
 
-from fourtier import distributed
+from fourtier import distributed, paths
 from fourtier.errors import DataError, exits_cleanly
 from fourtier.features import open_features
-from fourtier.models.ftp import FTP
+from fourtier.models.ftp import FTP, FTPConfig
 from fourtier.params import load_params
 from fourtier.runtime import loader_workers, resolve_device
 from fourtier.text import load_embeddings
-from fourtier.training import OptimSettings, seed_everything, train_alignment
+from fourtier.training import seed_everything, train_alignment
 
 
-def processor_state(model) -> dict:
-    return {k: v for k, v in model.state_dict().items() if k.startswith(("processors.", "align_heads."))}
+STAGE1_PARTS = ("processors", "align_heads")
 
 
 @exits_cleanly
@@ -35,10 +33,10 @@ def main() -> None:
     distributed.setup(device)
     torch.set_num_threads(max(1, params.workers // distributed.world()))
     workers = loader_workers(params.runtime.loader_workers, device)
-    cfg = params.raw["align"]
+    cfg = params.align
     corpus = params.pretrain[0]
-    source = open_features(Path("data/features") / corpus, Path("data/raw") / corpus, Path("models/backbone"), device)
-    emb = load_embeddings(Path("data/embeddings") / corpus)
+    source = open_features(paths.features(corpus), paths.raw(corpus), paths.BACKBONE, device)
+    emb = load_embeddings(paths.embeddings(corpus))
     position = {v: i for i, v in enumerate(emb.videos)}
     missing = [v for v in source.videos if v not in position]
     if missing:
@@ -50,36 +48,34 @@ def main() -> None:
     val_idx = np.nonzero(source.splits != "train")[0]
     if len(val_idx) < 5:
         raise DataError(f"{corpus} needs held-out clips (split val) to report stage-1 retrieval")
-    out = Path("models/align")
+    out = paths.ALIGN
     if distributed.is_main():
         shutil.rmtree(out, ignore_errors=True)  # the directory holds exactly this run's arms
         out.mkdir(parents=True)
-    arms = [arm for arm in params.raw["finetune"]["arms"] if arm != "baseline"] if params.prompts else []
+    arms = [arm for arm in params.finetune.arms if arm != "baseline"] if params.prompts else []
     prompts = list(params.prompts)
-    settings = OptimSettings(cfg["epochs"], cfg["batch_size"], cfg["lr"], cfg["weight_decay"], tuple(cfg["betas"]),
-                             cfg["warmup_epochs"])
-    config = {"dim": source.dim, "grid": list(source.grid), "prompts": prompts, "text_dim": text_dim,
-              "corpus": corpus, "backbone": source.meta["backbone"]}
+    config = FTPConfig(source.dim, source.grid, prompts, n_classes=1, text_dim=text_dim)
+    meta = {"corpus": corpus, "backbone": source.meta["backbone"]}
     metrics = {"prompts": prompts, "train_clips": int(len(train_idx)), "heldout_clips": int(len(val_idx))}
-    seed_everything(cfg["seed"])
-    init = FTP(source.dim, source.grid, prompts, n_classes=1, text_dim=text_dim)
+    seed_everything(cfg.seed)
+    init = FTP(config)
     if distributed.is_main() and "random" in arms:
-        torch.save({"config": config, "state": processor_state(init)}, out / "random.pt")
+        init.save(paths.align_model("random"), STAGE1_PARTS, {**meta, "arm": "random"})
     # the control keeps which captions exist but breaks which video they belong to
     shuffled = pooled.copy()
-    perm = np.random.default_rng(cfg["seed"] + 1).permutation(len(train_idx))
+    perm = np.random.default_rng(cfg.seed + 1).permutation(len(train_idx))
     shuffled[train_idx] = pooled[train_idx[perm]]
     for arm, targets in (("ftp", pooled), ("shuffled", shuffled)):
         if arm not in arms:
             continue
         start = time.perf_counter()
-        model = FTP(source.dim, source.grid, prompts, n_classes=1, text_dim=text_dim)
+        model = FTP(config)
         model.load_state_dict(init.state_dict())
         # only training rows are shuffled: retrieval is scored against the true captions of held-out clips
-        result = train_alignment(model, source, train_idx, val_idx, targets, settings, cfg["seed"], tag=arm,
+        result = train_alignment(model, source, train_idx, val_idx, targets, cfg.optim, cfg.seed, tag=arm,
                                  device=device, workers=workers)
         if distributed.is_main():
-            torch.save({"config": config, "state": processor_state(model.cpu())}, out / f"{arm}.pt")
+            model.cpu().save(paths.align_model(arm), STAGE1_PARTS, {**meta, "arm": arm})
         metrics[arm] = {p: {k: round(v, 4) for k, v in r.items()} for p, r in result.items()}
         summary = ", ".join(f"{p} R@1 {r['R@1']:.3f} (chance {r['chance_R@1']:.3f})" for p, r in result.items())
         if distributed.is_main():
@@ -87,7 +83,7 @@ def main() -> None:
     if not arms:
         print("align: nothing to train (prompts: [] or only the baseline arm)")
     if distributed.is_main():
-        Path("models/align_metrics.json").write_text(json.dumps(metrics, indent=1) + "\n")
+        paths.ALIGN_METRICS.write_text(json.dumps(metrics, indent=1) + "\n")
     distributed.teardown()
 
 

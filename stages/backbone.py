@@ -14,11 +14,12 @@ import torch
 
 from fourtier.clips import to_tensor
 from fourtier.data.contract import read_annotations
+from fourtier import paths
 from fourtier.errors import DataError, exits_cleanly
 from fourtier.features import FrameStore
 from fourtier.models.backbone import TinyVideoViT, obtain_hub_backbone, save_tiny, tiny_preprocess
 from fourtier.params import load_params
-from fourtier.training import OptimSettings, pretrain_backbone
+from fourtier.training import pretrain_backbone
 
 
 def label_parts(labels: list[str]) -> tuple[np.ndarray, list[list[str]]]:
@@ -33,7 +34,7 @@ def label_parts(labels: list[str]) -> tuple[np.ndarray, list[list[str]]]:
 @exits_cleanly
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--out", type=Path, default=Path("models/backbone"))
+    parser.add_argument("--out", type=Path, default=paths.BACKBONE)
     args = parser.parse_args()
     params = load_params()
     preset = params.backbones.get(params.backbone, {"type": "hf", "model": params.backbone.removeprefix("hf:")})
@@ -43,33 +44,31 @@ def main() -> None:
         print(f"backbone {params.backbone}: saved {preset['model']} to {args.out} in {time.perf_counter() - start:.0f} s")
         return
     torch.set_num_threads(params.workers)
-    train = params.raw["backbone_train"]
-    corpus = Path("data/raw") / params.pretrain[0]
+    train = params.backbone_train
+    corpus = paths.raw(params.pretrain[0])
     rows = read_annotations(corpus)
     config = {k: preset[k] for k in ("frames", "size", "dim", "depth", "heads")}
     pre = tiny_preprocess(config)
     # decoded once to disk and read a batch at a time: memory is bounded by the batch, not the corpus
     scratch = tempfile.TemporaryDirectory(prefix=".backbone-frames-", dir="data")
-    frames = FrameStore(Path(scratch.name), corpus, pre, train["temporal_views"], params.workers)
+    frames = FrameStore(Path(scratch.name), corpus, pre, train.temporal_views, params.workers)
     kept = frames.kept
     targets, head_classes = label_parts([r.label for r in kept])
     splits = np.array([r.split for r in kept])
     train_idx, val_idx = np.nonzero(splits == "train")[0], np.nonzero(splits != "train")[0]
     if len(val_idx) == 0:
         raise DataError(f"{corpus.name} has no held-out clips to report the backbone's accuracy on")
-    torch.manual_seed(train["seed"])
+    torch.manual_seed(train.seed)
     model = TinyVideoViT(**config, head_sizes=tuple(len(c) for c in head_classes))
-    settings = OptimSettings(train["epochs"], train["batch_size"], train["lr"], train["weight_decay"],
-                             tuple(train["betas"]), train["warmup_epochs"])
-    result = pretrain_backbone(model, frames, targets, train_idx, val_idx, lambda x: to_tensor(x, pre), settings,
-                               train["seed"])
+    result = pretrain_backbone(model, frames, targets, train_idx, val_idx, lambda x: to_tensor(x, pre), train.optim,
+                               train.seed)
     scratch.cleanup()
     save_tiny(model, args.out, {"head_classes": head_classes, "corpus": corpus.name})
     metrics = {f"heldout_accuracy_{h}": round(result[f"head{i}_accuracy"], 4)
                for i, h in enumerate(["motion_family", "shape"][:len(head_classes)] if len(head_classes) == 2
                                      else [f"head{i}" for i in range(len(head_classes))])}
     metrics.update({"train_clips": int(len(train_idx)), "heldout_clips": int(len(val_idx)),
-                    "epochs": train["epochs"], "seconds": round(time.perf_counter() - start, 1)})
+                    "epochs": train.optim.epochs, "seconds": round(time.perf_counter() - start, 1)})
     (args.out / "metrics.json").write_text(json.dumps(metrics, indent=1) + "\n")
     (args.out / "history.json").write_text(json.dumps(result["history"], indent=1) + "\n")
     print(f"backbone tiny: held-out accuracy {metrics}, {len(rows)} clips, {time.perf_counter() - start:.0f} s")

@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 from fourtier.captioning import AnswerCache, build_requests, run_captions, write_captions
+from fourtier import paths
 from fourtier.errors import exits_cleanly
 from fourtier.params import load_params
 from fourtier.vlm import make_backend
@@ -25,7 +26,7 @@ def main() -> None:
                                                      "temperature": cap.temperature,
                                                      "device": params.runtime.device}, params.workers)
     settings = {**backend.settings, "K": params.K}
-    chunks = build_requests(Path("data/tiles") / args.dataset, params.K, cap.prompts, backend.model_id, settings)
+    chunks = build_requests(paths.tiles(args.dataset), params.K, cap.prompts, backend.model_id, settings)
     cache = AnswerCache()
     if args.dry_run:
         needed, missing = 0, []
@@ -40,7 +41,7 @@ def main() -> None:
             print(f"  estimated: {est['input_tokens']:,} input + up to {est['output_tokens']:,} output tokens, "
                   f"about ${est['cost_usd']:.2f} (prices from vlms.{params.vlm})")
         return
-    out = Path("data/captions") / args.dataset
+    out = paths.captions(args.dataset)
     stats = {"cached": 0, "called": 0, "failed": 0, "seconds": 0.0}
     totals: dict = {}
     # a chunk of tiles at a time: each chunk's answers are cached as they arrive (max_failures per chunk)

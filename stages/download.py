@@ -4,6 +4,7 @@ import time
 from pathlib import Path
 
 from fourtier.data import registry
+from fourtier import paths
 from fourtier.errors import exits_cleanly
 from fourtier.params import load_params
 
@@ -16,7 +17,7 @@ def main() -> None:
     args = parser.parse_args()
     params = load_params()
     spec = params.dataset(args.dataset)
-    out = args.out or Path("data/raw") / args.dataset
+    out = args.out or paths.raw(args.dataset)
     start = time.perf_counter()
     manifest = registry.download(spec, out, params.workers)
     print(f"download {args.dataset}: {manifest['num_videos']} videos in {manifest['num_classes']} classes, "

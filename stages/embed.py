@@ -6,6 +6,7 @@ from pathlib import Path
 import torch
 
 from fourtier.captioning import read_captions
+from fourtier import paths
 from fourtier.errors import exits_cleanly
 from fourtier.params import load_params
 from fourtier.runtime import resolve_device
@@ -20,11 +21,11 @@ def main() -> None:
     params = load_params()
     params.dataset(args.dataset)
     torch.set_num_threads(params.workers)
-    captions = read_captions(Path("data/captions") / args.dataset / "captions.jsonl")
+    captions = read_captions(paths.captions(args.dataset) / "captions.jsonl")
     device = resolve_device(params.runtime.device)
     encoder = make_encoder(params.text_encoder, params.text_encoders, params.embed.max_length, str(device))
     start = time.perf_counter()
-    meta = embed_captions(captions, Path("data/embeddings") / args.dataset, encoder, params.embed.batch_size,
+    meta = embed_captions(captions, paths.embeddings(args.dataset), encoder, params.embed.batch_size,
                           params.embed.max_tokens)
     seconds = time.perf_counter() - start
     print(f"embed {args.dataset}: {meta['texts']} answers with {params.text_encoder} ({meta['model']}), "

@@ -4,11 +4,11 @@ of the classifier features and the per-class change as plots."""
 import argparse
 import csv
 import json
-from pathlib import Path
 
 import numpy as np
 import torch
 
+from fourtier import paths
 from fourtier.errors import DataError, exits_cleanly
 from fourtier.evaluation import accuracy_metrics, latency_ms, load_classifier, overhead, paired_gain, summarise
 from fourtier.features import open_features
@@ -29,14 +29,13 @@ def main() -> None:
     torch.set_num_threads(params.workers)
     device = resolve_device(params.runtime.device)
     workers = loader_workers(params.runtime.loader_workers, device)
-    source = open_features(Path("data/features") / args.dataset, Path("data/raw") / args.dataset,
-                           Path("models/backbone"), device)
+    source = open_features(paths.features(args.dataset), paths.raw(args.dataset), paths.BACKBONE, device)
     idx = source.split("val")
     labels = source.labels[idx]
-    runs = sorted(Path("models/finetune", args.dataset).glob("*-seed*.pt"))
+    runs = sorted(paths.finetune_dir(args.dataset).glob("*-seed*.safetensors"))
     if not runs:
-        raise DataError(f"no trained models in models/finetune/{args.dataset}: run finetune first (dvc repro)")
-    out = Path("data/eval") / args.dataset
+        raise DataError(f"no trained models in {paths.finetune_dir(args.dataset)}: run finetune first (dvc repro)")
+    out = paths.evaluation(args.dataset)
     out.mkdir(parents=True, exist_ok=True)
     results: dict[str, list[dict]] = {}
     models = {}
@@ -44,7 +43,7 @@ def main() -> None:
         (out / f"confusion_{arm}.csv").write_text("actual,predicted\n")
     for path in runs:
         arm, seed = path.stem.rsplit("-seed", 1)
-        model = load_classifier(path, source.classes).to(device)
+        model = load_classifier(path.with_suffix(""), source.classes).to(device)
         models.setdefault(arm, model)
         probs = predict(model, source, idx, workers=workers)
         results.setdefault(arm, []).append(accuracy_metrics(probs, labels, source.classes))
@@ -76,7 +75,7 @@ def main() -> None:
         plot_class_gain(per_class["ftp"], per_class["baseline"], out / "per_class_gain.png",
                         f"{args.dataset}: per-class top-1 change (mean of seeds)")
     models = {arm: model.cpu() for arm, model in models.items()}  # overhead and latency are CPU figures
-    backbone = load_backbone(Path("models/backbone"))
+    backbone = load_backbone(paths.BACKBONE)
     pre = backbone.preprocess
     clip = torch.zeros(1, pre.frames, 3, pre.size, pre.size)
     if "ftp" in models and "baseline" in models:

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import torch
 
+from fourtier import paths
 from fourtier.errors import exits_cleanly
 from fourtier.features import compute_features
 from fourtier.models.backbone import load_backbone
@@ -23,9 +24,9 @@ def main() -> None:
     torch.set_num_threads(params.workers)
     cfg = params.features
     device = resolve_device(params.runtime.device)
-    backbone = load_backbone(Path("models/backbone"))
+    backbone = load_backbone(paths.BACKBONE)
     start = time.perf_counter()
-    meta = compute_features(backbone, Path("data/raw") / args.dataset, Path("data/features") / args.dataset,
+    meta = compute_features(backbone, paths.raw(args.dataset), paths.features(args.dataset),
                             cfg.temporal_views, cfg.spatial_views, cfg.batch_size, params.workers, device,
                             cfg.shard_mb, cfg.cache)
     n, v = meta["shape"][:2]

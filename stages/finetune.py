@@ -14,36 +14,27 @@ import hashlib
 import json
 import shutil
 import time
-from pathlib import Path
 
 import torch
 
 from fourtier.captioning import cache_dir
-from fourtier import distributed
+from fourtier import distributed, paths
 from fourtier.errors import DataError, exits_cleanly
 from fourtier.features import FeatureSource, open_features
-from fourtier.models.ftp import FTP
+from fourtier.models.ftp import FTP, FTPConfig
 from fourtier.params import load_params
 from fourtier.runtime import loader_workers, resolve_device
-from fourtier.training import OptimSettings, seed_everything, train_classifier
+from fourtier.training import seed_everything, train_classifier
 
-ARMS = ("baseline", "ftp", "random", "shuffled")
-
-
-def build_model(arm: str, prompts: list[str], source: FeatureSource, n_classes: int, align_dir: Path) -> FTP:
-    model = FTP(source.dim, source.grid, [] if arm == "baseline" else prompts, n_classes)
+def build_model(arm: str, prompts: list[str], source: FeatureSource, n_classes: int) -> FTP:
+    """A stage-2 model for `arm`: the baseline has no processors; the others load theirs from stage 1."""
+    model = FTP(FTPConfig(source.dim, source.grid, [] if arm == "baseline" else prompts, n_classes))
     if arm != "baseline":
-        if not (align_dir / f"{arm}.pt").exists():
-            raise DataError(f"{align_dir / arm}.pt is missing: align trains the arms in finetune.arms; re-run align "
+        saved = paths.align_model(arm)
+        if not saved.with_suffix(".safetensors").exists():
+            raise DataError(f"{saved}.safetensors is missing: align trains the arms in finetune.arms; re-run align "
                             "(dvc repro)")
-        saved = torch.load(align_dir / f"{arm}.pt", weights_only=False)
-        if saved["config"]["prompts"] != prompts or saved["config"]["dim"] != source.dim:
-            raise DataError(f"models/align/{arm}.pt was trained for prompts {saved['config']['prompts']} and dim "
-                            f"{saved['config']['dim']}; re-run align (dvc repro)")
-        state = {k: v for k, v in saved["state"].items() if k.startswith("processors.")}
-        missing = model.load_state_dict(state, strict=False)
-        if any(k.startswith("processors.") for k in missing.missing_keys):
-            raise DataError(f"models/align/{arm}.pt does not match the processors: re-run align")
+        model.load_parts(saved, ("processors",))
     return model
 
 
@@ -58,35 +49,34 @@ def main() -> None:
     distributed.setup(device)
     torch.set_num_threads(max(1, params.workers // distributed.world()))
     workers = loader_workers(params.runtime.loader_workers, device)
-    cfg = params.raw["finetune"]
-    source = open_features(Path("data/features") / args.dataset, Path("data/raw") / args.dataset,
-                           Path("models/backbone"), device)
+    cfg = params.finetune
+    source = open_features(paths.features(args.dataset), paths.raw(args.dataset), paths.BACKBONE, device)
     train_idx = source.split("train")
     prompts = list(params.prompts)
-    out = Path("models/finetune") / args.dataset
+    out = paths.finetune_dir(args.dataset)
     out.mkdir(parents=True, exist_ok=True)
-    settings = OptimSettings(cfg["epochs"], cfg["batch_size"], cfg["lr"], cfg["weight_decay"], tuple(cfg["betas"]),
-                             cfg["warmup_epochs"])
-    align_dir = Path("models/align")
-    run_key = hashlib.sha256(json.dumps(["checkpoint v2", args.dataset, device.type, cfg, prompts, source.meta["shape"],
-                                         [hashlib.sha256(path.read_bytes()).hexdigest() for path in sorted(align_dir.glob("*.pt"))]],
+    # resumable runs are keyed by everything that shapes them, including stage 1's saved weights
+    align_files = sorted(paths.ALIGN.glob("*.safetensors")) + sorted(paths.ALIGN.glob("*.json"))
+    run_key = hashlib.sha256(json.dumps(["checkpoint v3", args.dataset, device.type, repr(cfg), prompts,
+                                         source.meta["shape"],
+                                         [hashlib.sha256(path.read_bytes()).hexdigest() for path in align_files]],
                                         sort_keys=True).encode()).hexdigest()[:16]
     checkpoints = cache_dir() / "checkpoints" / run_key
     checkpoints.mkdir(parents=True, exist_ok=True)
     from dvclive import Live
 
-    for arm in cfg["arms"]:
+    for arm in cfg.arms:
         if arm != "baseline" and not prompts:
             print(f"finetune {args.dataset}: arm {arm} skipped (prompts: [] leaves only the baseline)")
             continue
-        for seed in cfg["seeds"]:
+        for seed in cfg.seeds:
             start = time.perf_counter()
             seed_everything(seed)
-            model = build_model(arm, prompts, source, len(source.classes), align_dir)
-            live = Live(str(Path("dvclive/finetune") / args.dataset / f"{arm}-seed{seed}"), dvcyaml=False,
+            model = build_model(arm, prompts, source, len(source.classes))
+            live = Live(str(paths.finetune_log(args.dataset) / f"{arm}-seed{seed}"), dvcyaml=False,
                         save_dvc_exp=False, report=None) if distributed.is_main() else None
-            history = train_classifier(model, source, train_idx, source.labels, settings, seed,
-                                       cfg["label_smoothing"], cfg["mixup_alpha"], cfg["mixup_prob"],
+            history = train_classifier(model, source, train_idx, source.labels, cfg.optim, seed,
+                                       cfg.label_smoothing, cfg.mixup_alpha, cfg.mixup_prob,
                                        checkpoint=checkpoints / f"{arm}-{seed}.pt", live=live, tag="train",
                                        desc=f"finetune {args.dataset} {arm} seed {seed}", device=device,
                                        workers=workers)
@@ -94,9 +84,8 @@ def main() -> None:
                 live.end()
             if not distributed.is_main():
                 continue
-            state = {k: v for k, v in model.cpu().state_dict().items() if not k.startswith("align_heads.")}
-            torch.save({"config": model.config, "classes": source.classes, "arm": arm, "seed": seed,
-                        "backbone": source.meta["backbone"], "state": state}, out / f"{arm}-seed{seed}.pt")
+            model.cpu().save(paths.finetune_model(args.dataset, arm, seed), ("processors", "integration", "classifier"),
+                             {"classes": source.classes, "arm": arm, "seed": seed, "backbone": source.meta["backbone"]})
             print(f"finetune {args.dataset} {arm} seed {seed}: final loss {history[-1]['loss']:.3f} "
                   f"[{time.perf_counter() - start:.0f} s]")
     distributed.barrier()

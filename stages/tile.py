@@ -2,6 +2,7 @@
 import argparse
 from pathlib import Path
 
+from fourtier import paths
 from fourtier.errors import exits_cleanly
 from fourtier.params import load_params
 from fourtier.tiling import tile_dataset
@@ -16,7 +17,7 @@ def main() -> None:
     args = parser.parse_args()
     params = load_params()
     params.dataset(args.dataset)
-    summary = tile_dataset(args.raw or Path("data/raw") / args.dataset, args.out or Path("data/tiles") / args.dataset,
+    summary = tile_dataset(args.raw or paths.raw(args.dataset), args.out or paths.tiles(args.dataset),
                            params.K, params.tile, params.workers)
     rate = (summary["tiled"] + summary["skipped"]) / max(summary["seconds"], 1e-9)
     print(f"tile {args.dataset}: {summary['tiled']} tiled, {summary['skipped']} skipped "

@@ -11,7 +11,7 @@ import torch
 
 from fourtier import distributed
 from helpers import ArraySource
-from fourtier.models.ftp import FTP
+from fourtier.models.ftp import FTP, FTPConfig
 from fourtier.training import (AlignmentModel, OptimSettings, alignment_backward, caption_groups,
                                classifier_backward, train_alignment, train_classifier)
 
@@ -54,7 +54,7 @@ def main(out: str) -> None:
     pooled = rng.normal(size=(40, 4, 6)).astype(np.float16)
     labels = rng.integers(0, 3, 40)
     torch.manual_seed(0)
-    model = FTP(D, (T, H, W), ["A", "B"], n_classes=3, text_dim=6)
+    model = FTP(FTPConfig(D, (T, H, W), ["A", "B"], n_classes=3, text_dim=6))
     for module in model.modules():
         if isinstance(module, torch.nn.Dropout):
             module.p = 0.0

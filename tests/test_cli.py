@@ -18,7 +18,7 @@ def test_info_lists_selectors_presets_and_missing_artifacts(project, capsys):
     main(["info"])
     out = capsys.readouterr().out
     assert "vlm: builtin" in out and "vlms: builtin, builtin-terse" in out
-    assert "[ ] models/align/ftp.pt" in out
+    assert "[ ] models/align/ftp.safetensors" in out
 
 
 def test_describe_saves_the_tile_and_prints_four_answers(project, testvideos, capsys):
@@ -31,7 +31,7 @@ def test_describe_saves_the_tile_and_prints_four_answers(project, testvideos, ca
 
 
 @pytest.mark.parametrize("argv, message", [
-    (["predict", "missing.mp4"], "no trained model at models/finetune/synth-scenes/ftp-seed0.pt"),
+    (["predict", "missing.mp4"], "no trained model at models/finetune/synth-scenes/ftp-seed0.safetensors"),
     (["describe", "missing.mp4"], "video not found: missing.mp4"),
     (["describe", "x.mp4", "--vlm", "gpt-9"], "video not found"),
 ])
@@ -54,15 +54,15 @@ def trained_project(project):
     import torch
 
     from fourtier.models.backbone import TinyVideoViT, save_tiny
-    from fourtier.models.ftp import FTP
+    from fourtier.models.ftp import FTP, FTPConfig
 
     torch.manual_seed(0)
     save_tiny(TinyVideoViT(frames=8, size=64, dim=32, depth=1, heads=2), project / "models/backbone", {})
     classes = [f"class {i}" for i in range(10)]
-    model = FTP(32, (8, 4, 4), ["A", "B", "C", "D"], n_classes=10)
+    model = FTP(FTPConfig(32, (8, 4, 4), ["A", "B", "C", "D"], n_classes=10))
     (project / "models/finetune/synth-scenes").mkdir(parents=True)
-    torch.save({"config": model.config, "classes": classes, "arm": "ftp", "seed": 0, "backbone": "tiny",
-                "state": model.state_dict()}, project / "models/finetune/synth-scenes/ftp-seed0.pt")
+    model.save(project / "models/finetune/synth-scenes/ftp-seed0", meta={"classes": classes, "arm": "ftp", "seed": 0,
+                                                                          "backbone": "tiny"})
     (project / "data/raw/synth-scenes").mkdir(parents=True)
     (project / "data/raw/synth-scenes/classes.txt").write_text("".join(f"{c}\n" for c in classes))
     return project

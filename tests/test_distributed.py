@@ -38,7 +38,7 @@ def test_two_processes_train_like_one(tmp_path):
         assert abs(a["loss"] - b["loss"]) < 1e-5
     # the weights did move: the comparison is not between two untouched models
     torch.manual_seed(0)
-    from ddp_worker import FTP, D, H, T, W
-    untouched = FTP(D, (T, H, W), ["A", "B"], n_classes=3, text_dim=6).state_dict()
+    from ddp_worker import FTP, FTPConfig, D, H, T, W
+    untouched = FTP(FTPConfig(D, (T, H, W), ["A", "B"], n_classes=3, text_dim=6)).state_dict()
     assert not torch.allclose(untouched["classifier.head.weight"], single["state"]["classifier.head.weight"])
     assert not torch.allclose(untouched["processors.A.proj_s.net.1.weight"], single["state"]["processors.A.proj_s.net.1.weight"])

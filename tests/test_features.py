@@ -16,7 +16,7 @@ from fourtier.data.contract import Annotation, write_dataset
 from fourtier.errors import DataError, ParamsError
 from fourtier.features import FeatureSource, OnTheFlyFeatures, compute_features, open_features
 from fourtier.models.backbone import LoadedBackbone, TinyVideoViT, load_backbone, save_tiny, tiny_preprocess
-from fourtier.models.ftp import FTP
+from fourtier.models.ftp import FTP, FTPConfig
 from fourtier.runtime import resolve_device
 from fourtier.shards import ShardedArray
 from fourtier.training import OptimSettings, train_alignment
@@ -177,7 +177,7 @@ def test_missing_features_and_empty_split_are_clear_errors(dataset, backbone, tm
 def test_text_dim_mismatch_is_a_clear_error(dataset, backbone, tmp_path):
     compute_features(backbone, dataset, tmp_path / "f", 1, 1, batch_size=4, workers=0)
     source = FeatureSource(tmp_path / "f")
-    model = FTP(source.dim, source.grid, ["A"], n_classes=1, text_dim=384)
+    model = FTP(FTPConfig(source.dim, source.grid, ["A"], n_classes=1, text_dim=384))
     pooled = np.zeros((5, 4, 512), np.float16)
     with pytest.raises(DataError, match="text embeddings are 512-d but the alignment heads expect 384-d"):
         train_alignment(model, source, np.arange(3), np.arange(3, 5), pooled, OptimSettings(1, 2, 1e-3, 0, (0.9, 0.95), 0), 0)
@@ -212,7 +212,7 @@ def test_loader_workers_feed_training_the_same_batches(dataset, backbone, tmp_pa
     states = []
     for workers in (0, 2):
         torch.manual_seed(0)
-        model = FTP(source.dim, source.grid, [], n_classes=2)
+        model = FTP(FTPConfig(source.dim, source.grid, [], n_classes=2))
         train_classifier(model, source, source.split("train"), source.labels, OptimSettings(2, 2, 1e-3, 0.05, (0.9, 0.999), 0),
                          seed=0, label_smoothing=0.1, mixup_alpha=0.8, mixup_prob=0.5, workers=workers)
         states.append(model.state_dict())

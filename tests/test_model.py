@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from fourtier.models.backbone import TinyVideoViT
-from fourtier.models.ftp import FTP
+from fourtier.models.ftp import FTP, FTPConfig
 from fourtier.training import OptimSettings, caption_groups, retrieval, train_alignment, train_classifier
 from helpers import ArraySource
 
@@ -12,7 +12,7 @@ B, T, H, W, D = 3, 4, 2, 3, 16
 
 
 def test_shapes_at_every_arrow_of_figure_2():
-    model = FTP(D, (T, H, W), ["A", "B", "C", "D"], n_classes=7, text_dim=12)
+    model = FTP(FTPConfig(D, (T, H, W), ["A", "B", "C", "D"], n_classes=7, text_dim=12))
     m = torch.randn(B, T, H, W, D)
     outs = model.processor_outputs(m)
     for s_i, t_i in outs.values():
@@ -36,10 +36,10 @@ def test_tiny_backbone_feature_map_shape():
 def test_integration_starts_at_f_equals_m_and_no_prompts_is_the_baseline():
     torch.manual_seed(0)
     m = torch.randn(B, T, H, W, D)
-    ftp = FTP(D, (T, H, W), ["B", "C"], n_classes=5)
+    ftp = FTP(FTPConfig(D, (T, H, W), ["B", "C"], n_classes=5))
     assert torch.equal(ftp.f(m), m)  # zero-initialised projections
     torch.manual_seed(1)
-    baseline = FTP(D, (T, H, W), [], n_classes=5)
+    baseline = FTP(FTPConfig(D, (T, H, W), [], n_classes=5))
     assert torch.equal(baseline.f(m), m) and len(baseline.processors) == 0
     # same classifier weights -> same logits: the only difference between the arms is f
     ftp.classifier.load_state_dict(baseline.classifier.state_dict())
@@ -51,7 +51,7 @@ def test_stage2_trains_only_integration_and_classifier():
     rng = np.random.default_rng(0)
     m = rng.normal(size=(24, 2, T, H, W, D)).astype(np.float32)
     labels = rng.integers(0, 3, 24)
-    model = FTP(D, (T, H, W), ["A", "C"], n_classes=3, text_dim=8)
+    model = FTP(FTPConfig(D, (T, H, W), ["A", "C"], n_classes=3, text_dim=8))
     frozen = {k: v.clone() for k, v in model.state_dict().items() if k.startswith(("processors.", "align_heads."))}
     trained = {k: v.clone() for k, v in model.state_dict().items() if k.startswith(("integration.", "classifier."))}
     train_classifier(model, ArraySource(m), np.arange(24), labels, OptimSettings(2, 8, 1e-2, 0.05, (0.9, 0.999), 0),
@@ -78,7 +78,7 @@ def test_infonce_on_aligned_pairs_learns_and_beats_chance():
     text /= np.linalg.norm(text, axis=1, keepdims=True)
     pooled = np.repeat(text[:, None, :], 4, axis=1).astype(np.float16)
     torch.manual_seed(0)
-    model = FTP(D, (T, H, W), ["A"], n_classes=1, text_dim=p)
+    model = FTP(FTPConfig(D, (T, H, W), ["A"], n_classes=1, text_dim=p))
     before = train_alignment(model, ArraySource(m), np.arange(240), np.arange(240, n), pooled,
                              OptimSettings(0, 60, 1e-2, 0.0, (0.9, 0.95), 0), seed=0)
     after = train_alignment(model, ArraySource(m), np.arange(240), np.arange(240, n), pooled,
@@ -100,7 +100,7 @@ def test_factored_integration_equals_the_projection_of_replicated_v():
     """Figure 3 literally: r_i = [s_i over space; t_i over time] (B, T, N, 2D), projected, added to m."""
     torch.manual_seed(0)
     m = torch.randn(B, T, H, W, D)
-    model = FTP(D, (T, H, W), ["A", "B"], n_classes=3)
+    model = FTP(FTPConfig(D, (T, H, W), ["A", "B"], n_classes=3))
     for layer in model.integration.proj.values():
         torch.nn.init.normal_(layer.weight)
         torch.nn.init.normal_(layer.bias)
@@ -134,7 +134,7 @@ def test_stage2_resumed_after_a_crash_ends_bit_identical(tmp_path):
 
     def run(checkpoint=None, live=None):
         torch.manual_seed(0)
-        model = FTP(D, (T, H, W), ["A"], n_classes=3)
+        model = FTP(FTPConfig(D, (T, H, W), ["A"], n_classes=3))
         train_classifier(model, ArraySource(m), np.arange(24), labels, settings, seed=0, label_smoothing=0.1,
                          mixup_alpha=0.8, mixup_prob=0.5, checkpoint=checkpoint, live=live)
         return model.state_dict()
@@ -143,7 +143,42 @@ def test_stage2_resumed_after_a_crash_ends_bit_identical(tmp_path):
     checkpoint = tmp_path / "run.pt"
     with pytest.raises(KeyboardInterrupt):
         run(checkpoint, CrashAfter(3))  # epochs 1-2 checkpointed, epoch 3 lost
-    assert torch.load(checkpoint, weights_only=False)["epoch"] == 2
+    assert torch.load(checkpoint, weights_only=True)["epoch"] == 2  # plain tensors and numbers: no pickled code
     torch.manual_seed(123)  # the resumed process starts from another global RNG state
     resumed = run(checkpoint)
     assert all(torch.equal(resumed[k], v) for k, v in reference.items())
+
+
+def test_saved_model_is_safetensors_and_json_and_round_trips(tmp_path):
+    torch.manual_seed(0)
+    model = FTP(FTPConfig(D, (T, H, W), ["A", "C"], n_classes=4)).eval()
+    model.save(tmp_path / "ftp-seed0", meta={"classes": ["a", "b", "c", "d"]})
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ftp-seed0.json", "ftp-seed0.safetensors"]
+    from safetensors import safe_open
+
+    with safe_open(tmp_path / "ftp-seed0.safetensors", "pt") as fh:  # a plain tensor file, no pickle inside
+        assert set(fh.keys()) == set(model.state_dict())
+    loaded, meta = FTP.load(tmp_path / "ftp-seed0")
+    assert loaded.config == model.config and meta == {"classes": ["a", "b", "c", "d"]}
+    m = torch.randn(B, T, H, W, D)
+    assert torch.equal(loaded.eval()(m), model(m))
+
+
+def test_stage1_parts_load_into_a_stage2_model_and_mismatches_are_refused(tmp_path):
+    from fourtier.errors import DataError
+
+    torch.manual_seed(0)
+    stage1 = FTP(FTPConfig(D, (T, H, W), ["A", "B"], n_classes=1, text_dim=8))
+    stage1.save(tmp_path / "ftp", parts=("processors", "align_heads"))
+    stage2 = FTP(FTPConfig(D, (T, H, W), ["A", "B"], n_classes=5))
+    stage2.load_parts(tmp_path / "ftp", ("processors",))
+    assert all(torch.equal(v, stage1.state_dict()[k]) for k, v in stage2.state_dict().items() if k.startswith("processors."))
+    with pytest.raises(DataError, match="prompts"):
+        FTP(FTPConfig(D, (T, H, W), ["A"], n_classes=5)).load_parts(tmp_path / "ftp", ("processors",))
+    with pytest.raises(DataError, match="has no classifier"):
+        stage2.load_parts(tmp_path / "ftp", ("classifier",))
+    with pytest.raises(DataError, match="not found"):
+        stage2.load_parts(tmp_path / "shuffled", ("processors",))
+    (tmp_path / "ftp.json").write_text('{"format": "pickle"}')
+    with pytest.raises(DataError, match="not a fourtier model"):
+        stage2.load_parts(tmp_path / "ftp", ("processors",))

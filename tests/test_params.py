@@ -76,3 +76,73 @@ def test_tile_section_checked():
 
 def test_hf_model_ids_are_accepted_as_selectors():
     assert parse_params(with_change(vlm="hf:org/some-vlm")).vlm == "hf:org/some-vlm"
+
+
+def section_change(section, **changes):
+    raw = with_change()
+    raw[section] = {**raw[section], **changes}
+    return raw
+
+
+@pytest.mark.parametrize("section, changes, expected", [
+    ("finetune", {"epochs": -1}, ["'finetune.epochs'", ">= 1", "-1"]),
+    ("finetune", {"epochs": 0}, ["'finetune.epochs'", ">= 1"]),
+    ("finetune", {"lr": "fast"}, ["'finetune.lr'", "number", "'fast'"]),
+    ("finetune", {"lr": "1e-3"}, ["'finetune.lr'", "1.0e-3"]),
+    ("align", {"lr": 0}, ["'align.lr'", "> 0"]),
+    ("finetune", {"arms": ["ftp", "typo"]}, ["'finetune.arms[1]'", "'typo'", "baseline, ftp, random, shuffled"]),
+    ("finetune", {"arms": []}, ["'finetune.arms'", "empty", "nothing would be trained"]),
+    ("finetune", {"arms": ["ftp", "ftp"]}, ["'finetune.arms'", "twice"]),
+    ("finetune", {"seeds": []}, ["'finetune.seeds'", "empty"]),
+    ("finetune", {"seeds": [0, "1"]}, ["'finetune.seeds[1]'", "'1'"]),
+    ("finetune", {"betas": [0.9]}, ["'finetune.betas'", "two numbers"]),
+    ("finetune", {"label_smoothing": 1.0}, ["'finetune.label_smoothing'", "below 1"]),
+    ("finetune", {"mixup_prob": 1.5}, ["'finetune.mixup_prob'", "<= 1.0"]),
+    ("backbone_train", {"batch_size": 0}, ["'backbone_train.batch_size'", ">= 1"]),
+    ("backbone_train", {"epoch": 3}, ["unknown key 'backbone_train.epoch'", "did you mean 'epochs'"]),
+    ("finetune", {"mixup": 0.2}, ["unknown key 'finetune.mixup'", "did you mean"]),
+    ("features", {"temporal_view": 3}, ["unknown key 'features.temporal_view'", "'temporal_views'"]),
+    ("runtime", {"worker": 4}, ["unknown key 'runtime.worker'", "'workers'"]),
+])
+def test_training_sections_are_typed_and_checked(section, changes, expected):
+    with pytest.raises(ParamsError) as err:
+        parse_params(section_change(section, **changes))
+    for fragment in expected:
+        assert fragment in str(err.value), (fragment, str(err.value))
+
+
+def test_missing_section_and_misspelt_top_level_key_are_named():
+    raw = with_change()
+    del raw["align"]
+    with pytest.raises(ParamsError, match="missing key 'align'"):
+        parse_params(raw)
+    raw = with_change()
+    raw["finetunes"] = raw.pop("finetune")
+    with pytest.raises(ParamsError, match="unknown key 'finetunes'; did you mean 'finetune'"):
+        parse_params(raw)
+    raw = with_change()
+    raw["datasets"]["synth-scenes"]["train_per_clas"] = 3
+    with pytest.raises(ParamsError, match="unknown key 'datasets.synth-scenes.train_per_clas'.*'train_per_class'"):
+        parse_params(raw)
+
+
+def test_optim_settings_come_from_their_section():
+    p = parse_params(section_change("finetune", lr=2.5e-4, betas=[0.8, 0.99], warmup_epochs=3, seeds=[4, 7]))
+    assert p.finetune.optim.lr == 2.5e-4 and p.finetune.optim.betas == (0.8, 0.99)
+    assert p.finetune.optim.warmup_epochs == 3 and p.finetune.seeds == (4, 7)
+    assert p.align.optim.epochs == DEFAULT["align"]["epochs"] and p.backbone_train.seed == DEFAULT["backbone_train"]["seed"]
+
+
+def test_every_stage_script_validates_before_it_works(tmp_path):
+    """A bad value stops each stage with the params message before it touches data (no traceback)."""
+    import subprocess
+    import sys
+
+    raw = section_change("finetune", epochs=-1)
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(raw))
+    for stage, args in [("finetune", ["synth-scenes"]), ("align", []), ("tile", ["synth-pretrain"])]:
+        done = subprocess.run([sys.executable, str(REPO / "stages" / f"{stage}.py"), *args], cwd=tmp_path,
+                              capture_output=True, text=True)
+        assert done.returncode == 2, (stage, done.stderr)
+        assert "'finetune.epochs' must be >= 1" in done.stderr and "Traceback" not in done.stderr
+        assert not (tmp_path / "data").exists() and not (tmp_path / "models").exists()

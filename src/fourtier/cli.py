@@ -15,6 +15,7 @@ import json
 import tempfile
 from pathlib import Path
 
+from fourtier import paths
 from fourtier.errors import DataError, VideoError, exits_cleanly
 
 
@@ -49,17 +50,17 @@ def predict(args) -> None:
     params = load_params()
     dataset = args.dataset or params.targets[0]
     params.dataset(dataset)
-    model_path = Path("models/finetune") / dataset / f"{args.arm}-seed{args.seed}.pt"
-    if not model_path.exists():
-        raise DataError(f"no trained model at {model_path}: run `dvc repro` first, or choose --dataset, --arm "
-                        "and --seed of a model that exists")
-    classes_file = Path("data/raw") / dataset / "classes.txt"
+    model_path = paths.finetune_model(dataset, args.arm, args.seed)
+    if not model_path.with_suffix(".safetensors").exists():
+        raise DataError(f"no trained model at {model_path}.safetensors: run `dvc repro` first, or choose --dataset, "
+                        "--arm and --seed of a model that exists")
+    classes_file = paths.raw(dataset) / "classes.txt"
     if not classes_file.exists():
         raise DataError(f"{classes_file} not found: run `dvc repro` (or `dvc pull`) first")
     classes = classes_file.read_text().splitlines()
     device = resolve_device(params.runtime.device)
     model = load_classifier(model_path, classes).to(device)
-    backbone = load_backbone(Path("models/backbone")).to(device)
+    backbone = load_backbone(paths.BACKBONE).to(device)
     cfg = params.features
     with tempfile.TemporaryDirectory() as tmp:
         path = _decodable(_video(args.video), Path(tmp))
@@ -109,17 +110,17 @@ def info(args) -> None:
     for key in ("vlms", "backbones", "text_encoders", "datasets"):
         print(f"  {key}: {', '.join(params.raw[key])}")
     print("artifacts:")
-    paths = [Path("models/backbone/config.json"), Path("models/align/ftp.pt")]
+    artifacts = [paths.BACKBONE / "config.json", paths.align_model("ftp").with_suffix(".safetensors")]
     for ds in params.pretrain + params.targets:
-        paths += [Path("data/raw") / ds / "manifest.json", Path("data/features") / ds / "meta.json"]
+        artifacts += [paths.raw(ds) / "manifest.json", paths.features(ds) / "meta.json"]
     for ds in params.pretrain:
-        paths += [Path("data/tiles") / ds / "index.csv", Path("data/captions") / ds / "captions.jsonl",
-                  Path("data/embeddings") / ds / "meta.json"]
+        artifacts += [paths.tiles(ds) / "index.csv", paths.captions(ds) / "captions.jsonl",
+                      paths.embeddings(ds) / "meta.json"]
     for ds in params.targets:
-        paths += [Path("models/finetune") / ds, Path("data/eval") / ds / "metrics.json"]
-    for p in paths:
+        artifacts += [paths.finetune_dir(ds), paths.evaluation(ds) / "metrics.json"]
+    for p in artifacts:
         print(f"  [{'x' if p.exists() else ' '}] {p}")
-    backbone_metrics = Path("models/backbone/metrics.json")
+    backbone_metrics = paths.BACKBONE / "metrics.json"
     if backbone_metrics.exists():
         print("backbone:", json.dumps(json.loads(backbone_metrics.read_text())))
 

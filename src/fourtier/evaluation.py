@@ -11,16 +11,13 @@ from fourtier.errors import DataError
 
 
 def load_classifier(path: Path, classes: list[str]):
-    """A stage-2 model; refuses one trained with another class map than `classes`."""
+    """A stage-2 model (path without suffix); refuses one trained with another class map than `classes`."""
     from fourtier.models.ftp import FTP
 
-    saved = torch.load(path, weights_only=False)
-    if saved["classes"] != classes:
-        raise DataError(f"{path} was trained with a different class map than the dataset's classes.txt; "
+    model, meta = FTP.load(path)
+    if meta.get("classes") != classes:
+        raise DataError(f"{path}.safetensors was trained with a different class map than the dataset's classes.txt; "
                         "re-run finetune (dvc repro)")
-    cfg = saved["config"]
-    model = FTP(cfg["dim"], tuple(cfg["grid"]), cfg["prompts"], cfg["n_classes"])
-    model.load_state_dict(saved["state"])
     return model.eval()
 
 

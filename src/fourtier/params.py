@@ -1,11 +1,13 @@
 """Typed loading and validation of params.yaml.
 
 Every stage calls `load_params()` first, so a bad value fails before any work starts, with a message
-that names the key, the bad value and what is allowed. Sections that a later stage owns are kept as
-plain mappings here and checked by that stage's own module.
+that names the key, the bad value and what is allowed. Every section is a typed dataclass; a key that no
+section knows (a typo) is an error that names the closest valid key. Presets (vlms, backbones,
+text_encoders) take backend-specific keys and are checked by the backend that reads them.
 """
 from __future__ import annotations
 
+import difflib
 import os
 import re
 from dataclasses import dataclass
@@ -17,8 +19,21 @@ import yaml
 from fourtier.errors import ParamsError
 
 PROMPT_IDS = ("A", "B", "C", "D")
+ARMS = ("baseline", "ftp", "random", "shuffled")  # README, "Arms": the baseline, FTP and its two controls
 DATASET_TYPES = ("synthact", "folder", "ucf101", "hmdb51", "kinetics", "k710", "ssv2")
 SYNTHACT_VARIANTS = ("pretrain", "scenes", "motion")
+_PUBLIC_KEYS = ("type", "split", "short_side", "cache_dir", "archive_url", "splits_url", "archive_sha256", "archive_size")
+_KINETICS_KEYS = ("type", "version", "splits", "parts", "short_side", "cache_dir", "base_url")
+DATASET_KEYS = {
+    "synthact": ("type", "variant", "seed", "clips", "val_fraction", "train_per_class", "val_per_class"),
+    "folder": ("type", "root", "csv", "val_fraction", "short_side", "seed"),
+    "ucf101": _PUBLIC_KEYS, "hmdb51": _PUBLIC_KEYS,
+    "kinetics": _KINETICS_KEYS, "k710": tuple(k for k in _KINETICS_KEYS if k != "version"),
+    "ssv2": ("type", "root", "short_side"),
+}
+TOP_LEVEL_KEYS = ("vlm", "K", "backbone", "text_encoder", "prompts", "pretrain", "targets", "datasets", "vlms",
+                  "backbones", "text_encoders", "tile", "caption", "embed", "backbone_train", "features", "align",
+                  "finetune", "runtime")
 
 
 @dataclass(frozen=True)
@@ -120,6 +135,40 @@ class RuntimeParams:
 
 
 @dataclass(frozen=True)
+class OptimSettings:
+    """AdamW with linear warm-up then cosine decay (paper Tables A2/A3): one per training section."""
+    epochs: int
+    batch_size: int
+    lr: float
+    weight_decay: float
+    betas: tuple[float, float]
+    warmup_epochs: float
+
+
+@dataclass(frozen=True)
+class BackboneTrainParams:
+    optim: OptimSettings
+    temporal_views: int  # augmentation: a random one of these per sample
+    seed: int
+
+
+@dataclass(frozen=True)
+class AlignParams:
+    optim: OptimSettings
+    seed: int
+
+
+@dataclass(frozen=True)
+class FinetuneParams:
+    optim: OptimSettings
+    arms: tuple[str, ...]
+    seeds: tuple[int, ...]
+    label_smoothing: float
+    mixup_alpha: float
+    mixup_prob: float
+
+
+@dataclass(frozen=True)
 class Params:
     vlm: str
     K: int
@@ -136,6 +185,9 @@ class Params:
     caption: CaptionParams
     embed: EmbedParams
     features: FeaturesParams
+    backbone_train: BackboneTrainParams
+    align: AlignParams
+    finetune: FinetuneParams
     runtime: RuntimeParams
     raw: dict[str, Any]
 
@@ -168,6 +220,79 @@ def _get(mapping: dict, key: str, where: str, kind: type | tuple, default: Any =
         names = " or ".join(k.__name__ for k in kinds)
         raise ParamsError(f"params.yaml: '{dotted}' must be {names}, got {value!r} ({type(value).__name__})")
     return value
+
+
+def _known_keys(mapping: dict, allowed, where: str) -> None:
+    """A key no section reads is a typo that would silently keep the default: name it and the closest key."""
+    for key in mapping:
+        if key not in allowed:
+            dotted = f"{where}.{key}" if where else str(key)
+            close = difflib.get_close_matches(str(key), list(allowed), n=1)
+            hint = f"; did you mean '{close[0]}'?" if close else f" (valid: {', '.join(allowed)})"
+            raise ParamsError(f"params.yaml: unknown key '{dotted}'{hint}")
+
+
+def _number(mapping: dict, key: str, where: str, low: float, high: float | None = None, *, low_open: bool = False,
+            default: Any = ...) -> float:
+    """A real number in [low, high] ((low, high] with low_open); YAML's 1e-3 without a dot is a string: say so."""
+    value = mapping.get(key, default)
+    if isinstance(value, str):
+        try:
+            float(value)
+            hint = " (YAML reads 1e-3 as text: write 1.0e-3)"
+        except ValueError:
+            hint = ""
+        raise ParamsError(f"params.yaml: '{where}.{key}' must be a number, got {value!r}{hint}")
+    value = float(_get(mapping, key, where, (int, float), default))
+    if value < low or (low_open and value == low) or (high is not None and value > high) or value != value:
+        bound = f"{'>' if low_open else '>='} {low}" + (f" and <= {high}" if high is not None else "")
+        raise ParamsError(f"params.yaml: '{where}.{key}' must be {bound}, got {value}")
+    return value
+
+
+def _optim(section: dict, where: str) -> OptimSettings:
+    betas = _get(section, "betas", where, list)
+    if len(betas) != 2 or not all(isinstance(b, (int, float)) and not isinstance(b, bool) and 0 <= b < 1 for b in betas):
+        raise ParamsError(f"params.yaml: '{where}.betas' must be two numbers in [0, 1), got {betas!r}")
+    return OptimSettings(epochs=_int_at_least(section, "epochs", where, 1),
+                         batch_size=_int_at_least(section, "batch_size", where, 1),
+                         lr=_number(section, "lr", where, 0.0, low_open=True),
+                         weight_decay=_number(section, "weight_decay", where, 0.0),
+                         betas=(float(betas[0]), float(betas[1])),
+                         warmup_epochs=_number(section, "warmup_epochs", where, 0.0))
+
+
+OPTIM_KEYS = ("epochs", "batch_size", "lr", "weight_decay", "betas", "warmup_epochs")
+
+
+def _section(raw: dict, key: str, allowed) -> dict:
+    section = _get(raw, key, "", dict)
+    _known_keys(section, allowed, key)
+    return section
+
+
+def _seed_list(section: dict, where: str) -> tuple[int, ...]:
+    seeds = _get(section, "seeds", where, list)
+    if not seeds:
+        raise ParamsError(f"params.yaml: '{where}.seeds' is empty; give at least one seed, e.g. [0]")
+    for i, seed in enumerate(seeds):
+        if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
+            raise ParamsError(f"params.yaml: '{where}.seeds[{i}]' must be a whole number >= 0, got {seed!r}")
+    if len(set(seeds)) != len(seeds):
+        raise ParamsError(f"params.yaml: '{where}.seeds' lists a seed twice: {seeds}")
+    return tuple(seeds)
+
+
+def _arms(section: dict, where: str) -> tuple[str, ...]:
+    arms = _get(section, "arms", where, list)
+    if not arms:
+        raise ParamsError(f"params.yaml: '{where}.arms' is empty, so nothing would be trained; "
+                          f"name at least one of: {', '.join(ARMS)}")
+    for i, arm in enumerate(arms):
+        _choice(arm, ARMS, f"{where}.arms[{i}]")
+    if len(set(arms)) != len(arms):
+        raise ParamsError(f"params.yaml: '{where}.arms' lists an arm twice: {arms}")
+    return tuple(arms)
 
 
 def _choice(value: str, allowed, dotted: str, hint: str = "") -> str:
@@ -218,6 +343,7 @@ def _dataset_spec(name: str, spec: Any) -> SynthActSpec | FolderSpec | PublicSpe
     if not isinstance(spec, dict):
         raise ParamsError(f"params.yaml: '{where}' must be a mapping, got {spec!r}")
     kind = _choice(_get(spec, "type", where, str), DATASET_TYPES, f"{where}.type")
+    _known_keys(spec, DATASET_KEYS[kind], where)
     if kind == "synthact":
         variant = _choice(_get(spec, "variant", where, str), SYNTHACT_VARIANTS, f"{where}.variant")
         pretrain = variant == "pretrain"  # pretrain draws `clips` at random; targets are per class
@@ -284,6 +410,7 @@ def _dataset_list(raw: dict, key: str, datasets: dict) -> tuple[str, ...]:
 def parse_params(raw: Any) -> Params:
     if not isinstance(raw, dict):
         raise ParamsError("params.yaml must be a mapping at the top level")
+    _known_keys(raw, TOP_LEVEL_KEYS, "")
     vlms = _presets(raw, "vlms")
     backbones = _presets(raw, "backbones")
     text_encoders = _presets(raw, "text_encoders")
@@ -307,7 +434,7 @@ def parse_params(raw: Any) -> Params:
         raise ParamsError(f"params.yaml: {both} is listed in both 'pretrain' and 'targets'; "
                           "a dataset is either the captioned pretraining corpus or a target")
 
-    tile = _get(raw, "tile", "", dict)
+    tile = _section(raw, "tile", ("height", "jpeg_quality", "shard_above", "shard_size"))
     quality = _int_at_least(tile, "jpeg_quality", "tile", 1)
     if quality > 100:
         raise ParamsError(f"params.yaml: 'tile.jpeg_quality' must be in 1..100, got {quality}")
@@ -317,29 +444,42 @@ def parse_params(raw: Any) -> Params:
         shard_above=_int_at_least(tile, "shard_above", "tile", 0),
         shard_size=_int_at_least(tile, "shard_size", "tile", 1),
     )
-    caption = _get(raw, "caption", "", dict)
+    caption = _section(raw, "caption", ("prompts", "max_new_tokens", "temperature", "max_failures"))
     prompt_texts = _get(caption, "prompts", "caption", dict)
     if sorted(prompt_texts) != list(PROMPT_IDS) or not all(isinstance(t, str) and t.strip() for t in prompt_texts.values()):
         raise ParamsError("params.yaml: 'caption.prompts' must give a non-empty text for each of A, B, C, D "
                           f"(got keys {sorted(prompt_texts)})")
-    temperature = float(_get(caption, "temperature", "caption", (int, float)))
-    if temperature < 0:
-        raise ParamsError(f"params.yaml: 'caption.temperature' must be >= 0, got {temperature}")
     caption_params = CaptionParams(prompts=dict(prompt_texts),
                                    max_new_tokens=_int_at_least(caption, "max_new_tokens", "caption", 1),
-                                   temperature=temperature,
+                                   temperature=_number(caption, "temperature", "caption", 0.0),
                                    max_failures=_fraction(caption, "max_failures", "caption"))
-    embed = _get(raw, "embed", "", dict)
+    embed = _section(raw, "embed", ("batch_size", "max_tokens", "max_length"))
     embed_params = EmbedParams(batch_size=_int_at_least(embed, "batch_size", "embed", 1),
                                max_tokens=_int_at_least(embed, "max_tokens", "embed", 1),
                                max_length=_int_at_least(embed, "max_length", "embed", 8))
-    features = _get(raw, "features", "", dict)
+    features = _section(raw, "features", ("temporal_views", "spatial_views", "batch_size", "cache", "shard_mb"))
     cache = _get(features, "cache", "features", bool, True)
     features_params = FeaturesParams(temporal_views=_int_at_least(features, "temporal_views", "features", 1),
                                      spatial_views=_int_at_least(features, "spatial_views", "features", 1),
                                      batch_size=_int_at_least(features, "batch_size", "features", 1),
                                      cache=cache, shard_mb=_int_at_least(features, "shard_mb", "features", 1, 2048))
+    backbone_train = _section(raw, "backbone_train", OPTIM_KEYS + ("temporal_views", "seed"))
+    backbone_train_params = BackboneTrainParams(
+        optim=_optim(backbone_train, "backbone_train"),
+        temporal_views=_int_at_least(backbone_train, "temporal_views", "backbone_train", 1),
+        seed=_int_at_least(backbone_train, "seed", "backbone_train", 0))
+    align = _section(raw, "align", OPTIM_KEYS + ("seed",))
+    align_params = AlignParams(optim=_optim(align, "align"), seed=_int_at_least(align, "seed", "align", 0))
+    finetune = _section(raw, "finetune", OPTIM_KEYS + ("arms", "seeds", "label_smoothing", "mixup_alpha", "mixup_prob"))
+    label_smoothing = _number(finetune, "label_smoothing", "finetune", 0.0, 1.0)
+    if label_smoothing >= 1.0:
+        raise ParamsError(f"params.yaml: 'finetune.label_smoothing' must be below 1, got {label_smoothing}")
+    finetune_params = FinetuneParams(optim=_optim(finetune, "finetune"), arms=_arms(finetune, "finetune"),
+                                     seeds=_seed_list(finetune, "finetune"), label_smoothing=label_smoothing,
+                                     mixup_alpha=_number(finetune, "mixup_alpha", "finetune", 0.0),
+                                     mixup_prob=_number(finetune, "mixup_prob", "finetune", 0.0, 1.0))
     runtime = _get(raw, "runtime", "", dict, {})
+    _known_keys(runtime, ("device", "workers", "loader_workers"), "runtime")
     loader = runtime.get("loader_workers", "auto")
     if loader != "auto" and (not isinstance(loader, int) or isinstance(loader, bool) or loader < 0):
         raise ParamsError(f"params.yaml: 'runtime.loader_workers' must be auto or a whole number >= 0, got {loader!r}")
@@ -363,6 +503,9 @@ def parse_params(raw: Any) -> Params:
         caption=caption_params,
         embed=embed_params,
         features=features_params,
+        backbone_train=backbone_train_params,
+        align=align_params,
+        finetune=finetune_params,
         runtime=runtime_params,
         raw=raw,
     )

@@ -117,12 +117,12 @@ def plan(params, root: Path = Path(".")) -> str:
                      "point data/ at a larger disk, or set features.cache: false (m computed on the fly)")
     buffered = rt.workers * 4 + 2  # batches in flight: prefetch 4 per loader worker, one decoding, one on device
     decode_mem = buffered * feats.batch_size * views * frames * size * size * 3
-    train_mem = (8 * 4 + 2) * params.raw["align"]["batch_size"] * int(np.prod(view_shape)) * 2
+    train_mem = (8 * 4 + 2) * params.align.optim.batch_size * int(np.prod(view_shape)) * 2
     lines += ["", "Memory bound (batches in flight, independent of the number of clips):",
               f"- features: {_size(decode_mem)} of decoded frames ({rt.workers} workers x prefetch 4, batch "
               f"{feats.batch_size} clips x {views} views x {frames}x{size}x{size}x3) plus the backbone",
               f"- align/finetune: {_size(train_mem)} of m batches at most (8 loader workers x prefetch 4, batch "
-              f"{params.raw['align']['batch_size']}); the index of clips grows by bytes per clip, the data does not"]
+              f"{params.align.optim.batch_size}); the index of clips grows by bytes per clip, the data does not"]
     lines += ["", "Time per stage for the pretraining corpus (" + f"{pretrain_clips:,} clips):"]
     if cpu_rates:
         lines.append("| stage | this machine's CPU (measured rate) | one H100 (measured, ViT-B) |")

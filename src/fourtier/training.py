@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import math
 import random
-from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -16,6 +15,7 @@ from tqdm import tqdm
 
 from fourtier import distributed
 from fourtier.features import batch_loader
+from fourtier.params import OptimSettings
 
 
 def seed_everything(seed: int) -> torch.Generator:
@@ -33,16 +33,6 @@ def cosine_with_warmup(optimizer, warmup_steps: int, total_steps: int):
         return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
 
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
-
-
-@dataclass
-class OptimSettings:
-    epochs: int
-    batch_size: int
-    lr: float
-    weight_decay: float
-    betas: tuple[float, float]
-    warmup_epochs: float
 
 
 def make_optimizer(params, s: OptimSettings, steps_per_epoch: int):
@@ -202,9 +192,9 @@ def train_alignment(model, source, train_idx: np.ndarray, val_idx: np.ndarray, p
 
     from fourtier.errors import DataError
 
-    if pooled.shape[-1] != model.config["text_dim"]:
+    if pooled.shape[-1] != model.config.text_dim:
         raise DataError(f"the text embeddings are {pooled.shape[-1]}-d but the alignment heads expect "
-                        f"{model.config['text_dim']}-d: the text encoder changed since the heads were built; "
+                        f"{model.config.text_dim}-d: the text encoder changed since the heads were built; "
                         "re-run embed and align (dvc repro)")
     seed_everything(seed)
     model.to(device)
@@ -298,11 +288,11 @@ def train_classifier(model, source, train_idx: np.ndarray, labels: np.ndarray, s
     trained = distributed.wrap(model, device)
     plan = EpochPlan(train_idx, source.n_views, s.batch_size, seed)
     opt, sched = make_optimizer(trainable, s, plan.steps)
-    n_classes = model.config["n_classes"]
+    n_classes = model.config.n_classes
     y = torch.from_numpy(labels).long()
     start_epoch, history = 0, []
     if checkpoint is not None and checkpoint.exists():
-        state = torch.load(checkpoint, weights_only=False, map_location=device)
+        state = torch.load(checkpoint, weights_only=True, map_location=device)  # tensors and numbers only
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
         sched.load_state_dict(state["scheduler"])

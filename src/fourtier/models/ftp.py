@@ -10,13 +10,27 @@
 
 `prompts: []` gives f = m: the paper's group-1 baseline. Pooling is learned attention pooling and the
 projections are small residual MLPs: a mean-pool + linear version learned almost nothing in stage 1
-(DESIGN.md §3). The integration projections start at zero, so stage 2 starts from the baseline's f = m.
+(README, "Design choices"). The integration projections start at zero, so stage 2 starts from the
+baseline's f = m.
+
+Saved models are two files: `<name>.safetensors` (tensors only: loading one cannot run code, unlike a
+pickle from a shared remote) and `<name>.json` (FTPConfig, which parts were saved, and the caller's metadata).
 """
 from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import torch
 from torch import nn
 from torch.nn import functional as F
+
+from fourtier.errors import DataError
+
+FORMAT = "fourtier-ftp/1"
+PARTS = ("processors", "align_heads", "integration", "classifier")
 
 
 class MLP(nn.Module):
@@ -144,19 +158,102 @@ class Classifier(nn.Module):
         return self.head(self.features(f))
 
 
-class FTP(nn.Module):
-    """The whole head on top of m. `prompts` selects the processors; [] is the baseline (f = m)."""
+@dataclass(frozen=True)
+class FTPConfig:
+    """Everything that fixes the model's shapes. text_dim 0: no alignment heads (stage 2 and inference)."""
+    dim: int  # D of the feature map m
+    grid: tuple[int, int, int]  # (T, h, w) of m
+    prompts: tuple[str, ...] = ()  # () is the baseline
+    n_classes: int = 1
+    text_dim: int = 0
 
-    def __init__(self, dim: int, grid: tuple[int, int, int], prompts: list[str], n_classes: int, text_dim: int = 0):
+    def __post_init__(self):
+        object.__setattr__(self, "grid", tuple(int(g) for g in self.grid))
+        object.__setattr__(self, "prompts", tuple(self.prompts))
+
+    def replace(self, **changes) -> "FTPConfig":
+        return FTPConfig(**{**asdict(self), **changes})
+
+
+def _files(path: Path) -> tuple[Path, Path]:
+    path = Path(path)
+    return path.with_suffix(".safetensors"), path.with_suffix(".json")
+
+
+def read_saved(path: Path) -> dict:
+    """The JSON side of a saved model: {"format", "config", "parts", "meta"}; a clear error if absent or foreign."""
+    weights, info = _files(path)
+    if not weights.exists() or not info.exists():
+        raise DataError(f"{weights} (with {info.name}) not found: re-run the stage that writes it (dvc repro)")
+    try:
+        saved = json.loads(info.read_text())
+    except json.JSONDecodeError as exc:
+        raise DataError(f"{info} is not valid JSON ({exc}): re-run the stage that writes it") from None
+    if saved.get("format") != FORMAT:
+        raise DataError(f"{info} is not a fourtier model of format {FORMAT} (got {saved.get('format')!r}); "
+                        "re-run the stage that writes it")
+    saved["config"] = FTPConfig(**saved["config"])
+    return saved
+
+
+class FTP(nn.Module):
+    """The whole head on top of m. `config.prompts` selects the processors; () is the baseline (f = m)."""
+
+    def __init__(self, config: FTPConfig):
         super().__init__()
-        frames, h, w = grid
-        self.config = dict(dim=dim, grid=list(grid), prompts=list(prompts), n_classes=n_classes, text_dim=text_dim)
-        self.prompts = list(prompts)
+        frames, h, w = config.grid
+        dim, prompts = config.dim, list(config.prompts)
+        self.config = config
+        self.prompts = prompts
         self.processors = nn.ModuleDict({p: FeatureProcessor(dim, frames, h * w) for p in prompts})
         self.align_heads = nn.ModuleDict(
-            {p: AlignmentHead(dim, frames + h * w, text_dim) for p in prompts} if text_dim else {})
+            {p: AlignmentHead(dim, frames + h * w, config.text_dim) for p in prompts} if config.text_dim else {})
         self.integration = Integration(dim, prompts)
-        self.classifier = Classifier(dim, frames * h * w, n_classes)
+        self.classifier = Classifier(dim, frames * h * w, config.n_classes)
+
+    # --- the saved format: safetensors weights + JSON config, written atomically --------------------------
+    def save(self, path: Path, parts: tuple[str, ...] = PARTS, meta: dict | None = None) -> None:
+        """Write the tensors of `parts` (top-level modules) to path.safetensors, config and meta to path.json."""
+        from safetensors.torch import save_file
+
+        weights, info = _files(path)
+        weights.parent.mkdir(parents=True, exist_ok=True)
+        state = {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items() if k.split(".")[0] in parts}
+        save_file(state, str(weights) + ".tmp")
+        os.replace(str(weights) + ".tmp", weights)
+        text = json.dumps({"format": FORMAT, "config": asdict(self.config), "parts": list(parts),
+                           "meta": meta or {}}, indent=1)
+        info.with_suffix(".json.tmp").write_text(text + "\n")
+        os.replace(info.with_suffix(".json.tmp"), info)
+
+    @classmethod
+    def load(cls, path: Path) -> tuple["FTP", dict]:
+        """A whole saved model (every part its config has) and its metadata."""
+        saved = read_saved(path)
+        model = cls(saved["config"])
+        model.load_parts(path, tuple(p for p in PARTS if len(getattr(model, p).state_dict())))
+        return model, saved["meta"]
+
+    def load_parts(self, path: Path, parts: tuple[str, ...]) -> None:
+        """Load `parts` from a saved model, e.g. stage 1's processors into a stage-2 model. Refuses a file
+        whose shapes or prompts differ from this model's, or that lacks a part, naming what differs."""
+        from safetensors.torch import load_file
+
+        saved = read_saved(path)
+        config = saved["config"]
+        for key in ("dim", "grid", "prompts"):
+            if getattr(config, key) != getattr(self.config, key):
+                raise DataError(f"{_files(path)[0]} was saved with {key} {getattr(config, key)} but this model has "
+                                f"{getattr(self.config, key)}; re-run the stage that writes it (dvc repro)")
+        absent = [p for p in parts if p not in saved["parts"]]
+        if absent:
+            raise DataError(f"{_files(path)[0]} has no {', '.join(absent)} (it holds {', '.join(saved['parts'])})")
+        state = {k: v for k, v in load_file(_files(path)[0]).items() if k.split(".")[0] in parts}
+        expected = {k for k in self.state_dict() if k.split(".")[0] in parts}
+        if set(state) != expected:
+            raise DataError(f"{_files(path)[0]} does not match the model: missing {sorted(expected - set(state))[:3]}, "
+                            f"unexpected {sorted(set(state) - expected)[:3]}; re-run the stage that writes it")
+        self.load_state_dict(state, strict=False)
 
     def processor_outputs(self, m: torch.Tensor) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
         return {p: self.processors[p](m) for p in self.prompts}

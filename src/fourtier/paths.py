@@ -1,0 +1,91 @@
+"""Where every artifact lives: the one place stage scripts and the CLI take paths from.
+
+dvc.yaml spells the same paths in its deps and outs; tests/test_dvc_yaml.py checks that the two agree, so
+they cannot drift apart.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+BACKBONE = Path("models/backbone")  # the frozen visual encoder (safetensors + config.json)
+ALIGN = Path("models/align")  # stage 1: one saved processor set per arm
+ALIGN_METRICS = Path("models/align_metrics.json")
+FINETUNE = Path("models/finetune")
+SOURCES = Path("data/sources")  # fingerprints of inputs that live outside the workspace (stages/sources.py)
+
+
+def raw(dataset: str) -> Path:
+    return Path("data/raw") / dataset
+
+
+def tiles(dataset: str) -> Path:
+    return Path("data/tiles") / dataset
+
+
+def captions(dataset: str) -> Path:
+    return Path("data/captions") / dataset
+
+
+def embeddings(dataset: str) -> Path:
+    return Path("data/embeddings") / dataset
+
+
+def features(dataset: str) -> Path:
+    return Path("data/features") / dataset
+
+
+def sources(dataset: str) -> Path:
+    return SOURCES / f"{dataset}.json"
+
+
+def align_model(arm: str) -> Path:
+    """Stem of a saved stage-1 model (.safetensors + .json)."""
+    return ALIGN / arm
+
+
+def finetune_dir(dataset: str) -> Path:
+    return FINETUNE / dataset
+
+
+def finetune_model(dataset: str, arm: str, seed: int) -> Path:
+    """Stem of a saved stage-2 model (.safetensors + .json)."""
+    return finetune_dir(dataset) / f"{arm}-seed{seed}"
+
+
+def finetune_log(dataset: str) -> Path:
+    return Path("dvclive/finetune") / dataset
+
+
+def evaluation(dataset: str) -> Path:
+    return Path("data/eval") / dataset
+
+
+def stage_io(stage: str, item: str, corpus: str) -> tuple[set[str], set[str]]:
+    """The data deps and outs (as dvc.yaml writes them) of one stage; `item` is the foreach dataset, `corpus`
+    the first pretraining dataset. Code deps are checked separately, from the import closure."""
+    s = lambda p: p.as_posix()  # noqa: E731
+    if stage in ("download-pretrain", "download-target"):
+        return {s(sources(item))}, {s(raw(item))}
+    if stage == "sources":
+        return set(), {s(sources(item))}
+    if stage == "tile":
+        return {s(raw(item))}, {s(tiles(item))}
+    if stage == "caption":
+        return {s(tiles(item))}, {s(captions(item) / "captions.jsonl"), s(captions(item) / "metrics.json")}
+    if stage == "embed":
+        return {s(captions(item) / "captions.jsonl")}, {s(embeddings(item))}
+    if stage == "backbone":
+        return {s(raw(corpus))}, {s(BACKBONE)}
+    if stage in ("features-pretrain", "features-target"):
+        return {s(BACKBONE), s(raw(item))}, {s(features(item))}
+    if stage == "align":
+        return ({s(features(corpus)), s(embeddings(corpus)), s(raw(corpus)), s(BACKBONE)},
+                {s(ALIGN), s(ALIGN_METRICS)})
+    if stage == "finetune":
+        return {s(ALIGN), s(features(item)), s(raw(item)), s(BACKBONE)}, {s(finetune_dir(item)), s(finetune_log(item))}
+    if stage == "evaluate":
+        out = evaluation(item)
+        return ({s(finetune_dir(item)), s(BACKBONE), s(features(item)), s(raw(item))},
+                {s(out / name) for name in ("metrics.json", "per_class.json", "confusion_ftp.csv",
+                                            "confusion_baseline.csv", "tsne.png", "per_class_gain.png")})
+    raise KeyError(stage)
