@@ -1,7 +1,11 @@
 """A user's own videos: a directory plus a CSV with columns path, label and (optionally) split.
 
 Each file is validated (does it open, does every frame decode, is it truncated?). Unreadable files are
-skipped and listed in manifest.json with the reason. With `short_side` > 0, videos are normalised with
+skipped and listed in manifest.json with the reason. A video's id is its whole path below `root` (folders
+joined by `__`, only the extension dropped), so two rows never share an id or a stored file; a clash (the
+same file listed twice, or `a/b.mp4` next to `a__b.mp4`) is an error naming both rows. Paths outside `root`
+(absolute, or leading out with `..`) are read, said on the console and listed in the manifest under
+`outside_root`, since moving `root` alone then does not move the dataset. With `short_side` > 0, videos are normalised with
 ffmpeg: rotation metadata applied, pixels made square, rescaled so the short side is at most
 `short_side` (never upscaled), keeping the aspect ratio. Videos that already conform are copied as they are.
 """
@@ -9,6 +13,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import os
 import re
 import shutil
 from pathlib import Path
@@ -37,9 +42,22 @@ def read_label_csv(csv_path: Path) -> list[dict]:
     return rows
 
 
-def video_id_for(rel_path: str) -> str:
-    stem = re.sub(r"\.[^./]+$", "", rel_path.replace("\\", "/"))
-    return re.sub(r"[^A-Za-z0-9._-]+", "_", stem.replace("/", "__")).strip("_") or "video"
+def video_id_for(rel_path: str, where: str = "") -> str:
+    """The whole path without its extension, as one safe file name: 'a/2021.05.03_x.mp4' -> 'a__2021.05.03_x'."""
+    parts = [p for p in rel_path.replace("\\", "/").split("/") if p not in ("", ".")]
+    name = parts[-1] if parts else ""
+    if parts:
+        parts[-1] = name[:name.rindex(".")] if "." in name else name
+    vid = re.sub(r"[^A-Za-z0-9._-]+", "_", "__".join(parts)).strip("_.")
+    if not vid or not parts[-1].strip("._"):  # '.mp4' is an extension with no name
+        raise DataError(f"{where or rel_path}: {rel_path!r} has no file name before its extension; "
+                        "rename the file (e.g. clip.mp4) and update the CSV")
+    return vid
+
+
+def stored_name(vid: str, suffix: str) -> str:
+    """The stored file: the id plus the extension. Never Path.with_suffix, which would cut an id at its last dot."""
+    return vid + suffix
 
 
 def _split_for(row: dict, seed: int, val_fraction: float, where: str) -> str:
@@ -82,12 +100,12 @@ def ingest_one(job) -> dict:
             return {"ok": False, "reason": problem}
         target = normalised_size(info.main_stream, short_side) if short_side else None
         if target is None and decord_opens(src):
-            dst = dst_stem.with_suffix(src.suffix.lower())
+            dst = dst_stem.parent / stored_name(dst_stem.name, src.suffix.lower())
             shutil.copyfile(src, dst)
             return {"ok": True, "file": dst.name, "normalised": False}
         # re-encoded: to normalise, or because the feature pipeline's reader (decord) cannot open the
         # container (e.g. WebM without a duration); the size is then kept as displayed
-        dst = dst_stem.with_suffix(".mp4")
+        dst = dst_stem.parent / stored_name(dst_stem.name, ".mp4")
         w, h = target or [max(2, round(v / 2) * 2) for v in info.main_stream.display_size]  # yuv420p: even
         proc = video.run_ffmpeg(["-y", "-i", str(src), "-an", "-sn", "-dn", "-vf", f"scale={w}:{h},setsar=1",
                                  "-c:v", "libx264", "-crf", "18", "-preset", "fast", "-pix_fmt", "yuv420p",
@@ -108,6 +126,10 @@ def download(spec, out_dir, workers: int) -> dict:
     for line, row in enumerate(rows, start=2):
         if not row.get("label"):
             raise DataError(f"{csv_path}:{line}: empty label for {row.get('path')!r}")
+        if any(c in row["label"] for c in "\r\n"):
+            # classes.txt has one class per line: a line break would split one class into two
+            raise DataError(f"{csv_path}:{line}: the label of {row['path']!r} contains a line break "
+                            f"({row['label']!r}); labels must be one line")
         row["split"] = _split_for(row, spec.seed, spec.val_fraction, f"{csv_path}:{line}")
         row["where"] = f"{csv_path}:{line}"
     classes = sorted({r["label"] for r in rows})
@@ -126,15 +148,18 @@ def ingest(name: str, root: Path, rows: list[dict], classes: list[str], short_si
     with the ids of the missing ones."""
     videos = out_dir / "videos"
     videos.mkdir(parents=True, exist_ok=True)
-    jobs, meta, skipped, seen = [], [], [], {}
+    jobs, meta, skipped, seen, outside = [], [], [], {}, []
     for row in rows:
         where = row.get("where", row["path"])
-        vid = row.get("video_id") or video_id_for(row["path"])
+        vid = row.get("video_id") or video_id_for(row["path"], where)
         item = row.get("video_id", row["path"])
         if vid in seen:
-            raise DataError(f"{where}: {row['path']!r} gives the same video id as {seen[vid]} ({vid!r})")
+            raise DataError(f"{where}: {row['path']!r} gives the same video id as {seen[vid]} ({vid!r}): "
+                            "each row must name its own file; remove the duplicate row or rename one file")
         seen[vid] = where
         src = Path(row["path"]) if Path(row["path"]).is_absolute() else root / row["path"]
+        if not _inside(src, root):
+            outside.append(row["path"])
         if not src.is_file():
             skipped.append({"item": item, "reason": "file not found", "split": row["split"], "label": row["label"]})
             continue
@@ -157,6 +182,13 @@ def ingest(name: str, root: Path, rows: list[dict], classes: list[str], short_si
     for s in skipped:
         accounting[s["split"]][s["label"]]["missing" if s["reason"] == "file not found" else "unreadable"] += 1
     missing_ids = sorted(s["item"] for s in skipped if s["reason"] == "file not found")
+    if outside:
+        print(f"{name}: {len(outside)} listed file(s) lie outside {root} (e.g. {outside[0]!r}); read from there "
+              "and listed in manifest.json under outside_root")
     return write_dataset(out_dir, annotations, classes, source, skipped,
                          extra={"normalised": normalised, "expected": len(rows), "accounting": accounting,
-                                "missing_ids": missing_ids})
+                                "missing_ids": missing_ids, "outside_root": outside})
+
+
+def _inside(path: Path, root: Path) -> bool:
+    return Path(os.path.abspath(path)).is_relative_to(Path(os.path.abspath(root)))
