@@ -131,3 +131,79 @@ def test_good_archives_extract(tmp_path):
         zf.writestr("d/c.txt", "xyz")
     extract(tmp_path / "good.zip", tmp_path / "z")
     assert (tmp_path / "z/d/c.txt").read_text() == "xyz"
+
+
+class Versioned(BaseHTTPRequestHandler):
+    """One URL whose file changes between runs: version A (ETag "a") is cut mid-way, then B ("b") is served.
+    Honours If-Range as HTTP does: a stale validator gets the whole current file with 200."""
+    version = "a"
+    requests: list = []
+
+    def log_message(self, *args):
+        pass
+
+    def do_GET(self):
+        body = PAYLOAD if Versioned.version == "a" else PAYLOAD[::-1]
+        Versioned.requests.append((self.headers.get("Range"), self.headers.get("If-Range")))
+        start = 0
+        if self.headers.get("Range") and self.headers.get("If-Range") in (None, f'"{Versioned.version}"'):
+            start = int(self.headers["Range"].split("=")[1].split("-")[0])
+            self.send_response(206)
+            self.send_header("Content-Range", f"bytes {start}-{len(body) - 1}/{len(body)}")
+        else:
+            self.send_response(200)
+        self.send_header("ETag", f'"{Versioned.version}"')
+        self.send_header("Content-Length", str(len(body) - start))
+        self.end_headers()
+        if Versioned.version == "a" and not start:
+            self.wfile.write(body[:300_000])  # cut: the run dies with a .part
+            self.wfile.flush()
+            self.connection.shutdown(2)
+            return
+        self.wfile.write(body[start:])
+
+
+@pytest.fixture
+def versioned():
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Versioned)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    Versioned.version, Versioned.requests = "a", []
+    yield f"http://127.0.0.1:{httpd.server_address[1]}/data.bin"
+    httpd.shutdown()
+
+
+def test_a_part_of_a_file_changed_on_the_server_is_not_spliced(versioned, tmp_path):
+    dest = tmp_path / "data.bin"
+    with pytest.raises(DataError):
+        fetch(versioned, dest, retries=0)  # no sha256 pinned: nothing else would catch a splice
+    assert (tmp_path / "data.bin.part").stat().st_size == 300_000
+    Versioned.version = "b"
+    fetch(versioned, dest, retries=0)
+    assert Versioned.requests[-1] == ("bytes=300000-", '"a"')  # asked to resume only if still version a
+    assert dest.read_bytes() == PAYLOAD[::-1]  # got all of b, not a's head with b's tail
+
+
+def test_a_part_of_unknown_origin_restarts(server, tmp_path):
+    (tmp_path / "data.bin.part").write_bytes(b"left over from something else" * 1000)
+    Handler.requests.clear()
+    dest = fetch(f"{server}/data.bin", tmp_path / "data.bin")
+    assert dest.read_bytes() == PAYLOAD
+    assert Handler.requests == [("/data.bin", None)]  # no Range: started over
+
+
+def test_archive_type_comes_from_the_container_not_a_member(tmp_path):
+    inner = io.BytesIO()
+    with zipfile.ZipFile(inner, "w", zipfile.ZIP_STORED) as zf:
+        zf.writestr("inside_zip.txt", "z")
+    archive = tmp_path / "data.tar"
+    with tarfile.open(archive, "w") as tf:
+        for name, data in (("first.txt", b"t"), ("last.zip", inner.getvalue())):
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tf.addfile(info, io.BytesIO(data))
+    # the tar's format ends with zero blocks; trimmed (as some writers leave it) the zip's end record is last
+    data = archive.read_bytes().rstrip(b"\0")
+    archive.write_bytes(data + b"\0" * (-len(data) % 512))
+    assert zipfile.is_zipfile(archive)  # the trap: a zip directory near the end
+    extract(archive, tmp_path / "out")
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["first.txt", "last.zip"]

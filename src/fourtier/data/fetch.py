@@ -1,15 +1,20 @@
 """Downloads and archive extraction for public datasets.
 
-`fetch` streams a URL to disk with a progress bar, resumes an interrupted download with an HTTP Range request,
+`fetch` streams a URL to disk with a progress bar, resumes an interrupted download with an HTTP Range request
+guarded by If-Range (the ETag or Last-Modified the server gave when the download began, kept beside the
+`.part` file: a changed file on the server, or a `.part` of unknown origin, restarts from zero instead of
+being spliced),
 retries transient errors (connection resets, timeouts, 5xx) with back-off, and verifies the result against a
 known size and/or sha256. A mismatch is an error and the bad file is moved aside (`<name>.bad`), never used.
 A dead link (404, 410, 403) fails at once with the URL in the message.
 
 `extract` unpacks tar (with the `data` filter), zip and rar archives, refusing absolute paths, `..`
-traversal and links that leave the destination.
+traversal and links that leave the destination. The type comes from the container's own first bytes
+(never from a member: a tar whose last member is a zip is a tar).
 """
 from __future__ import annotations
 
+import json
 import shutil
 import socket
 import tarfile
@@ -38,21 +43,52 @@ def _check(path: Path, sha256: str | None, size: int | None) -> str:
     return ""
 
 
-def _stream(url: str, part: Path, timeout: float, desc: str) -> None:
-    """Append the rest of `url` to `part`, starting from its current size."""
+def _validator_file(part: Path) -> Path:
+    return part.with_name(part.name + ".json")
+
+
+def _resumable(url: str, part: Path, retry: bool) -> tuple[bool, str]:
+    """(resume?, validator). A .part left by an earlier run resumes only with the validator the server gave
+    for it (sent as If-Range); one from another URL or of unknown origin restarts. A retry within the same
+    call resumes what it wrote seconds ago, with the validator if there is one."""
+    sidecar = _validator_file(part)
+    if not part.exists() or not sidecar.exists():
+        return False, ""
+    try:
+        saved = json.loads(sidecar.read_text())
+    except (OSError, json.JSONDecodeError):
+        return False, ""
+    if saved.get("url") != url:
+        return False, ""
+    validator = saved.get("validator", "")
+    return bool(validator) or retry, validator
+
+
+def _stream(url: str, part: Path, timeout: float, desc: str, retry: bool = False) -> None:
+    """Append the rest of `url` to `part`, starting from its current size when the server's file is unchanged."""
     from tqdm import tqdm
 
-    have = part.stat().st_size if part.exists() else 0
-    request = urllib.request.Request(url, headers={"User-Agent": "fourtier", **({"Range": f"bytes={have}-"} if have else {})})
+    resume, validator = _resumable(url, part, retry)
+    have = part.stat().st_size if resume else 0
+    headers = {"User-Agent": "fourtier"}
+    if have:
+        headers["Range"] = f"bytes={have}-"
+        if validator:
+            headers["If-Range"] = validator  # changed on the server: it sends all of the new file (200)
     try:
-        response = urllib.request.urlopen(request, timeout=timeout)
+        response = urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=timeout)
     except urllib.error.HTTPError as exc:
         if exc.code == 416 and have:  # nothing left to send: the partial file is complete (checked after)
             return
         raise
     with response:
-        if have and response.status != 206:  # the server ignored the Range header: start over
+        if have and response.status != 206:  # changed since, or Range ignored: start over
             have = 0
+        if not have:
+            etag = response.headers.get("ETag", "")
+            # a weak ETag may not be used in If-Range (RFC 9110 13.1.5); Last-Modified may
+            fresh = etag if etag and not etag.startswith("W/") else response.headers.get("Last-Modified", "")
+            _validator_file(part).write_text(json.dumps({"url": url, "validator": fresh}))
         total = response.headers.get("Content-Range", "").rpartition("/")[2]
         total = int(total) if total.isdigit() else (int(response.headers.get("Content-Length") or 0) + have) or None
         with open(part, "ab" if have else "wb") as fh, \
@@ -78,7 +114,7 @@ def fetch(url: str, dest: Path, sha256: str | None = None, size: int | None = No
     part = dest.with_name(dest.name + ".part")
     for attempt in range(retries + 1):
         try:
-            _stream(url, part, timeout, dest.name)
+            _stream(url, part, timeout, dest.name, retry=attempt > 0)
             break
         except urllib.error.HTTPError as exc:
             if exc.code in PERMANENT_HTTP:
@@ -97,9 +133,11 @@ def fetch(url: str, dest: Path, sha256: str | None = None, size: int | None = No
     if problem:
         bad = dest.with_name(dest.name + ".bad")
         part.replace(bad)
+        _validator_file(part).unlink(missing_ok=True)
         raise DataError(f"{url}: downloaded file does not match: {problem}. It is kept aside as {bad} and not "
                         "used; delete it and re-run to download again, or report the changed file upstream")
     part.replace(dest)
+    _validator_file(part).unlink(missing_ok=True)
     return dest
 
 
@@ -118,17 +156,36 @@ def _safe_member(name: str, dest: Path) -> Path:
     return target
 
 
+RAR_MAGIC = (b"Rar!\x1a\x07\x00", b"Rar!\x1a\x07\x01")
+ZIP_MAGIC = (b"PK\x03\x04", b"PK\x05\x06")  # a local file header, or an empty archive's end record
+
+
+def archive_kind(archive: Path) -> str:
+    """zip, tar or rar, from the container's first bytes. zipfile.is_zipfile would also accept a tar whose
+    last member is a zip (it looks for a zip directory near the end), so it is not used."""
+    with open(archive, "rb") as fh:
+        head = fh.read(8)
+    if head[:7] in RAR_MAGIC:
+        return "rar"
+    if head[:4] in ZIP_MAGIC:
+        return "zip"
+    if tarfile.is_tarfile(archive):  # plain, gzip, bzip2 or xz: the first member's header must parse
+        return "tar"
+    raise DataError(f"{archive} is not a zip, tar or rar archive")
+
+
 def extract(archive: Path, dest: Path) -> None:
     archive, dest = Path(archive), Path(dest)
     dest.mkdir(parents=True, exist_ok=True)
-    if zipfile.is_zipfile(archive):
+    kind = archive_kind(archive)
+    if kind == "zip":
         with zipfile.ZipFile(archive) as zf:
             for info in zf.infolist():
                 _safe_member(info.filename, dest)
                 if (info.external_attr >> 16) & 0o170000 == 0o120000:
                     raise DataError(f"{archive}: entry {info.filename!r} is a symbolic link; refusing to extract it")
             zf.extractall(dest)
-    elif tarfile.is_tarfile(archive):
+    elif kind == "tar":
         with tarfile.open(archive) as tf:
             try:
                 for member in tf.getmembers():  # check every entry before writing any
@@ -137,10 +194,8 @@ def extract(archive: Path, dest: Path) -> None:
                 tf.extractall(dest, filter="data")  # no absolute paths, traversal, devices or escaping links
             except tarfile.FilterError as exc:
                 raise DataError(f"{archive}: {exc}; refusing to extract it") from None
-    elif archive.read_bytes()[:7] in (b"Rar!\x1a\x07\x00", b"Rar!\x1a\x07\x01"):
-        _extract_rar(archive, dest)
     else:
-        raise DataError(f"{archive} is not a zip, tar or rar archive")
+        _extract_rar(archive, dest)
 
 
 ARCHIVE_SUFFIXES = (".rar", ".zip", ".tar", ".tar.gz", ".tgz")
