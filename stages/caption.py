@@ -4,7 +4,6 @@
 """
 import argparse
 import json
-from pathlib import Path
 
 from fourtier.captioning import AnswerCache, build_requests, run_captions, write_captions
 from fourtier import paths

@@ -1,16 +1,14 @@
 """embed stage: text embeddings of every answer: token-level e_i with mask, and a pooled vector (data/embeddings/<ds>)."""
 import argparse
 import time
-from pathlib import Path
 
 import torch
 
-from fourtier.captioning import read_captions
 from fourtier import paths
 from fourtier.errors import exits_cleanly
 from fourtier.params import load_params
 from fourtier.runtime import resolve_device
-from fourtier.text import embed_captions, make_encoder
+from fourtier.text import embed_captions, make_encoder, read_captions
 
 
 @exits_cleanly

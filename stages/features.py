@@ -2,7 +2,6 @@
 (data/features/<ds>); resumes after a kill. With features.cache: false, only the index of readable clips."""
 import argparse
 import time
-from pathlib import Path
 
 import torch
 

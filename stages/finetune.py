@@ -17,7 +17,6 @@ import time
 
 import torch
 
-from fourtier.captioning import cache_dir
 from fourtier import distributed, paths
 from fourtier.errors import DataError, exits_cleanly
 from fourtier.features import FeatureSource, open_features
@@ -61,7 +60,7 @@ def main() -> None:
                                          source.meta["shape"],
                                          [hashlib.sha256(path.read_bytes()).hexdigest() for path in align_files]],
                                         sort_keys=True).encode()).hexdigest()[:16]
-    checkpoints = cache_dir() / "checkpoints" / run_key
+    checkpoints = paths.cache_dir() / "checkpoints" / run_key
     checkpoints.mkdir(parents=True, exist_ok=True)
     from dvclive import Live
 

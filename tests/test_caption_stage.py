@@ -98,3 +98,24 @@ def test_unknown_vlm_is_a_clear_error(tmp_path):
     proc = stage(root)
     out, err = proc.communicate(timeout=60)
     assert proc.returncode == 2 and "'vlm' is 'gpt-7', which is not one of" in err and "Traceback" not in err
+
+
+def test_the_same_answers_give_the_same_captions_file_on_another_machine(tmp_path):
+    """A fresh answer cache (another machine) asks everything again, with other latencies and retries: the
+    captions file, which embed and everything after it depend on, keeps its bytes; the timings go to metrics."""
+    with FakeOpenAI(lambda n, key: "500" if n < 4 else "ok") as server:  # machine 1: retries, no delay
+        root = make_project(tmp_path, server.base_url)
+        captions = root / "data/captions/synth-pretrain/captions.jsonl"
+        assert stage(root).wait(timeout=120) == 0
+        first = captions.read_bytes()
+        first_metrics = json.loads((root / "data/captions/synth-pretrain/metrics.json").read_text())
+        os.rename(root / "cache", root / "cache-machine-1")  # machine 2 starts without the answers
+        server.script, server.delay = (lambda n, key: "ok"), 0.05  # no retries, slower answers
+        assert stage(root).wait(timeout=120) == 0
+    assert len(server.answered) == 2 * N_VIDEOS * 4  # every answer was asked twice
+    assert captions.read_bytes() == first
+    rows = [json.loads(line) for line in first.decode().splitlines()]
+    assert not any("latency_s" in r or "attempts" in r for r in rows)
+    metrics = json.loads((root / "data/captions/synth-pretrain/metrics.json").read_text())
+    assert first_metrics["mean_attempts"] > 1 and metrics["mean_attempts"] == 1  # the timings live here
+    assert metrics["mean_latency_s"] > first_metrics["mean_latency_s"]

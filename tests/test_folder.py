@@ -2,11 +2,9 @@
 import csv
 import json
 
-import numpy as np
 import pytest
 
 from fourtier import video
-from fourtier.cli import main as cli_main
 from fourtier.data import folder
 from fourtier.data.contract import read_annotations
 from fourtier.errors import DataError

@@ -1,4 +1,4 @@
-"""Every clip in ../shared/testvideos goes through a `folder` dataset and `tile`: tiled correctly, or reported."""
+"""Every third-party test clip (FOURTIER_TESTVIDEOS) goes through a `folder` dataset and `tile`: tiled correctly, or reported."""
 import csv
 from fractions import Fraction
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import sqlite3
 import time
 from dataclasses import asdict
@@ -20,13 +19,10 @@ from pathlib import Path
 from typing import Iterator
 
 from fourtier.errors import DataError
+from fourtier.paths import cache_dir
 from fourtier.store import ItemReader
 from fourtier.tiling import read_tile_index
 from fourtier.vlm import PROMPT_IDS, Record, Request, redact
-
-
-def cache_dir() -> Path:
-    return Path(os.environ.get("FOURTIER_CACHE", Path.home() / ".cache" / "fourtier"))
 
 
 def answer_key(tile_jpeg: bytes, prompt: str, model_id: str, settings: dict) -> str:
@@ -120,7 +116,9 @@ def _usable(record: dict) -> bool:
 def write_captions(out_dir: Path, requests: list[Request], cache: AnswerCache, vlm_name: str, model_id: str,
                    settings: dict, append: bool = False) -> dict:
     """captions.jsonl: one row per (video, prompt), in tile-index order, built from the cache (`append`: after
-    the rows of the chunks before)."""
+    the rows of the chunks before). Rows hold only what fixes the answer, never how long it took or how many
+    tries it needed: the same answers give the same bytes on any machine, so nothing downstream re-runs.
+    Latency and attempts are summed into the returned totals, for the stage's metrics."""
     out_dir.mkdir(parents=True, exist_ok=True)
     records = cache.get_many([r.key for r in requests])
     totals = {"answers": 0, "missing": 0, "input_tokens": 0, "output_tokens": 0, "attempts": 0, "latency_s": 0.0}
@@ -130,7 +128,6 @@ def write_captions(out_dir: Path, requests: list[Request], cache: AnswerCache, v
             row = {"video_id": r.video_id, "prompt_id": r.prompt_id, "prompt": r.prompt,
                    "answer": rec["answer"] if rec else "", "vlm": vlm_name, "model": model_id, "settings": settings,
                    "input_tokens": rec["input_tokens"] if rec else 0, "output_tokens": rec["output_tokens"] if rec else 0,
-                   "latency_s": round(rec["latency_s"], 4) if rec else 0.0, "attempts": rec["attempts"] if rec else 0,
                    "error": "" if rec else "no answer (allowed by caption.max_failures)"}
             fh.write(json.dumps(row) + "\n")
             if rec:
@@ -140,10 +137,3 @@ def write_captions(out_dir: Path, requests: list[Request], cache: AnswerCache, v
             else:
                 totals["missing"] += 1
     return totals
-
-
-def read_captions(path: Path) -> list[dict]:
-    if not Path(path).exists():
-        raise DataError(f"{path} not found: run the caption stage first (dvc repro)")
-    with open(path) as fh:
-        return [json.loads(line) for line in fh]

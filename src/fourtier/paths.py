@@ -5,6 +5,7 @@ they cannot drift apart.
 """
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 BACKBONE = Path("models/backbone")  # the frozen visual encoder (safetensors + config.json)
@@ -12,6 +13,11 @@ ALIGN = Path("models/align")  # stage 1: one saved processor set per arm
 ALIGN_METRICS = Path("models/align_metrics.json")
 FINETUNE = Path("models/finetune")
 SOURCES = Path("data/sources")  # fingerprints of inputs that live outside the workspace (stages/sources.py)
+
+
+def cache_dir() -> Path:
+    """State kept outside the workspace across runs: the VLM answer cache, batch jobs, resumable checkpoints."""
+    return Path(os.environ.get("FOURTIER_CACHE", Path.home() / ".cache" / "fourtier"))
 
 
 def raw(dataset: str) -> Path:
@@ -66,7 +72,7 @@ def stage_io(stage: str, item: str, corpus: str) -> tuple[set[str], set[str]]:
     s = lambda p: p.as_posix()  # noqa: E731
     if stage in ("download-pretrain", "download-target"):
         return {s(sources(item))}, {s(raw(item))}
-    if stage == "sources":
+    if stage in ("sources-pretrain", "sources-target"):
         return set(), {s(sources(item))}
     if stage == "tile":
         return {s(raw(item))}, {s(tiles(item))}

@@ -7,13 +7,14 @@
 """
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from fourtier.errors import FourtierError
+from fourtier.errors import DataError, FourtierError
 
 
 class TextEncoderError(FourtierError):
@@ -113,12 +114,11 @@ def embed_captions(captions: list[dict], out_dir: Path, encoder: TextEncoder, ba
     Token-level embeddings are kept for the first `max_tokens` tokens; the pooled vector is computed over
     the whole answer (up to the encoder's max length). Videos are in caption order, prompts in A-D order.
     """
-    import json
 
     from tqdm import tqdm
 
     from fourtier.shards import NpyFile
-    from fourtier.vlm import PROMPT_IDS
+    from fourtier.params import PROMPT_IDS
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -168,7 +168,6 @@ class Embeddings:
 
 
 def load_embeddings(out_dir: Path) -> Embeddings:
-    import json
 
     out_dir = Path(out_dir)
     if not (out_dir / "meta.json").exists():
@@ -178,3 +177,11 @@ def load_embeddings(out_dir: Path) -> Embeddings:
                       mask=np.load(out_dir / "mask.npy", mmap_mode="r"),
                       pooled=np.load(out_dir / "pooled.npy", mmap_mode="r"),
                       meta=json.loads((out_dir / "meta.json").read_text()))
+
+
+def read_captions(path: Path) -> list[dict]:
+    """The caption stage's captions.jsonl: one row per (video, prompt) with its answer."""
+    if not Path(path).exists():
+        raise DataError(f"{path} not found: run the caption stage first (dvc repro)")
+    with open(path) as fh:
+        return [json.loads(line) for line in fh]

@@ -15,7 +15,7 @@ from tqdm import tqdm
 
 from fourtier import distributed
 from fourtier.features import batch_loader
-from fourtier.params import OptimSettings
+from fourtier.params import PROMPT_IDS, OptimSettings
 
 
 def seed_everything(seed: int) -> torch.Generator:
@@ -188,7 +188,6 @@ def train_alignment(model, source, train_idx: np.ndarray, val_idx: np.ndarray, p
                     workers: int = 0) -> dict:
     """Stage 1: only processors and alignment heads train. pooled (N, 4, P) aligned with source rows.
     Returns per-prompt retrieval on val_idx."""
-    from fourtier.vlm import PROMPT_IDS
 
     from fourtier.errors import DataError
 
@@ -241,7 +240,6 @@ def alignment_backward(stage1, logit_scale, m_part: torch.Tensor, n: int, e: tor
 @torch.inference_mode()
 def evaluate_alignment(model, source, idx: np.ndarray, pooled: np.ndarray, batch_size: int = 256,
                        device: torch.device = torch.device("cpu"), workers: int = 0) -> dict:
-    from fourtier.vlm import PROMPT_IDS
 
     model.eval()
     zs = {p: [] for p in model.prompts}

@@ -11,7 +11,6 @@ workspace; only the normalised videos become the DVC output.
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from fourtier.data.contract import sha256_file

@@ -1,4 +1,4 @@
-"""SynthAct: a synthetic action benchmark that mirrors the paper's premise (DESIGN.md §4).
+"""SynthAct: a synthetic action benchmark that mirrors the paper's premise (README, "SynthAct, the offline default data").
 
 Clips are rendered with numpy and encoded as H.264 mp4 by ffmpeg. Each clip is a scene (context) with
 one or two objects doing an action, plus nuisances (camera shake, flicker, noise, static distractors,

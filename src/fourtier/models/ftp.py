@@ -9,9 +9,9 @@
     classifier         two transformer blocks (MHSA + FFN) over f's tokens, average pooling, linear layer
 
 `prompts: []` gives f = m: the paper's group-1 baseline. Pooling is learned attention pooling and the
-projections are small residual MLPs: a mean-pool + linear version learned almost nothing in stage 1
-(README, "Design choices"). The integration projections start at zero, so stage 2 starts from the
-baseline's f = m.
+projections are small residual MLPs, where the paper (Table 1) pools and applies a trainable projection;
+the README ("The model and its two training stages") says why and what is not yet measured. The integration
+projections start at zero, so stage 2 starts from the baseline's f = m.
 
 Saved models are two files: `<name>.safetensors` (tensors only: loading one cannot run code, unlike a
 pickle from a shared remote) and `<name>.json` (FTPConfig, which parts were saved, and the caller's metadata).

@@ -17,8 +17,7 @@ import numpy as np
 from PIL import Image
 
 from fourtier.errors import FourtierError
-
-PROMPT_IDS = ("A", "B", "C", "D")
+from fourtier.params import PROMPT_IDS  # noqa: F401  (re-exported: the prompt order is defined once, in params)
 
 
 class VLMError(FourtierError):

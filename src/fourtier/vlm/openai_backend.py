@@ -218,7 +218,7 @@ class OpenAIBackend:
 
         import openai
 
-        from fourtier.captioning import cache_dir
+        from fourtier.paths import cache_dir
 
         state_dir = cache_dir() / "batches"
         state_dir.mkdir(parents=True, exist_ok=True)

@@ -1,0 +1,47 @@
+"""Fingerprints of what a dataset's `download` reads from outside the workspace.
+
+DVC hashes only paths that dvc.yaml names, and a stage's deps cannot depend on which kind of dataset a
+name is. So the `sources` stage (always run, about a second) writes one small JSON per dataset: the label
+CSV's sha256 and every listed video's size and modification time, folded into one digest. `download`
+depends on that file: editing a label, adding a row or replacing a video re-runs it; when nothing changed
+the file keeps its bytes and nothing downstream runs. Videos are compared by size and modification time, as
+make and DVC's own state do; hashing 10^6 videos on every `dvc repro` would cost minutes.
+
+SynthAct is generated from its params; public datasets are fetched from their archive URL (pin
+`archive_sha256` to catch a changed archive), so their fingerprint is only their kind.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+
+from fourtier.data.contract import sha256_file
+from fourtier.data.folder import read_label_csv
+
+
+def _files_digest(paths: list[Path]) -> dict:
+    digest, missing = hashlib.sha256(), 0
+    for path in paths:
+        try:
+            st = os.stat(path)
+            digest.update(f"{path}\t{st.st_size}\t{st.st_mtime_ns}\n".encode())
+        except OSError:
+            missing += 1
+            digest.update(f"{path}\tmissing\n".encode())
+    return {"files": len(paths), "files_missing": missing, "files_digest": digest.hexdigest()}
+
+
+def fingerprint(spec) -> dict:
+    if spec.kind == "folder":
+        csv_path = spec.csv if spec.csv.is_absolute() else spec.root / spec.csv
+        rows = read_label_csv(csv_path)
+        paths = [Path(r["path"]) if Path(r["path"]).is_absolute() else spec.root / r["path"] for r in rows]
+        return {"kind": "folder", "csv": str(csv_path), "csv_sha256": sha256_file(csv_path), **_files_digest(paths)}
+    if spec.kind == "ssv2":
+        from fourtier.data.ssv2 import EXPECTED, ssv2_rows
+
+        rows, _ = ssv2_rows(spec.root)
+        labels = {name: sha256_file(spec.root / name) for name in EXPECTED[1:]}
+        return {"kind": "ssv2", "labels_sha256": labels, **_files_digest([spec.root / r["path"] for r in rows])}
+    return {"kind": spec.kind}

@@ -1,0 +1,111 @@
+"""dvc.yaml against the code: every module a stage runs is one of its deps (so `dvc status` cannot say "up
+to date" over stale outputs), and every artifact path is the one fourtier.paths gives (so they cannot drift)."""
+import ast
+import re
+from pathlib import Path
+
+import pytest
+import yaml
+
+from fourtier import paths
+from helpers import REPO
+
+SRC = REPO / "src"
+STAGES = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
+ITEM, CORPUS = "some-dataset", "synth-pretrain"
+
+
+def module_file(name: str) -> Path | None:
+    base = SRC / Path(*name.split("."))
+    for candidate in (base / "__init__.py", base.with_suffix(".py")):
+        if candidate.exists():
+            return candidate
+    return None
+
+
+def imported_names(path: Path):
+    """Every module an import statement in `path` names, at any depth (inside functions too)."""
+    package = list(path.relative_to(SRC).parent.parts) if path.is_relative_to(SRC) else []
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            yield from (alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            module = node.module or ""
+            if node.level:
+                module = ".".join(package[:len(package) - node.level + 1] + ([module] if module else []))
+            yield module
+            yield from (f"{module}.{alias.name}" for alias in node.names)  # `from pkg import submodule`
+
+
+def closure(script: Path) -> set[Path]:
+    """The project's files that running `script` may execute: its imports, theirs, and their packages."""
+    seen, todo = set(), [script]
+    while todo:
+        path = todo.pop()
+        if path in seen:
+            continue
+        seen.add(path)
+        for name in imported_names(path):
+            if name.split(".")[0] != "fourtier":
+                continue
+            parts = name.split(".")
+            todo += [f for i in range(1, len(parts) + 1) if (f := module_file(".".join(parts[:i]))) and f not in seen]
+    return seen
+
+
+def inert(path: Path) -> bool:
+    """A package __init__ with nothing but a docstring and __version__ cannot change a stage's output."""
+    if path.name != "__init__.py":
+        return False
+    body = ast.parse(path.read_text()).body
+    return all(isinstance(n, ast.Expr) and isinstance(n.value, ast.Constant) or
+               isinstance(n, ast.Assign) and [t.id for t in n.targets if isinstance(t, ast.Name)] == ["__version__"]
+               for n in body)
+
+
+def stage_entries(stage: dict, key: str) -> list[str]:
+    body = stage.get("do", stage)
+    out = []
+    for entry in body.get(key, []) or []:
+        name = next(iter(entry)) if isinstance(entry, dict) else entry
+        out.append(name.replace("${item}", ITEM).replace("${pretrain[0]}", CORPUS))
+    return out
+
+
+def script_of(stage: dict) -> Path:
+    return REPO / re.search(r"python (stages/\S+\.py)", stage.get("do", stage)["cmd"]).group(1)
+
+
+@pytest.mark.parametrize("name", sorted(STAGES))
+def test_every_module_a_stage_runs_is_a_dep(name):
+    deps = stage_entries(STAGES[name], "deps")
+    code_deps = [REPO / d for d in deps if d.startswith(("src/", "stages/"))]
+    for dep in code_deps:
+        assert dep.exists(), f"{name}: dep {dep.relative_to(REPO)} does not exist"
+    uncovered = sorted(str(f.relative_to(REPO)) for f in closure(script_of(STAGES[name]))
+                       if not inert(f) and not any(f == d or d in f.parents for d in code_deps))
+    assert not uncovered, f"dvc.yaml stage {name!r} runs code it does not declare as deps: {uncovered}"
+
+
+@pytest.mark.parametrize("name", sorted(STAGES))
+def test_artifact_paths_are_those_of_the_paths_module(name):
+    data_deps = {d for d in stage_entries(STAGES[name], "deps") if not d.startswith(("src/", "stages/"))}
+    outs = set()
+    for key in ("outs", "metrics", "plots"):
+        outs |= set(stage_entries(STAGES[name], key))
+    assert (data_deps, outs) == paths.stage_io(name, ITEM, CORPUS)
+
+
+def test_the_closure_sees_imports_inside_functions(tmp_path):
+    """The checker itself: a function-level import of a module is part of the closure."""
+    script = tmp_path / "stage.py"
+    script.write_text("def main():\n    from fourtier.data.synthact import download\n")
+    assert SRC / "fourtier/data/synthact.py" in closure(script)
+    assert SRC / "fourtier/video.py" in closure(script)  # synthact imports it inside a function too
+
+
+def test_bytecode_is_not_hashed_with_the_code():
+    """Running Python writes __pycache__ into code folders that are deps (src/fourtier/data, vlm); DVC must
+    ignore it, or importing the package on another machine would make those stages look changed."""
+    ignored = (REPO / ".dvcignore").read_text().split()
+    assert "__pycache__/" in ignored and "*.pyc" in ignored
