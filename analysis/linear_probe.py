@@ -20,6 +20,7 @@ from sklearn.preprocessing import StandardScaler
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "stages"))
 from finetune import build_model  # noqa: E402
 
+from fourtier import paths  # noqa: E402
 from fourtier.features import FeatureSource  # noqa: E402
 from fourtier.params import load_params  # noqa: E402
 
@@ -28,12 +29,12 @@ def main() -> None:
     params = load_params()
     torch.set_num_threads(params.workers)
     for ds in params.targets:
-        source = FeatureSource(Path("data/features") / ds)
+        source = FeatureSource(paths.features(ds))
         train, val = source.split("train"), source.split("val")
         m = source.get(np.arange(len(source)), 0)  # view 0 of every clip (a target set fits in memory)
         representations = {"m (frame means, T x D)": m.mean((2, 3)).flatten(1).numpy()}
         for arm in ("random", "shuffled", "ftp"):
-            model = build_model(arm, list(params.prompts), source, len(source.classes), Path("models/align")).eval()
+            model = build_model(arm, list(params.prompts), source, len(source.classes)).eval()
             with torch.no_grad():
                 outputs = model.processor_outputs(m)
             representations[f"s_i of {arm} processors"] = torch.cat([s.flatten(1) for s, _ in outputs.values()], 1).numpy()

@@ -14,13 +14,14 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))
 
+from fourtier import paths  # noqa: E402
 from fourtier.captioning import answer_key  # noqa: E402
 from fourtier.store import ItemReader  # noqa: E402
 from fourtier.tiling import read_tile_index  # noqa: E402
 from fourtier.vlm import PROMPT_IDS, Request, make_backend  # noqa: E402
 from tiny_vlm import build_tiny_llava  # noqa: E402
 
-TILES = REPO / "data/tiles/synth-pretrain"
+TILES = REPO / paths.tiles("synth-pretrain")
 PROMPTS = {"A": "What is the action category?", "B": "Describe the action components in the image",
            "C": "Describe the action in the image in detail", "D": "Describe the context information"}
 

@@ -13,6 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
+from fourtier import paths
+
 # Approximate clip counts of the public datasets (train + validation), used before they are downloaded.
 PUBLIC_CLIPS = {"ucf101": 13_320, "hmdb51": 6_766, "k400": 260_000, "k600": 420_000, "k700": 580_000,
                 "k710": 660_000, "ssv2": 193_000}
@@ -26,7 +28,7 @@ TILE_BYTES, CAPTION_BYTES = 29_000, 2_100
 
 
 def _clips(params, name: str) -> tuple[int, str]:
-    ann = Path("data/raw") / name / "annotations.csv"
+    ann = paths.raw(name) / "annotations.csv"
     if ann.exists():
         return sum(1 for _ in open(ann)) - 1, "downloaded"
     spec = params.datasets[name]
