@@ -20,7 +20,8 @@ from fourtier.models.ftp import FTP, FTPConfig
 from fourtier.params import load_params
 from fourtier.runtime import loader_workers, resolve_device
 from fourtier.text import load_embeddings
-from fourtier.training import seed_everything, train_alignment
+from fourtier.optim import seed_everything
+from fourtier.training import train_alignment
 
 
 STAGE1_PARTS = ("processors", "align_heads")

@@ -19,7 +19,7 @@ from fourtier.errors import DataError, exits_cleanly
 from fourtier.features import FrameStore
 from fourtier.models.backbone import TinyVideoViT, obtain_hub_backbone, save_tiny, tiny_preprocess
 from fourtier.params import load_params
-from fourtier.training import pretrain_backbone
+from fourtier.pretrain import pretrain_backbone
 
 
 def label_parts(labels: list[str]) -> tuple[np.ndarray, list[list[str]]]:
@@ -67,8 +67,10 @@ def main() -> None:
     metrics = {f"heldout_accuracy_{h}": round(result[f"head{i}_accuracy"], 4)
                for i, h in enumerate(["motion_family", "shape"][:len(head_classes)] if len(head_classes) == 2
                                      else [f"head{i}" for i in range(len(head_classes))])}
+    # no timings in models/backbone: every later stage depends on that folder, so it must be the same bytes on
+    # any machine (the time is printed below)
     metrics.update({"train_clips": int(len(train_idx)), "heldout_clips": int(len(val_idx)),
-                    "epochs": train.optim.epochs, "seconds": round(time.perf_counter() - start, 1)})
+                    "epochs": train.optim.epochs})
     (args.out / "metrics.json").write_text(json.dumps(metrics, indent=1) + "\n")
     (args.out / "history.json").write_text(json.dumps(result["history"], indent=1) + "\n")
     print(f"backbone tiny: held-out accuracy {metrics}, {len(rows)} clips, {time.perf_counter() - start:.0f} s")

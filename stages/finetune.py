@@ -20,10 +20,12 @@ import torch
 from fourtier import distributed, paths
 from fourtier.errors import DataError, exits_cleanly
 from fourtier.features import FeatureSource, open_features
+from fourtier.fewshot import few_shot_subset
 from fourtier.models.ftp import FTP, FTPConfig
 from fourtier.params import load_params
 from fourtier.runtime import loader_workers, resolve_device
-from fourtier.training import seed_everything, train_classifier
+from fourtier.optim import seed_everything
+from fourtier.training import train_classifier
 
 def build_model(arm: str, prompts: list[str], source: FeatureSource, n_classes: int) -> FTP:
     """A stage-2 model for `arm`: the baseline has no processors; the others load theirs from stage 1."""
@@ -50,7 +52,9 @@ def main() -> None:
     workers = loader_workers(params.runtime.loader_workers, device)
     cfg = params.finetune
     source = open_features(paths.features(args.dataset), paths.raw(args.dataset), paths.BACKBONE, device)
-    train_idx = source.split("train")
+    train_idx = few_shot_subset(source.split("train"), source.labels, cfg.shots, cfg.shots_seed, source.classes)
+    if cfg.shots:
+        print(f"finetune {args.dataset}: few-shot, {cfg.shots} labelled clips per class ({len(train_idx)} in all)")
     prompts = list(params.prompts)
     out = paths.finetune_dir(args.dataset)
     out.mkdir(parents=True, exist_ok=True)

@@ -100,3 +100,28 @@ def test_predict_names_why_a_broken_clip_cannot_be_used(trained_project, testvid
     assert exit_info.value.code == 2
     err = capsys.readouterr().err
     assert reason in err and "Traceback" not in err
+
+
+def test_predict_ranks_arbitrary_class_names_zero_shot(trained_project, testvideos, capsys):
+    """Open vocabulary: stage 1's heads against class-name templates, and the output says it is zero-shot."""
+    import torch
+
+    from fourtier.models.ftp import FTP, FTPConfig
+
+    with pytest.raises(SystemExit):  # no stage-1 model yet: a message, not a traceback
+        main(["predict", str(testvideos / "mmaction2_demo.mp4"), "--classes", "arm wrestling, juggling"])
+    assert "no stage-1 model at models/align/ftp.safetensors" in capsys.readouterr().err
+    torch.manual_seed(0)
+    FTP(FTPConfig(32, (8, 4, 4), ["A", "B", "C", "D"], n_classes=1, text_dim=384)).save(
+        trained_project / "models/align/ftp", parts=("processors", "align_heads"))
+    names = ["arm wrestling", "juggling", "sailing"]
+    main(["predict", str(testvideos / "mmaction2_demo.mp4"), "--classes", " arm wrestling, juggling,sailing,juggling"])
+    lines = capsys.readouterr().out.splitlines()
+    assert "zero-shot over 3 class names" in lines[0] and "no model was trained on these classes" in lines[0]
+    ranked = [line.split("]")[1].strip() for line in lines[2:]]
+    assert sorted(ranked) == sorted(names)  # each name once, duplicates dropped
+    totals = [float(line.split("[")[0]) for line in lines[2:]]
+    assert totals == sorted(totals, reverse=True) and all(-4 <= t <= 4 for t in totals)
+    with pytest.raises(SystemExit):
+        main(["predict", str(testvideos / "mmaction2_demo.mp4"), "--classes", "juggling"])
+    assert "at least two class names" in capsys.readouterr().err

@@ -1,9 +1,10 @@
 """The `fourtier` command: single-video tools next to the DVC pipeline. Run it from the project root.
 
     fourtier predict VIDEO [--dataset DS] [--arm ftp] [--seed 0]   top-5 classes with a trained model, no VLM
+    fourtier predict VIDEO --classes "a, b, c"                     zero-shot: rank any class names (stage 1 only)
     fourtier describe VIDEO [--vlm X] [-K k] [--tile out.jpg]      the tile a VLM sees, and its four answers
     fourtier info                                                  resolved params, presets, artifacts present
-    fourtier ablate {prompts,K,vlm,backbone} [VALUES...]           queue the paper's ablations as DVC experiments
+    fourtier ablate {prompts,K,vlm,backbone,shots} [VALUES...]     queue ablations as DVC experiments
     fourtier report [--json exp_show.json] [--out report.md]      paper-style tables from `dvc exp show --json`
 
 Bad input (missing file, unreadable video, no trained model yet) gets a message and exit code 2.
@@ -37,7 +38,62 @@ def _decodable(path: str, tmp: Path) -> str:
     return path if not result["normalised"] else str(tmp / result["file"])
 
 
+def _class_names(args) -> list[str]:
+    text = Path(args.classes_file).read_text() if args.classes_file else args.classes
+    if args.classes_file and not Path(args.classes_file).is_file():
+        raise DataError(f"classes file not found: {args.classes_file}")
+    names = list(dict.fromkeys(n.strip() for n in text.replace("\n", ",").split(",") if n.strip()))
+    if len(names) < 2:
+        raise DataError(f"give at least two class names to rank (got {names}); separate them with commas, "
+                        "or one per line in --classes-file")
+    return names
+
+
+def predict_open(args) -> None:
+    """Zero-shot: stage 1's FTP processors and alignment heads against class-name templates, no stage 2."""
+    import torch
+
+    from fourtier.classtexts import class_texts
+    from fourtier.clips import load_views
+    from fourtier.features import frames_to_m
+    from fourtier.models.backbone import load_backbone
+    from fourtier.models.ftp import FTP
+    from fourtier.params import load_params
+    from fourtier.runtime import resolve_device
+    from fourtier.text import make_encoder
+    from fourtier.zeroshot import encode_class_texts, prompt_scores
+
+    params = load_params()
+    names = _class_names(args)
+    stage1 = paths.align_model("ftp")
+    if not stage1.with_suffix(".safetensors").exists():
+        raise DataError(f"no stage-1 model at {stage1}.safetensors: run `dvc repro align` (or `dvc pull`) first")
+    device = resolve_device(params.runtime.device)
+    model, _ = FTP.load(stage1)
+    model.to(device)
+    backbone = load_backbone(paths.BACKBONE).to(device)
+    encoder = make_encoder(params.text_encoder, params.text_encoders, params.embed.max_length, str(device))
+    class_emb = encode_class_texts(class_texts("template", names), names, encoder)
+    cfg = params.features
+    with tempfile.TemporaryDirectory() as tmp:
+        path = _decodable(_video(args.video), Path(tmp))
+        views = load_views(path, backbone.preprocess, cfg.temporal_views, cfg.spatial_views)
+    with torch.inference_mode():
+        scores = prompt_scores(model, frames_to_m(backbone, views, device).to(device).float(), class_emb)
+    per_prompt = scores.mean(0).cpu()  # (P, C), averaged over the views
+    total = per_prompt.sum(0)
+    order = torch.argsort(total, descending=True).tolist()
+    print(f"{args.video}  zero-shot over {len(names)} class names: stage 1's FTP alignment heads (prompts "
+          f"{', '.join(model.prompts)}) against class-name templates; no model was trained on these classes")
+    print("  score = sum over prompts of the cosine (each in [-1, 1]); " + ", ".join(model.prompts) + " shown after it")
+    for i in order[:10]:
+        detail = " ".join(f"{v:+.2f}" for v in per_prompt[:, i].tolist())
+        print(f"  {total[i].item():+6.2f}  [{detail}]  {names[i]}")
+
+
 def predict(args) -> None:
+    if args.classes or args.classes_file:
+        return predict_open(args)
     import torch
 
     from fourtier.clips import load_views
@@ -146,7 +202,8 @@ def ablate(args) -> None:
 def report(args) -> None:
     import subprocess
 
-    from fourtier.experiments import collect, gain_per_dataset, plot_gains, report as render
+    from fourtier.experiments import (collect, few_shot_points, gain_per_dataset, plot_few_shot, plot_gains,
+                                      report as render)
 
     if args.json:
         raw = Path(args.json).read_text()
@@ -165,6 +222,9 @@ def report(args) -> None:
         print(f"wrote {args.out}")
     else:
         print(text)
+    if args.fewshot_plot and few_shot_points(results):
+        plot_few_shot(results, args.fewshot_plot)
+        print(f"wrote {args.fewshot_plot} (few-shot top-1 against k per arm and dataset)")
     gains = gain_per_dataset(results)
     if args.plot and gains:
         plot_gains(gains, args.plot)
@@ -188,6 +248,8 @@ def main(argv=None) -> None:
     p.add_argument("--dataset", help="target dataset whose model to use (default: the first of `targets`)")
     p.add_argument("--arm", default="ftp", choices=["ftp", "baseline", "random", "shuffled"])
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--classes", help="zero-shot: comma-separated class names to rank with stage 1 alone")
+    p.add_argument("--classes-file", help="zero-shot: a file of class names, one per line")
     p.set_defaults(run=predict)
     d = sub.add_parser("describe", help="save the tile of one video and print the VLM's four answers")
     d.add_argument("video")
@@ -198,7 +260,7 @@ def main(argv=None) -> None:
     i = sub.add_parser("info", help="resolved params, presets and which artifacts exist")
     i.set_defaults(run=info)
     a = sub.add_parser("ablate", help="queue one of the paper's ablations as DVC experiments")
-    a.add_argument("kind", choices=["prompts", "K", "vlm", "backbone"])
+    a.add_argument("kind", choices=["prompts", "K", "vlm", "backbone", "shots"])
     a.add_argument("values", nargs="*", help="a subset: group numbers for prompts (1-17), K values, presets")
     a.add_argument("--set", action="append", metavar="KEY=VALUE",
                    help="an extra -S for every experiment, e.g. --set finetune.seeds=[0]")
@@ -210,6 +272,7 @@ def main(argv=None) -> None:
     r.add_argument("--json", help="a saved `dvc exp show --json` output (default: run it)")
     r.add_argument("--out", help="write the Markdown here instead of printing it")
     r.add_argument("--plot", default="ablation_gains.png", help="bar plot of the FTP gain per experiment and dataset")
+    r.add_argument("--fewshot-plot", default="fewshot.png", help="top-1 against k per arm (shots experiments)")
     r.set_defaults(run=report)
     args = parser.parse_args(argv)
     if getattr(args, "K", None) is not None and args.K < 1:

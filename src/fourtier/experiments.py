@@ -2,8 +2,9 @@
 Markdown tables shaped like the paper's (Tables 5, 6, 7 and C5) plus a plot of the FTP gain per dataset.
 
 Each ablation queues one `dvc exp run --queue -n <name> -S ...` per setting; `dvc queue start -j N` runs them.
-Experiment names encode the ablation (`prompts-g09-BC`, `K-3`, `vlm-blip2`, `backbone-videomae`), which is
-how the report finds them. Only the arms an ablation compares are trained: the FTP arm for prompts, K and VLMs
+Experiment names encode the ablation (`prompts-g09-BC`, `K-3`, `vlm-blip2`, `backbone-videomae`, `shots-04`),
+which is how the report finds them. `shots` is the few-shot protocol of the paper's peers (ALT, X-CLIP): stage 2
+on k labelled clips per class, every arm on the same clips. Only the arms an ablation compares are trained: the FTP arm for prompts, K and VLMs
 (the baseline does not depend on them; group 1 of the prompt table is the baseline), FTP and the baseline for
 backbones (a backbone changes both).
 """
@@ -18,9 +19,9 @@ from fourtier.errors import ParamsError
 PROMPT_GROUPS: dict[int, tuple[str, ...]] = dict(zip(
     [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 13, 14, 15, 16, 17],
     [c for n in range(5) for c in itertools.combinations("ABCD", n)]))
-ABLATIONS = ("prompts", "K", "vlm", "backbone")
+ABLATIONS = ("prompts", "K", "vlm", "backbone", "shots")
 DEFAULT_VALUES = {"K": [1, 3, 5, 7], "vlm": ["builtin", "builtin-terse", "builtin-noisy"],
-                  "backbone": ["tiny"]}
+                  "backbone": ["tiny"], "shots": [2, 4, 8, 16]}
 
 
 @dataclass
@@ -51,6 +52,11 @@ def ablation_runs(kind: str, values: list[str] | None = None, extra_sets: list[s
             arms = "[ftp]" if prompts else "[baseline]"
             runs.append(QueuedRun(f"prompts-g{g:02d}-{''.join(prompts) or 'none'}",
                                   [f"prompts={yaml_list(prompts)}", f"finetune.arms={arms}"]))
+    elif kind == "shots":  # every arm: the question is which one gains most when labels are scarce
+        for v in values or DEFAULT_VALUES[kind]:
+            if not str(v).isdigit() or int(v) < 1:
+                raise ParamsError(f"shots must be a positive integer (clips per class), got {v!r}")
+            runs.append(QueuedRun(f"shots-{int(v):02d}", [f"finetune.shots={int(v)}"]))
     else:
         for v in values or DEFAULT_VALUES[kind]:
             if kind == "K" and (not str(v).isdigit() or int(v) < 1):
@@ -168,16 +174,74 @@ def setting_table(results: list[Result], kind: str) -> str:
     return "\n".join(lines)
 
 
+FEW_SHOT_ARMS = ("baseline", "ftp", "random", "shuffled")
+
+
+def few_shot_points(results: list[Result]) -> dict[str, dict[str, list[tuple[int, dict]]]]:
+    """{dataset: {arm: [(k, top-1 summary), ...]}} from the shots-* experiments, k ascending."""
+    points: dict[str, dict[str, list[tuple[int, dict]]]] = {}
+    for r in sorted(latest(results, "shots-").values(), key=lambda r: int(r.name.split("-")[1])):
+        k = int(r.name.split("-")[1])
+        for ds, m in r.metrics.items():
+            for arm in FEW_SHOT_ARMS:
+                if (m.get(arm) or {}).get("top1"):
+                    points.setdefault(ds, {}).setdefault(arm, []).append((k, m[arm]["top1"]))
+    return points
+
+
+def few_shot_table(results: list[Result]) -> str:
+    runs = latest(results, "shots-")
+    if not runs:
+        return ""
+    datasets = _datasets(runs.values())
+    head = "| k | " + " | ".join(f"{ds} {arm}" for ds in datasets for arm in FEW_SHOT_ARMS) + \
+        " | " + " | ".join(f"{ds} FTP gain [95% CI]" for ds in datasets) + " |"
+    lines = [head, "|" + "---|" * (1 + (len(FEW_SHOT_ARMS) + 1) * len(datasets))]
+    for name, r in sorted(runs.items(), key=lambda item: int(item[0].split("-")[1])):
+        cells = [cell(r.metrics.get(ds, {}), arm) for ds in datasets for arm in FEW_SHOT_ARMS]
+        for ds in datasets:
+            gain = r.metrics.get(ds, {}).get("ftp_gain_top1") or {}
+            ci = gain.get("ci95")
+            cells.append("-" if "mean" not in gain else f"{100 * gain['mean']:+.1f}" +
+                         (f" [{100 * ci[0]:+.1f}, {100 * ci[1]:+.1f}]" if ci else ""))
+        lines.append(f"| {int(name.split('-')[1])} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def plot_few_shot(results: list[Result], path) -> None:
+    """Top-1 against k per arm, one panel per target."""
+    from fourtier.plots import _pyplot
+
+    points = few_shot_points(results)
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, max(1, len(points)), figsize=(5 * max(1, len(points)), 3.6), squeeze=False)
+    for ax, (ds, arms) in zip(axes[0], sorted(points.items())):
+        for arm, pts in arms.items():
+            ks = [k for k, _ in pts]
+            mean = [100 * v["mean"] for _, v in pts]
+            std = [100 * v["std"] for _, v in pts]
+            ax.errorbar(ks, mean, yerr=std, marker="o", capsize=3, label=arm)
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("labelled clips per class (k)")
+        ax.set_ylabel("top-1 (%)")
+        ax.set_title(ds)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+
 def report(results: list[Result]) -> str:
     sections = [("Prompt combinations (paper Table 7)", prompt_table(results)),
                 ("Keyframes per tile K (paper Table C5)", setting_table(results, "K")),
                 ("VLMs (paper Table 5)", setting_table(results, "vlm")),
-                ("Backbones, with and without FTP (paper Table 6)", setting_table(results, "backbone"))]
+                ("Backbones, with and without FTP (paper Table 6)", setting_table(results, "backbone")),
+                ("Few-shot stage 2: k labelled clips per class, the same clips for every arm", few_shot_table(results))]
     out = [f"### {title}\n\nTop-1 / top-5 in %, mean +- std over seeds.\n\n{table}\n"
            for title, table in sections if table]
     if not out:
         return ("No finished ablation experiments found. Queue some with `fourtier ablate prompts` (or K, vlm, "
-                "backbone), run them with `dvc queue start`, and wait for `dvc queue status` to show them done.\n")
+                "backbone, shots), run them with `dvc queue start`, and wait for `dvc queue status` to show them done.\n")
     return "\n".join(out)
 
 
@@ -187,7 +251,7 @@ def gain_per_dataset(results: list[Result]) -> dict[str, dict[str, float]]:
     baseline = latest(results, "prompts-g01")
     base = next(iter(baseline.values())).metrics if baseline else {}
     gains: dict[str, dict[str, float]] = {}
-    ablations = {name: r for kind in ABLATIONS for name, r in latest(results, f"{kind}-").items()}
+    ablations = {name: r for kind in ABLATIONS if kind != "shots" for name, r in latest(results, f"{kind}-").items()}
     for r in sorted(ablations.values(), key=lambda r: r.name):
         for ds, m in r.metrics.items():
             ftp = (m.get("ftp") or {}).get("top1")

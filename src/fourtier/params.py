@@ -166,6 +166,8 @@ class FinetuneParams:
     label_smoothing: float
     mixup_alpha: float
     mixup_prob: float
+    shots: int  # labelled training clips per class; 0 = all (few-shot: fourtier.fewshot)
+    shots_seed: int  # which clips: the same for every arm and seed
 
 
 @dataclass(frozen=True)
@@ -470,14 +472,17 @@ def parse_params(raw: Any) -> Params:
         seed=_int_at_least(backbone_train, "seed", "backbone_train", 0))
     align = _section(raw, "align", OPTIM_KEYS + ("seed",))
     align_params = AlignParams(optim=_optim(align, "align"), seed=_int_at_least(align, "seed", "align", 0))
-    finetune = _section(raw, "finetune", OPTIM_KEYS + ("arms", "seeds", "label_smoothing", "mixup_alpha", "mixup_prob"))
+    finetune = _section(raw, "finetune", OPTIM_KEYS + ("arms", "seeds", "label_smoothing", "mixup_alpha", "mixup_prob",
+                                                       "shots", "shots_seed"))
     label_smoothing = _number(finetune, "label_smoothing", "finetune", 0.0, 1.0)
     if label_smoothing >= 1.0:
         raise ParamsError(f"params.yaml: 'finetune.label_smoothing' must be below 1, got {label_smoothing}")
     finetune_params = FinetuneParams(optim=_optim(finetune, "finetune"), arms=_arms(finetune, "finetune"),
                                      seeds=_seed_list(finetune, "finetune"), label_smoothing=label_smoothing,
                                      mixup_alpha=_number(finetune, "mixup_alpha", "finetune", 0.0),
-                                     mixup_prob=_number(finetune, "mixup_prob", "finetune", 0.0, 1.0))
+                                     mixup_prob=_number(finetune, "mixup_prob", "finetune", 0.0, 1.0),
+                                     shots=_int_at_least(finetune, "shots", "finetune", 0, 0),
+                                     shots_seed=_int_at_least(finetune, "shots_seed", "finetune", 0, 0))
     runtime = _get(raw, "runtime", "", dict, {})
     _known_keys(runtime, ("device", "workers", "loader_workers"), "runtime")
     loader = runtime.get("loader_workers", "auto")

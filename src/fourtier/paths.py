@@ -12,6 +12,7 @@ BACKBONE = Path("models/backbone")  # the frozen visual encoder (safetensors + c
 ALIGN = Path("models/align")  # stage 1: one saved processor set per arm
 ALIGN_METRICS = Path("models/align_metrics.json")
 FINETUNE = Path("models/finetune")
+CLASS_TEXTS = Path("class_texts")  # committed, per dataset: {class: {A, B, C, D: text}}
 SOURCES = Path("data/sources")  # fingerprints of inputs that live outside the workspace (stages/sources.py)
 
 
@@ -42,6 +43,11 @@ def features(dataset: str) -> Path:
 
 def sources(dataset: str) -> Path:
     return SOURCES / f"{dataset}.json"
+
+
+def class_texts(dataset: str) -> Path:
+    """A user's class descriptions per prompt for zero-shot (optional; fourtier.classtexts)."""
+    return CLASS_TEXTS / f"{dataset}.json"
 
 
 def align_model(arm: str) -> Path:
@@ -94,4 +100,7 @@ def stage_io(stage: str, item: str, corpus: str) -> tuple[set[str], set[str]]:
         return ({s(finetune_dir(item)), s(BACKBONE), s(features(item)), s(raw(item))},
                 {s(out / name) for name in ("metrics.json", "per_class.json", "confusion_ftp.csv",
                                             "confusion_baseline.csv", "tsne.png", "per_class_gain.png")})
+    if stage == "zeroshot":
+        return ({s(ALIGN), s(features(item)), s(raw(item)), s(BACKBONE), s(CLASS_TEXTS)},
+                {s(evaluation(item) / "zeroshot.json")})
     raise KeyError(stage)

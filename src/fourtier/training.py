@@ -1,12 +1,12 @@
-"""Training loops: the tiny backbone's pretraining, stage 1 (align) and stage 2 (finetune).
+"""Training loops: stage 1 (align) and stage 2 (finetune), and multi-view prediction.
 
-Plain loops with AdamW, warm-up then cosine decay, a progress bar, seeds from params, and metrics that the
-stages write. Settings are the paper's (Tables A2/A3) scaled for a CPU; params.yaml documents both.
+Plain loops with AdamW, warm-up then cosine decay (fourtier.optim), a progress bar, seeds from params, and
+metrics that the stages write. Settings are the paper's (Tables A2/A3) scaled for a CPU; params.yaml documents
+both. The `tiny` backbone's pretraining is in fourtier.pretrain.
 """
 from __future__ import annotations
 
 import math
-import random
 
 import numpy as np
 import torch
@@ -15,87 +15,8 @@ from tqdm import tqdm
 
 from fourtier import distributed
 from fourtier.features import batch_loader
+from fourtier.optim import make_optimizer, seed_everything
 from fourtier.params import PROMPT_IDS, OptimSettings
-
-
-def seed_everything(seed: int) -> torch.Generator:
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-    return torch.Generator().manual_seed(seed)
-
-
-def cosine_with_warmup(optimizer, warmup_steps: int, total_steps: int):
-    def factor(step: int) -> float:
-        if step < warmup_steps:
-            return (step + 1) / max(1, warmup_steps)
-        progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
-        return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
-
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
-
-
-def make_optimizer(params, s: OptimSettings, steps_per_epoch: int):
-    opt = torch.optim.AdamW(params, lr=s.lr, weight_decay=s.weight_decay, betas=s.betas)
-    sched = cosine_with_warmup(opt, int(s.warmup_epochs * steps_per_epoch), s.epochs * steps_per_epoch)
-    return opt, sched
-
-
-# ---------------------------------------------------------------------------------------------
-# the tiny backbone's pretraining
-
-def pretrain_backbone(model, frames, targets: np.ndarray, train_idx: np.ndarray, val_idx: np.ndarray,
-                      to_tensor, s: OptimSettings, seed: int) -> dict:
-    """frames: decoded clips on disk (`FrameStore`: load(indices, views) -> uint8 (B, T, S, S, 3), n_views), read
-    a batch at a time; targets (N, heads) int. Random view, horizontal flip and time reversal per sample: the
-    coarse pretraining label does not depend on either."""
-    gen = seed_everything(seed)
-    steps = math.ceil(len(train_idx) / s.batch_size)
-    opt, sched = make_optimizer(model.parameters(), s, steps)
-    loss_fn = nn.CrossEntropyLoss()
-    y = torch.from_numpy(targets).long()
-    history = []
-    for epoch in range(s.epochs):
-        model.train()
-        order = train_idx[torch.randperm(len(train_idx), generator=gen).numpy()]
-        total = 0.0
-        bar = tqdm(range(steps), desc=f"backbone epoch {epoch + 1}/{s.epochs}", dynamic_ncols=True, mininterval=1.0)
-        for step in bar:
-            idx = order[step * s.batch_size:(step + 1) * s.batch_size]
-            views = torch.randint(frames.n_views, (len(idx),), generator=gen).numpy()
-            x = to_tensor(frames.load(idx, views))
-            flip = torch.rand(len(idx), generator=gen) < 0.5
-            x[flip] = x[flip].flip(-1)  # labels (motion family, shape) do not depend on left/right
-            backwards = torch.rand(len(idx), generator=gen) < 0.5
-            x[backwards] = x[backwards].flip(1)  # nor on the direction of time: rise/fall, grow/shrink share a family
-            outputs = model(x)
-            loss = sum(loss_fn(out, y[idx, h]) for h, out in enumerate(outputs))
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            sched.step()
-            total += loss.item()
-            bar.set_postfix(loss=f"{total / (step + 1):.3f}")
-        accuracy = evaluate_backbone(model, frames, targets, val_idx, to_tensor, s.batch_size)
-        history.append({"epoch": epoch + 1, "loss": total / steps, **accuracy})
-        print(f"  epoch {epoch + 1}: loss {total / steps:.3f}, held-out accuracy " +
-              ", ".join(f"{k} {v:.3f}" for k, v in accuracy.items()))
-    return {"history": history, **history[-1]}
-
-
-@torch.inference_mode()
-def evaluate_backbone(model, frames, targets, idx, to_tensor, batch_size) -> dict:
-    model.eval()
-    correct = np.zeros(targets.shape[1])
-    for start in range(0, len(idx), batch_size):
-        batch = idx[start:start + batch_size]
-        probs = None
-        for v in range(frames.n_views):  # multi-view: average softmax
-            out = [o.softmax(-1) for o in model(to_tensor(frames.load(batch, v)))]
-            probs = out if probs is None else [p + o for p, o in zip(probs, out)]
-        for h, p in enumerate(probs):
-            correct[h] += (p.argmax(-1).numpy() == targets[batch, h]).sum()
-    return {f"head{h}_accuracy": float(c / len(idx)) for h, c in enumerate(correct)}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -360,16 +281,16 @@ def F_one_hot(y: torch.Tensor, n: int) -> torch.Tensor:
 @torch.inference_mode()
 def predict(model, source, idx: np.ndarray, batch_size: int = 128, workers: int = 0) -> np.ndarray:
     """Multi-view testing: softmax averaged over every cached view (temporal clips x spatial crops)."""
-    return _over_views(lambda m: model(m).softmax(-1), model, source, idx, batch_size, workers)
+    return over_views(lambda m: model(m).softmax(-1), model, source, idx, batch_size, workers)
 
 
 @torch.inference_mode()
 def classifier_features(model, source, idx: np.ndarray, batch_size: int = 128, workers: int = 0) -> np.ndarray:
     """The classifier's pooled features (before its linear layer), averaged over the cached views."""
-    return _over_views(lambda m: model.classifier.features(model.f(m)), model, source, idx, batch_size, workers)
+    return over_views(lambda m: model.classifier.features(model.f(m)), model, source, idx, batch_size, workers)
 
 
-def _over_views(fn, model, source, idx: np.ndarray, batch_size: int, workers: int) -> np.ndarray:
+def over_views(fn, model, source, idx: np.ndarray, batch_size: int, workers: int) -> np.ndarray:
     model.eval()
     dev = next(model.parameters()).device
     batches = iter(batch_loader(source, eval_keys(idx, source.n_views, batch_size), workers, dev))

@@ -228,10 +228,11 @@ class FTP(nn.Module):
 
     @classmethod
     def load(cls, path: Path) -> tuple["FTP", dict]:
-        """A whole saved model (every part its config has) and its metadata."""
+        """A saved model with every part the file holds (stage 1: processors and alignment heads; stage 2: the
+        whole classifier), and its metadata."""
         saved = read_saved(path)
         model = cls(saved["config"])
-        model.load_parts(path, tuple(p for p in PARTS if len(getattr(model, p).state_dict())))
+        model.load_parts(path, tuple(p for p in saved["parts"] if len(getattr(model, p).state_dict())))
         return model, saved["meta"]
 
     def load_parts(self, path: Path, parts: tuple[str, ...]) -> None:

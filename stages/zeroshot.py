@@ -1,0 +1,68 @@
+"""zeroshot stage, per target dataset: classify its validation clips with stage 1 alone (no stage-2 training on
+the target), from class texts per prompt, for every stage-1 arm (data/eval/<ds>/zeroshot.json).
+
+Class texts: `template` (a sentence per prompt around the class name) always; `description` when the dataset
+has descriptions (SynthAct's, written from its class definitions, or class_texts/<ds>.json). The shuffled and
+random arms are the controls: their heads never learned what captions mean, so they should sit near chance.
+"""
+import argparse
+import json
+import time
+
+import torch
+
+from fourtier import paths
+from fourtier.classtexts import class_texts
+from fourtier.errors import DataError, exits_cleanly
+from fourtier.features import open_features
+from fourtier.models.ftp import FTP
+from fourtier.params import load_params
+from fourtier.runtime import loader_workers, resolve_device
+from fourtier.text import make_encoder
+from fourtier.zeroshot import encode_class_texts, scores_over_views, zero_shot_metrics
+
+
+@exits_cleanly
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("dataset")
+    args = parser.parse_args()
+    params = load_params()
+    spec = params.dataset(args.dataset)
+    torch.set_num_threads(params.workers)
+    device = resolve_device(params.runtime.device)
+    workers = loader_workers(params.runtime.loader_workers, device)
+    start = time.perf_counter()
+    source = open_features(paths.features(args.dataset), paths.raw(args.dataset), paths.BACKBONE, device)
+    idx = source.split("val")  # the clips `evaluate` scores
+    labels = source.labels[idx]
+    encoder = make_encoder(params.text_encoder, params.text_encoders, params.embed.max_length, str(device))
+    kinds = {"template": class_texts("template", source.classes)}
+    try:
+        kinds["description"] = class_texts("description", source.classes, spec, paths.class_texts(args.dataset))
+    except DataError as exc:
+        print(f"zeroshot {args.dataset}: descriptions skipped ({exc})")
+    arms = [arm for arm in ("ftp", "shuffled", "random") if paths.align_model(arm).with_suffix(".json").exists()]
+    metrics = {"val_clips": int(len(idx)), "classes": len(source.classes), "prompts": list(params.prompts),
+               "texts": kinds}
+    if not arms:
+        print(f"zeroshot {args.dataset}: no stage-1 model (prompts: [] trains none); nothing to score")
+    for kind, texts in kinds.items():
+        class_emb = encode_class_texts(texts, source.classes, encoder)
+        metrics[kind] = {}
+        for arm in arms:
+            model, _ = FTP.load(paths.align_model(arm))
+            scores = scores_over_views(model.to(device), source, idx, class_emb, workers)
+            metrics[kind][arm] = zero_shot_metrics(scores, labels, model.prompts)
+    out = paths.evaluation(args.dataset) / "zeroshot.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(metrics, indent=1) + "\n")
+    for kind in kinds:
+        line = ", ".join(f"{arm} {100 * r['combined']['top1']:.1f}%" for arm, r in metrics[kind].items())
+        chance = 100 / len(source.classes)
+        print(f"zeroshot {args.dataset} ({kind} texts): top-1 {line} (chance {chance:.1f}%) "
+              f"[{time.perf_counter() - start:.0f} s]")
+
+
+if __name__ == "__main__":
+    main()
