@@ -116,12 +116,13 @@ def test_shots_ablation_queues_every_arm_and_the_report_has_its_table():
     def exp(name, ftp, base):
         metrics = {"data/eval/ds/metrics.json": {"data": {
             "ftp": {"top1": {"mean": ftp, "std": 0.01}}, "baseline": {"top1": {"mean": base, "std": 0.02}},
-            "ftp_gain_top1": {"mean": ftp - base, "ci95": [ftp - base - 0.01, ftp - base + 0.01]}}}}
-        return {"revs": [{"rev": name, "name": name, "data": {"params": {"params.yaml": {"data": {"K": 5}}},
+            "ftp_gain_top1": {"mean": ftp - base, "std": 0.01}}}}  # as `dvc exp show` gives it: no list-valued ci95
+        params = {"finetune": {"seeds": [0, 1, 2]}}
+        return {"revs": [{"rev": name, "name": name, "data": {"params": {"params.yaml": {"data": params}},
                                                              "metrics": metrics, "timestamp": name}}]}
 
     shown = [{"rev": "abc", "data": None, "experiments": [exp("shots-02", 0.4, 0.3), exp("shots-16", 0.7, 0.68)]}]
     results = collect(shown)
     table = report(results)
-    assert "Few-shot" in table and "| 2 | 30.0 +- 2.0 | 40.0 +- 1.0 |" in table and "+10.0 [+9.0, +11.0]" in table
+    assert "Few-shot" in table and "| 2 | 30.0 +- 2.0 | 40.0 +- 1.0 |" in table and "+10.0 [+7.5, +12.5]" in table  # t(0.975, 2) * 0.01 / sqrt(3)
     assert few_shot_points(results)["ds"]["ftp"][1][0] == 16

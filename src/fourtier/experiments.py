@@ -189,6 +189,17 @@ def few_shot_points(results: list[Result]) -> dict[str, dict[str, list[tuple[int
     return points
 
 
+def gain_ci(gain: dict, n: int) -> list[float] | None:
+    """The paired gain's t-based 95% interval from its mean and sample std over n seeds. `dvc exp show --json`
+    drops list-valued metrics (`ci95`, `runs`), so the report recomputes it (as evaluation.paired_gain does)."""
+    if n < 2 or "mean" not in gain or "std" not in gain:
+        return None
+    from scipy import stats
+
+    half = float(stats.t.ppf(0.975, n - 1)) * gain["std"] / n ** 0.5
+    return [gain["mean"] - half, gain["mean"] + half]
+
+
 def few_shot_table(results: list[Result]) -> str:
     runs = latest(results, "shots-")
     if not runs:
@@ -199,9 +210,10 @@ def few_shot_table(results: list[Result]) -> str:
     lines = [head, "|" + "---|" * (1 + (len(FEW_SHOT_ARMS) + 1) * len(datasets))]
     for name, r in sorted(runs.items(), key=lambda item: int(item[0].split("-")[1])):
         cells = [cell(r.metrics.get(ds, {}), arm) for ds in datasets for arm in FEW_SHOT_ARMS]
+        seeds = len((r.params.get("finetune") or {}).get("seeds") or [])
         for ds in datasets:
             gain = r.metrics.get(ds, {}).get("ftp_gain_top1") or {}
-            ci = gain.get("ci95")
+            ci = gain.get("ci95") or gain_ci(gain, seeds)
             cells.append("-" if "mean" not in gain else f"{100 * gain['mean']:+.1f}" +
                          (f" [{100 * ci[0]:+.1f}, {100 * ci[1]:+.1f}]" if ci else ""))
         lines.append(f"| {int(name.split('-')[1])} | " + " | ".join(cells) + " |")
