@@ -131,7 +131,7 @@ def would_run(dst) -> list[str]:
 
 
 DOWNSTREAM_OF_ALIGN = ["align", "finetune@synth-scenes", "finetune@synth-motion", "evaluate@synth-scenes",
-                       "evaluate@synth-motion"]
+                       "evaluate@synth-motion", "zeroshot@synth-scenes", "zeroshot@synth-motion"]
 
 
 # The README's invalidation table, row by row: a selector re-runs exactly these stages.
@@ -145,7 +145,7 @@ DOWNSTREAM_OF_ALIGN = ["align", "finetune@synth-scenes", "finetune@synth-motion"
                              "evaluate@synth-motion"]),
     ({"finetune.arms": ["ftp"]}, DOWNSTREAM_OF_ALIGN),
     ({"datasets.synth-scenes.seed": 99}, ["download-target@synth-scenes", "features-target@synth-scenes",
-                                         "finetune@synth-scenes", "evaluate@synth-scenes"]),
+                                         "finetune@synth-scenes", "evaluate@synth-scenes", "zeroshot@synth-scenes"]),
     ({"runtime.device": "cpu"}, ["embed@synth-pretrain", "features-pretrain@synth-pretrain", "features-target@synth-scenes",
                                  "features-target@synth-motion", *DOWNSTREAM_OF_ALIGN]),
     ({"features.batch_size": 16, "runtime.loader_workers": 2, "runtime.workers": 1}, []),
