@@ -39,9 +39,9 @@ def _decodable(path: str, tmp: Path) -> str:
 
 
 def _class_names(args) -> list[str]:
-    text = Path(args.classes_file).read_text() if args.classes_file else args.classes
     if args.classes_file and not Path(args.classes_file).is_file():
         raise DataError(f"classes file not found: {args.classes_file}")
+    text = Path(args.classes_file).read_text() if args.classes_file else args.classes
     names = list(dict.fromkeys(n.strip() for n in text.replace("\n", ",").split(",") if n.strip()))
     if len(names) < 2:
         raise DataError(f"give at least two class names to rank (got {names}); separate them with commas, "
