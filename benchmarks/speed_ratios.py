@@ -81,8 +81,13 @@ def epoch_ratio(n_clips: int) -> str:
 
 
 def concurrency_ratio(n_requests: int, latency: float) -> str:
-    tile = (REPO / "tests").glob("*.py")  # any bytes: the fake server does not look at the image
-    jpeg = next(tile).read_bytes()[:2000]
+    import io
+
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.new("RGB", (5 * 96, 128), (90, 140, 60)).save(buf, "JPEG")  # a tile-sized image; the server ignores it
+    jpeg = buf.getvalue()
     reqs = [Request(f"v{i}", "A", "What is the action category?", jpeg, K, f"key{i}") for i in range(n_requests)]
     rates = {}
     with FakeOpenAI(delay=latency) as server:
