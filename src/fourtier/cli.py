@@ -18,6 +18,8 @@ from pathlib import Path
 
 from fourtier import paths
 from fourtier.errors import DataError, VideoError, exits_cleanly
+from fourtier.experiments import ABLATIONS
+from fourtier.params import ARMS
 
 
 def _video(path: str) -> str:
@@ -38,6 +40,19 @@ def _decodable(path: str, tmp: Path) -> str:
     return path if not result["normalised"] else str(tmp / result["file"])
 
 
+def _video_m(video: str, backbone, params, device):
+    """m of every view of one video, as the features stage computes it (float16, then float32 on `device`),
+    so that a trained model sees what it was trained on."""
+    from fourtier.clips import load_views
+    from fourtier.features import frames_to_m
+
+    cfg = params.features
+    with tempfile.TemporaryDirectory() as tmp:
+        path = _decodable(_video(video), Path(tmp))
+        views = load_views(path, backbone.preprocess, cfg.temporal_views, cfg.spatial_views)
+    return frames_to_m(backbone, views, device).to(device).float()
+
+
 def _class_names(args) -> list[str]:
     if args.classes_file and not Path(args.classes_file).is_file():
         raise DataError(f"classes file not found: {args.classes_file}")
@@ -54,8 +69,6 @@ def predict_open(args) -> None:
     import torch
 
     from fourtier.classtexts import class_texts
-    from fourtier.clips import load_views
-    from fourtier.features import frames_to_m
     from fourtier.models.backbone import load_backbone
     from fourtier.models.ftp import FTP
     from fourtier.params import load_params
@@ -74,12 +87,8 @@ def predict_open(args) -> None:
     backbone = load_backbone(paths.BACKBONE).to(device)
     encoder = make_encoder(params.text_encoder, params.text_encoders, params.embed.max_length, str(device))
     class_emb = encode_class_texts(class_texts("template", names), names, encoder)
-    cfg = params.features
-    with tempfile.TemporaryDirectory() as tmp:
-        path = _decodable(_video(args.video), Path(tmp))
-        views = load_views(path, backbone.preprocess, cfg.temporal_views, cfg.spatial_views)
     with torch.inference_mode():
-        scores = prompt_scores(model, frames_to_m(backbone, views, device).to(device).float(), class_emb)
+        scores = prompt_scores(model, _video_m(args.video, backbone, params, device), class_emb)
     per_prompt = scores.mean(0).cpu()  # (P, C), averaged over the views
     total = per_prompt.sum(0)
     order = torch.argsort(total, descending=True).tolist()
@@ -96,9 +105,7 @@ def predict(args) -> None:
         return predict_open(args)
     import torch
 
-    from fourtier.clips import load_views
     from fourtier.evaluation import load_classifier
-    from fourtier.features import frames_to_m
     from fourtier.runtime import resolve_device
     from fourtier.models.backbone import load_backbone
     from fourtier.params import load_params
@@ -117,15 +124,11 @@ def predict(args) -> None:
     device = resolve_device(params.runtime.device)
     model = load_classifier(model_path, classes).to(device)
     backbone = load_backbone(paths.BACKBONE).to(device)
-    cfg = params.features
-    with tempfile.TemporaryDirectory() as tmp:
-        path = _decodable(_video(args.video), Path(tmp))
-        views = load_views(path, backbone.preprocess, cfg.temporal_views, cfg.spatial_views)
     with torch.inference_mode():
-        # the same path as the features stage: m in float16, as the classifier was trained on it
-        probs = model(frames_to_m(backbone, views, device).to(device).float()).softmax(-1).mean(0).cpu()
+        m = _video_m(args.video, backbone, params, device)
+        probs = model(m).softmax(-1).mean(0).cpu()
     top = torch.topk(probs, min(5, len(classes)))
-    print(f"{args.video}  ({dataset}, {args.arm} seed {args.seed}, {len(views)} views)")
+    print(f"{args.video}  ({dataset}, {args.arm} seed {args.seed}, {len(m)} views)")
     for p, i in zip(top.values.tolist(), top.indices.tolist()):
         print(f"  {p:6.1%}  {classes[i]}")
 
@@ -246,7 +249,7 @@ def main(argv=None) -> None:
     p = sub.add_parser("predict", help="classify one video with a trained model (no VLM)")
     p.add_argument("video")
     p.add_argument("--dataset", help="target dataset whose model to use (default: the first of `targets`)")
-    p.add_argument("--arm", default="ftp", choices=["ftp", "baseline", "random", "shuffled"])
+    p.add_argument("--arm", default="ftp", choices=ARMS)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--classes", help="zero-shot: comma-separated class names to rank with stage 1 alone")
     p.add_argument("--classes-file", help="zero-shot: a file of class names, one per line")
@@ -260,7 +263,7 @@ def main(argv=None) -> None:
     i = sub.add_parser("info", help="resolved params, presets and which artifacts exist")
     i.set_defaults(run=info)
     a = sub.add_parser("ablate", help="queue one of the paper's ablations as DVC experiments")
-    a.add_argument("kind", choices=["prompts", "K", "vlm", "backbone", "shots"])
+    a.add_argument("kind", choices=ABLATIONS)
     a.add_argument("values", nargs="*", help="a subset: group numbers for prompts (1-17), K values, presets")
     a.add_argument("--set", action="append", metavar="KEY=VALUE",
                    help="an extra -S for every experiment, e.g. --set finetune.seeds=[0]")
