@@ -42,6 +42,17 @@ def read_label_csv(csv_path: Path) -> list[dict]:
     return rows
 
 
+def listed_file(root: Path, path: str) -> Path:
+    """The file a CSV row names: relative to root, or absolute (pathlib keeps an absolute path as it is).
+    download reads it and the sources fingerprint (fourtier.data.sources) stats it: one rule for both."""
+    return Path(root) / path
+
+
+def label_csv(spec) -> Path:
+    """A folder dataset's label CSV: `csv` is relative to `root` unless absolute."""
+    return listed_file(spec.root, str(spec.csv))
+
+
 def video_id_for(rel_path: str, where: str = "") -> str:
     """The whole path without its extension, as one safe file name: 'a/2021.05.03_x.mp4' -> 'a__2021.05.03_x'."""
     parts = [p for p in rel_path.replace("\\", "/").split("/") if p not in ("", ".")]
@@ -121,7 +132,7 @@ def download(spec, out_dir, workers: int) -> dict:
     root = spec.root
     if not root.is_dir():
         raise DataError(f"dataset {spec.name!r}: folder not found: {root} (set datasets.{spec.name}.root)")
-    csv_path = spec.csv if spec.csv.is_absolute() else root / spec.csv
+    csv_path = label_csv(spec)
     rows = read_label_csv(csv_path)
     for line, row in enumerate(rows, start=2):
         if not row.get("label"):
@@ -157,7 +168,7 @@ def ingest(name: str, root: Path, rows: list[dict], classes: list[str], short_si
             raise DataError(f"{where}: {row['path']!r} gives the same video id as {seen[vid]} ({vid!r}): "
                             "each row must name its own file; remove the duplicate row or rename one file")
         seen[vid] = where
-        src = Path(row["path"]) if Path(row["path"]).is_absolute() else root / row["path"]
+        src = listed_file(root, row["path"])
         if not _inside(src, root):
             outside.append(row["path"])
         if not src.is_file():

@@ -17,7 +17,7 @@ import os
 from pathlib import Path
 
 from fourtier.data.contract import sha256_file
-from fourtier.data.folder import read_label_csv
+from fourtier.data.folder import label_csv, listed_file, read_label_csv
 
 
 def _files_digest(paths: list[Path]) -> dict:
@@ -34,14 +34,14 @@ def _files_digest(paths: list[Path]) -> dict:
 
 def fingerprint(spec) -> dict:
     if spec.kind == "folder":
-        csv_path = spec.csv if spec.csv.is_absolute() else spec.root / spec.csv
+        csv_path = label_csv(spec)
         rows = read_label_csv(csv_path)
-        paths = [Path(r["path"]) if Path(r["path"]).is_absolute() else spec.root / r["path"] for r in rows]
+        paths = [listed_file(spec.root, r["path"]) for r in rows]
         return {"kind": "folder", "csv": str(csv_path), "csv_sha256": sha256_file(csv_path), **_files_digest(paths)}
     if spec.kind == "ssv2":
         from fourtier.data.ssv2 import EXPECTED, ssv2_rows
 
         rows, _ = ssv2_rows(spec.root)
         labels = {name: sha256_file(spec.root / name) for name in EXPECTED[1:]}
-        return {"kind": "ssv2", "labels_sha256": labels, **_files_digest([spec.root / r["path"] for r in rows])}
+        return {"kind": "ssv2", "labels_sha256": labels, **_files_digest([listed_file(spec.root, r["path"]) for r in rows])}
     return {"kind": spec.kind}
