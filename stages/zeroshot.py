@@ -19,7 +19,7 @@ from fourtier.models.ftp import FTP
 from fourtier.params import load_params
 from fourtier.runtime import loader_workers, resolve_device
 from fourtier.text import make_encoder
-from fourtier.zeroshot import encode_class_texts, scores_over_views, zero_shot_metrics
+from fourtier.zeroshot import aligned_over_views, class_scores, encode_class_texts, zero_shot_metrics
 
 
 @exits_cleanly
@@ -47,12 +47,13 @@ def main() -> None:
                "texts": kinds}
     if not arms:
         print(f"zeroshot {args.dataset}: no stage-1 model (prompts: [] trains none); nothing to score")
-    for kind, texts in kinds.items():
-        class_emb = encode_class_texts(texts, source.classes, encoder)
-        metrics[kind] = {}
-        for arm in arms:
-            model, _ = FTP.load(paths.align_model(arm))
-            scores = scores_over_views(model.to(device), source, idx, class_emb, workers)
+    class_emb = {kind: encode_class_texts(texts, source.classes, encoder) for kind, texts in kinds.items()}
+    metrics.update({kind: {} for kind in kinds})
+    for arm in arms:  # one pass over m per arm, scored against every kind of class text
+        model, _ = FTP.load(paths.align_model(arm))
+        aligned = aligned_over_views(model.to(device), source, idx, workers)
+        for kind in kinds:
+            scores = class_scores(aligned, class_emb[kind], model.prompts)
             metrics[kind][arm] = zero_shot_metrics(scores, labels, model.prompts)
     out = paths.evaluation(args.dataset) / "zeroshot.json"
     out.parent.mkdir(parents=True, exist_ok=True)

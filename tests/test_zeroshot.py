@@ -13,7 +13,7 @@ from fourtier.fewshot import few_shot_subset
 from fourtier.models.ftp import FTP, FTPConfig
 from fourtier.params import OptimSettings, PROMPT_IDS
 from fourtier.training import train_alignment
-from fourtier.zeroshot import scores_over_views, zero_shot_metrics
+from fourtier.zeroshot import aligned_over_views, class_scores, zero_shot_metrics
 from helpers import ArraySource
 
 T, H, W, D, P = 2, 2, 2, 16, 8
@@ -49,7 +49,7 @@ def test_zero_shot_classifies_unseen_clips_from_class_texts_and_the_shuffled_con
                     OptimSettings(60, 60, 1e-2, 0.0, (0.9, 0.95), 2), seed=0)
     test_m, test_labels = world(200, n_classes, 5)  # clips never seen in stage 1
     class_emb = {p: torch.from_numpy(text).float() for p in PROMPT_IDS}
-    scores = scores_over_views(model, ArraySource(test_m), np.arange(200), class_emb)
+    scores = class_scores(aligned_over_views(model, ArraySource(test_m), np.arange(200)), class_emb, model.prompts)
     assert scores.shape == (200, 2, n_classes)
     metrics = zero_shot_metrics(scores, test_labels, model.prompts)
     assert metrics["chance"]["top1"] == pytest.approx(1 / n_classes, abs=1e-4)

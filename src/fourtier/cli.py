@@ -74,7 +74,7 @@ def predict_open(args) -> None:
     from fourtier.params import load_params
     from fourtier.runtime import resolve_device
     from fourtier.text import make_encoder
-    from fourtier.zeroshot import encode_class_texts, prompt_scores
+    from fourtier.zeroshot import aligned_embeddings, class_scores, encode_class_texts
 
     params = load_params()
     names = _class_names(args)
@@ -88,8 +88,8 @@ def predict_open(args) -> None:
     encoder = make_encoder(params.text_encoder, params.text_encoders, params.embed.max_length, str(device))
     class_emb = encode_class_texts(class_texts("template", names), names, encoder)
     with torch.inference_mode():
-        scores = prompt_scores(model, _video_m(args.video, backbone, params, device), class_emb)
-    per_prompt = scores.mean(0).cpu()  # (P, C), averaged over the views
+        aligned = aligned_embeddings(model, _video_m(args.video, backbone, params, device)).mean(0, keepdim=True)
+    per_prompt = torch.from_numpy(class_scores(aligned, class_emb, model.prompts)[0])  # (P, C), over the views
     total = per_prompt.sum(0)
     order = torch.argsort(total, descending=True).tolist()
     print(f"{args.video}  zero-shot over {len(names)} class names: stage 1's FTP alignment heads (prompts "

@@ -3,7 +3,8 @@
 Per prompt i, the alignment head maps the video's v_i to a unit vector in the text space of prompt i's
 answers; each class has a text for prompt i (fourtier.classtexts), encoded by the same text encoder as the
 answers. The score of class c is the sum over prompts of cos(head_i(v_i), e_i(c)), averaged over the views;
-the prediction is its argmax. Each prompt alone is reported too.
+the prediction is its argmax. Each prompt alone is reported too. A score is a dot product, linear in the
+aligned embedding, so the views are averaged before scoring: one pass over m serves every set of class texts.
 """
 from __future__ import annotations
 
@@ -19,17 +20,23 @@ def encode_class_texts(texts: dict[str, dict[str, str]], classes: list[str], enc
 
 
 @torch.inference_mode()
-def prompt_scores(model, m: torch.Tensor, class_emb: dict[str, torch.Tensor]) -> torch.Tensor:
-    """(B, P, C): per prompt of the model, the cosine of each clip's aligned embedding with each class text."""
-    aligned = model.align_embeddings(m)
-    return torch.stack([aligned[p] @ class_emb[p].to(aligned[p].device).t() for p in model.prompts], 1)
+def aligned_embeddings(model, m: torch.Tensor) -> torch.Tensor:
+    """(B, P, d): each clip's unit vector per prompt of the model, in that prompt's text space."""
+    return torch.stack(list(model.align_embeddings(m).values()), 1)
 
 
-def scores_over_views(model, source, idx: np.ndarray, class_emb: dict[str, torch.Tensor], workers: int = 0) -> np.ndarray:
-    """(N, P, C) prompt scores averaged over every cached view (multi-view testing, as `evaluate` does)."""
+def aligned_over_views(model, source, idx: np.ndarray, workers: int = 0) -> np.ndarray:
+    """(N, P, d) aligned embeddings averaged over every cached view (multi-view testing, as `evaluate` does)."""
     from fourtier.training import over_views  # the loop that predict and evaluate use
 
-    return over_views(lambda m: prompt_scores(model, m, class_emb), model, source, idx, 128, workers)
+    return over_views(lambda m: aligned_embeddings(model, m), model, source, idx, 128, workers)
+
+
+def class_scores(aligned, class_emb: dict[str, torch.Tensor], prompts: list[str]) -> np.ndarray:
+    """(N, P, C): per prompt, the dot product of each clip's (view-averaged) aligned embedding with each class
+    text's unit vector: the cosine, averaged over the views."""
+    aligned = torch.as_tensor(aligned).float().cpu()
+    return torch.stack([aligned[:, i] @ class_emb[p].t() for i, p in enumerate(prompts)], 1).numpy()
 
 
 def topk_accuracy(scores: np.ndarray, labels: np.ndarray, k: int) -> float:
