@@ -41,14 +41,19 @@ def summarise(values: list[float]) -> dict:
     return {"mean": round(float(np.mean(values)), 4), "std": round(std, 4), "runs": [round(v, 4) for v in values]}
 
 
-def paired_gain(arm: list[float], baseline: list[float]) -> dict:
-    """arm - baseline per seed (same seed = same data order), with the t-based 95% interval of the mean."""
+def ci95_half_width(std: float, n: int) -> float:
+    """Half the t-based 95% interval of a mean of n values with sample standard deviation `std`."""
     from scipy import stats
 
+    return float(stats.t.ppf(0.975, n - 1) * std / np.sqrt(n))
+
+
+def paired_gain(arm: list[float], baseline: list[float]) -> dict:
+    """arm - baseline per seed (same seed = same data order), with the t-based 95% interval of the mean."""
     gain = np.asarray(arm) - np.asarray(baseline[:len(arm)])
     out = summarise(list(gain))
     if len(gain) > 1:
-        half = float(stats.t.ppf(0.975, len(gain) - 1) * np.std(gain, ddof=1) / np.sqrt(len(gain)))
+        half = ci95_half_width(float(np.std(gain, ddof=1)), len(gain))
         out["ci95"] = [round(float(gain.mean()) - half, 4), round(float(gain.mean()) + half, 4)]
     return out
 

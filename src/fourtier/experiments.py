@@ -191,12 +191,12 @@ def few_shot_points(results: list[Result]) -> dict[str, dict[str, list[tuple[int
 
 def gain_ci(gain: dict, n: int) -> list[float] | None:
     """The paired gain's t-based 95% interval from its mean and sample std over n seeds. `dvc exp show --json`
-    drops list-valued metrics (`ci95`, `runs`), so the report recomputes it (as evaluation.paired_gain does)."""
+    drops list-valued metrics (`ci95`, `runs`), so the report recomputes it with evaluation's own formula."""
     if n < 2 or "mean" not in gain or "std" not in gain:
         return None
-    from scipy import stats
+    from fourtier.evaluation import ci95_half_width  # here, not at import: it pulls in torch
 
-    half = float(stats.t.ppf(0.975, n - 1)) * gain["std"] / n ** 0.5
+    half = ci95_half_width(gain["std"], n)
     return [gain["mean"] - half, gain["mean"] + half]
 
 
