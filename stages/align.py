@@ -6,17 +6,18 @@ random (the same processors untrained: the capacity control). models/align_metri
 held-out pretraining clips against chance. Ablations that train only the ftp arm skip the shuffled run.
 Data parallel under `torchrun --nproc_per_node N stages/align.py` (see fourtier.distributed).
 """
+import functools
 import json
 import shutil
 import time
 
 import numpy as np
-import torch
 
 from fourtier import distributed, paths
 from fourtier.errors import DataError, exits_cleanly
 from fourtier.features import open_features
 from fourtier.models.ftp import FTP, FTPConfig
+from fourtier.parallel import run_parallel, run_slots
 from fourtier.params import load_params
 from fourtier.runtime import loader_workers, resolve_device
 from fourtier.text import load_embeddings
@@ -27,14 +28,12 @@ from fourtier.training import train_alignment
 STAGE1_PARTS = ("processors", "align_heads")
 
 
-@exits_cleanly
-def main() -> None:
+@functools.cache
+def _context() -> dict:
+    """What both runs read, once per process (the spawned ones included): the features, the pooled text
+    embeddings of the same clips, the split and the stage-1 model's shapes."""
     params = load_params()
     device = resolve_device(params.runtime.device)
-    distributed.setup(device)
-    torch.set_num_threads(max(1, params.workers // distributed.world()))
-    workers = loader_workers(params.runtime.loader_workers, device)
-    cfg = params.align
     corpus = params.pretrain[0]
     source = open_features(paths.features(corpus), paths.raw(corpus), paths.BACKBONE, device)
     emb = load_embeddings(paths.embeddings(corpus))
@@ -44,43 +43,70 @@ def main() -> None:
         raise DataError(f"{len(missing)} clips of {corpus} have features but no caption embeddings (e.g. {missing[0]}); "
                         "re-run caption and embed")
     pooled = np.asarray(emb.pooled[[position[v] for v in source.videos]])
-    text_dim = pooled.shape[-1]
     train_idx = source.split("train")
     val_idx = np.nonzero(source.splits != "train")[0]
     if len(val_idx) < 5:
         raise DataError(f"{corpus} needs held-out clips (split val) to report stage-1 retrieval")
+    config = FTPConfig(source.dim, source.grid, list(params.prompts), n_classes=1, text_dim=pooled.shape[-1])
+    return {"params": params, "device": device, "corpus": corpus, "source": source, "pooled": pooled,
+            "train_idx": train_idx, "val_idx": val_idx, "config": config,
+            "workers": loader_workers(params.runtime.loader_workers, device)}
+
+
+def initial_model() -> FTP:
+    """Every arm's starting weights (the random arm keeps them): drawn from align.seed alone, so each process
+    that builds them gets the same ones."""
+    ctx = _context()
+    seed_everything(ctx["params"].align.seed)
+    return FTP(ctx["config"])
+
+
+def train_arm(arm: str, step) -> tuple[str, dict]:
+    """Stage 1 for `ftp` (the real captions) or `shuffled` (captions permuted across training clips), from the
+    shared initial weights to the saved processors. Runs in this process or in a worker; step() per epoch."""
+    ctx = _context()
+    cfg, pooled, train_idx = ctx["params"].align, ctx["pooled"], ctx["train_idx"]
+    targets = pooled
+    if arm == "shuffled":  # the control keeps which captions exist but breaks which video they belong to
+        targets = pooled.copy()
+        perm = np.random.default_rng(cfg.seed + 1).permutation(len(train_idx))
+        targets[train_idx] = pooled[train_idx[perm]]
+    start = time.perf_counter()
+    model = initial_model()
+    # only training rows are shuffled: retrieval is scored against the true captions of held-out clips
+    result = train_alignment(model, ctx["source"], train_idx, ctx["val_idx"], targets, cfg.optim, cfg.seed, tag=arm,
+                             device=ctx["device"], workers=ctx["workers"], on_epoch=step)
+    metrics = {p: {k: round(v, 4) for k, v in r.items()} for p, r in result.items()}
+    if not distributed.is_main():
+        return "", metrics
+    model.cpu().save(paths.align_model(arm), STAGE1_PARTS,
+                     {"corpus": ctx["corpus"], "backbone": ctx["source"].meta["backbone"], "arm": arm})
+    summary = ", ".join(f"{p} R@1 {r['R@1']:.3f} (chance {r['chance_R@1']:.3f})" for p, r in result.items())
+    return f"align {arm}: {summary} [{time.perf_counter() - start:.0f} s]", metrics
+
+
+@exits_cleanly
+def main() -> None:
+    params = load_params()
+    device = resolve_device(params.runtime.device)
+    distributed.setup(device)
+    ctx = _context()
     out = paths.ALIGN
     if distributed.is_main():
         shutil.rmtree(out, ignore_errors=True)  # the directory holds exactly this run's arms
         out.mkdir(parents=True)
     arms = [arm for arm in params.finetune.arms if arm != "baseline"] if params.prompts else []
-    prompts = list(params.prompts)
-    config = FTPConfig(source.dim, source.grid, prompts, n_classes=1, text_dim=text_dim)
-    meta = {"corpus": corpus, "backbone": source.meta["backbone"]}
-    metrics = {"prompts": prompts, "train_clips": int(len(train_idx)), "heldout_clips": int(len(val_idx))}
-    seed_everything(cfg.seed)
-    init = FTP(config)
+    metrics = {"prompts": list(params.prompts), "train_clips": int(len(ctx["train_idx"])),
+               "heldout_clips": int(len(ctx["val_idx"]))}
     if distributed.is_main() and "random" in arms:
-        init.save(paths.align_model("random"), STAGE1_PARTS, {**meta, "arm": "random"})
-    # the control keeps which captions exist but breaks which video they belong to
-    shuffled = pooled.copy()
-    perm = np.random.default_rng(cfg.seed + 1).permutation(len(train_idx))
-    shuffled[train_idx] = pooled[train_idx[perm]]
-    for arm, targets in (("ftp", pooled), ("shuffled", shuffled)):
-        if arm not in arms:
-            continue
-        start = time.perf_counter()
-        model = FTP(config)
-        model.load_state_dict(init.state_dict())
-        # only training rows are shuffled: retrieval is scored against the true captions of held-out clips
-        result = train_alignment(model, source, train_idx, val_idx, targets, cfg.optim, cfg.seed, tag=arm,
-                                 device=device, workers=workers)
-        if distributed.is_main():
-            model.cpu().save(paths.align_model(arm), STAGE1_PARTS, {**meta, "arm": arm})
-        metrics[arm] = {p: {k: round(v, 4) for k, v in r.items()} for p, r in result.items()}
-        summary = ", ".join(f"{p} R@1 {r['R@1']:.3f} (chance {r['chance_R@1']:.3f})" for p, r in result.items())
-        if distributed.is_main():
-            print(f"align {arm}: {summary} [{time.perf_counter() - start:.0f} s]")
+        initial_model().save(paths.align_model("random"), STAGE1_PARTS,
+                             {"corpus": ctx["corpus"], "backbone": ctx["source"].meta["backbone"], "arm": "random"})
+    trained = [arm for arm in ("ftp", "shuffled") if arm in arms]
+    processes, threads = run_slots(len(trained), params.workers, device.type, distributed.world())
+    results = run_parallel(train_arm, trained, processes, threads,
+                           f"align: {len(trained)} arms, {processes} at a time", params.align.optim.epochs,
+                           show=distributed.is_main())
+    metrics.update(zip(trained, results))
     if not arms:
         print("align: nothing to train (prompts: [] or only the baseline arm)")
     if distributed.is_main():

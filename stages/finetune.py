@@ -6,16 +6,17 @@ Every arm in finetune.arms is trained for every seed in finetune.seeds:
   ftp       processors from stage 1 on the real captions
   random    the same processors untrained: the gain from capacity alone
   shuffled  processors from stage 1 on captions permuted across videos: the gain without their meaning
-A crash loses at most one epoch: each run checkpoints every epoch and resumes from there.
+A crash loses at most one epoch: each run checkpoints every epoch and resumes from there. On the CPU the runs go
+side by side, one per core (fourtier.parallel.run_slots); each run's numbers do not depend on which process runs it.
 Data parallel under `torchrun --nproc_per_node N stages/finetune.py DATASET` (see fourtier.distributed).
 """
 import argparse
+import functools
 import hashlib
 import json
 import shutil
 import time
-
-import torch
+from pathlib import Path
 
 from fourtier import distributed, paths
 from fourtier.errors import DataError, exits_cleanly
@@ -25,6 +26,7 @@ from fourtier.models.ftp import FTP, FTPConfig
 from fourtier.params import load_params
 from fourtier.runtime import loader_workers, resolve_device
 from fourtier.optim import seed_everything
+from fourtier.parallel import run_parallel, run_slots
 from fourtier.training import train_classifier
 
 def build_model(arm: str, prompts: list[str], source: FeatureSource, n_classes: int) -> FTP:
@@ -39,6 +41,46 @@ def build_model(arm: str, prompts: list[str], source: FeatureSource, n_classes: 
     return model
 
 
+@functools.cache
+def _context(dataset: str) -> dict:
+    """What every run of this stage reads, once per process (the spawned ones included)."""
+    params = load_params()
+    device = resolve_device(params.runtime.device)
+    cfg = params.finetune
+    source = open_features(paths.features(dataset), paths.raw(dataset), paths.BACKBONE, device)
+    train_idx = few_shot_subset(source.split("train"), source.labels, cfg.shots, cfg.shots_seed, source.classes)
+    return {"params": params, "device": device, "source": source, "train_idx": train_idx,
+            "workers": loader_workers(params.runtime.loader_workers, device)}
+
+
+def train_run(job: tuple[str, str, int, str], step) -> tuple[str, float]:
+    """One arm and seed, start to saved model (resuming its checkpoint if one is there). Runs in this process or
+    in a worker (fourtier.parallel.run_parallel); step() is called after every epoch."""
+    dataset, arm, seed, checkpoints = job
+    ctx = _context(dataset)
+    params, source, device = ctx["params"], ctx["source"], ctx["device"]
+    cfg = params.finetune
+    from dvclive import Live
+
+    start = time.perf_counter()
+    seed_everything(seed)
+    model = build_model(arm, list(params.prompts), source, len(source.classes))
+    live = Live(str(paths.finetune_log(dataset) / f"{arm}-seed{seed}"), dvcyaml=False,
+                save_dvc_exp=False, report=None) if distributed.is_main() else None
+    history = train_classifier(model, source, ctx["train_idx"], source.labels, cfg.optim, seed,
+                               cfg.label_smoothing, cfg.mixup_alpha, cfg.mixup_prob,
+                               checkpoint=Path(checkpoints) / f"{arm}-{seed}.pt", live=live, tag="train",
+                               device=device, workers=ctx["workers"], on_epoch=step)
+    if live is not None:
+        live.end()
+    if not distributed.is_main():
+        return "", history[-1]["loss"]
+    model.cpu().save(paths.finetune_model(dataset, arm, seed), ("processors", "integration", "classifier"),
+                     {"classes": source.classes, "arm": arm, "seed": seed, "backbone": source.meta["backbone"]})
+    return (f"finetune {dataset} {arm} seed {seed}: final loss {history[-1]['loss']:.3f} "
+            f"[{time.perf_counter() - start:.0f} s]"), history[-1]["loss"]
+
+
 @exits_cleanly
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -48,13 +90,11 @@ def main() -> None:
     params.dataset(args.dataset)
     device = resolve_device(params.runtime.device)
     distributed.setup(device)
-    torch.set_num_threads(max(1, params.workers // distributed.world()))
-    workers = loader_workers(params.runtime.loader_workers, device)
     cfg = params.finetune
-    source = open_features(paths.features(args.dataset), paths.raw(args.dataset), paths.BACKBONE, device)
-    train_idx = few_shot_subset(source.split("train"), source.labels, cfg.shots, cfg.shots_seed, source.classes)
+    ctx = _context(args.dataset)
+    source = ctx["source"]
     if cfg.shots:
-        print(f"finetune {args.dataset}: few-shot, {cfg.shots} labelled clips per class ({len(train_idx)} in all)")
+        print(f"finetune {args.dataset}: few-shot, {cfg.shots} labelled clips per class ({len(ctx['train_idx'])} in all)")
     prompts = list(params.prompts)
     out = paths.finetune_dir(args.dataset)
     out.mkdir(parents=True, exist_ok=True)
@@ -66,31 +106,13 @@ def main() -> None:
                                         sort_keys=True).encode()).hexdigest()[:16]
     checkpoints = paths.cache_dir() / "checkpoints" / run_key
     checkpoints.mkdir(parents=True, exist_ok=True)
-    from dvclive import Live
-
-    for arm in cfg.arms:
-        if arm != "baseline" and not prompts:
-            print(f"finetune {args.dataset}: arm {arm} skipped (prompts: [] leaves only the baseline)")
-            continue
-        for seed in cfg.seeds:
-            start = time.perf_counter()
-            seed_everything(seed)
-            model = build_model(arm, prompts, source, len(source.classes))
-            live = Live(str(paths.finetune_log(args.dataset) / f"{arm}-seed{seed}"), dvcyaml=False,
-                        save_dvc_exp=False, report=None) if distributed.is_main() else None
-            history = train_classifier(model, source, train_idx, source.labels, cfg.optim, seed,
-                                       cfg.label_smoothing, cfg.mixup_alpha, cfg.mixup_prob,
-                                       checkpoint=checkpoints / f"{arm}-{seed}.pt", live=live, tag="train",
-                                       desc=f"finetune {args.dataset} {arm} seed {seed}", device=device,
-                                       workers=workers)
-            if live is not None:
-                live.end()
-            if not distributed.is_main():
-                continue
-            model.cpu().save(paths.finetune_model(args.dataset, arm, seed), ("processors", "integration", "classifier"),
-                             {"classes": source.classes, "arm": arm, "seed": seed, "backbone": source.meta["backbone"]})
-            print(f"finetune {args.dataset} {arm} seed {seed}: final loss {history[-1]['loss']:.3f} "
-                  f"[{time.perf_counter() - start:.0f} s]")
+    skipped = [arm for arm in cfg.arms if arm != "baseline" and not prompts]
+    for arm in skipped:
+        print(f"finetune {args.dataset}: arm {arm} skipped (prompts: [] leaves only the baseline)")
+    jobs = [(args.dataset, arm, seed, str(checkpoints)) for arm in cfg.arms if arm not in skipped for seed in cfg.seeds]
+    processes, threads = run_slots(len(jobs), params.workers, device.type, distributed.world())
+    run_parallel(train_run, jobs, processes, threads, f"finetune {args.dataset}: {len(jobs)} runs, {processes} at a time",
+                 cfg.optim.epochs, show=distributed.is_main())
     distributed.barrier()
     if distributed.is_main():
         shutil.rmtree(checkpoints, ignore_errors=True)

@@ -63,3 +63,39 @@ class ArraySource:
 
     def get(self, indices, views):
         return self.to_m(self.load(indices, views))
+
+
+# --- jobs for fourtier.parallel.run_parallel: module-level, so that a spawned worker can import them -------------
+
+def sleepy_job(job, step):
+    """Later jobs finish first; reports two steps; fails on a negative job."""
+    import time
+
+    import torch
+
+    from fourtier.errors import DataError
+
+    if job < 0:
+        raise DataError(f"job {job} is broken: fix the job list")
+    time.sleep(0.05 * (5 - job))
+    step()
+    step()
+    return f"job {job} done", (job, torch.get_num_threads())
+
+
+def stage2_job(seed, step):
+    """A short stage-2 run on fixed random m; returns its trained weights."""
+    import torch
+
+    from fourtier.models.ftp import FTP, FTPConfig
+    from fourtier.params import OptimSettings
+    from fourtier.training import train_classifier
+
+    rng = np.random.default_rng(0)
+    m = rng.normal(size=(24, 2, 4, 2, 3, 16)).astype(np.float32)
+    labels = rng.integers(0, 3, 24)
+    torch.manual_seed(seed)
+    model = FTP(FTPConfig(16, (4, 2, 3), ["A", "C"], n_classes=3))
+    train_classifier(model, ArraySource(m), np.arange(24), labels, OptimSettings(2, 8, 1e-2, 0.05, (0.9, 0.999), 0),
+                     seed=seed, label_smoothing=0.1, mixup_alpha=0.8, mixup_prob=0.5, on_epoch=step)
+    return "", {k: v.clone() for k, v in model.state_dict().items()}

@@ -106,9 +106,10 @@ class AlignmentModel(nn.Module):
 
 def train_alignment(model, source, train_idx: np.ndarray, val_idx: np.ndarray, pooled: np.ndarray, s: OptimSettings,
                     seed: int, live=None, tag: str = "", device: torch.device = torch.device("cpu"),
-                    workers: int = 0) -> dict:
+                    workers: int = 0, on_epoch=None) -> dict:
     """Stage 1: only processors and alignment heads train. pooled (N, 4, P) aligned with source rows.
-    Returns per-prompt retrieval on val_idx."""
+    Returns per-prompt retrieval on val_idx. on_epoch: called after every epoch instead of this run's own
+    progress bar (a stage's bar shared by its runs)."""
 
     from fourtier.errors import DataError
 
@@ -129,7 +130,7 @@ def train_alignment(model, source, train_idx: np.ndarray, val_idx: np.ndarray, p
     opt, sched = make_optimizer(list(stage1.parameters()), s, plan.steps)
     batches = iter(batch_loader(source, plan.keys(0, s.epochs), workers, device))
     bar = tqdm(range(s.epochs), desc=f"align {tag}".strip(), unit="epoch", dynamic_ncols=True, mininterval=1.0,
-               disable=not distributed.is_main())
+               disable=on_epoch is not None or not distributed.is_main())
     for epoch in bar:
         trained.train()
         total = 0.0
@@ -142,6 +143,8 @@ def train_alignment(model, source, train_idx: np.ndarray, val_idx: np.ndarray, p
             sched.step()
         log_epoch(live, "align/loss", total / plan.steps)
         bar.set_postfix(loss=f"{total / plan.steps:.3f}")
+        if on_epoch is not None:
+            on_epoch()
     return evaluate_alignment(model, source, val_idx, pooled, device=device, workers=workers)
 
 
@@ -194,10 +197,11 @@ def eval_keys(idx: np.ndarray, n_views: int, batch_size: int):
 def train_classifier(model, source, train_idx: np.ndarray, labels: np.ndarray, s: OptimSettings, seed: int,
                      label_smoothing: float, mixup_alpha: float, mixup_prob: float, checkpoint=None,
                      live=None, tag: str = "", desc: str = "finetune", device: torch.device = torch.device("cpu"),
-                     workers: int = 0) -> list[dict]:
+                     workers: int = 0, on_epoch=None) -> list[dict]:
     """Stage 2 on clips `train_idx`; `labels` holds the class of every clip of the source (indexed like it).
     Mixup mixes feature maps m (the frozen backbone's output) and their labels, within each rank's shard.
-    `checkpoint` (a Path) is written after every epoch and resumed from if present."""
+    `checkpoint` (a Path) is written after every epoch and resumed from if present. on_epoch: called after
+    every epoch (and once per epoch a resumed run skips) instead of this run's own progress bar."""
     gen = seed_everything(seed + 1000 * distributed.rank())  # mixup and dropout: each rank its own draws
     model.to(device)
     model.requires_grad_(False)
@@ -221,9 +225,12 @@ def train_classifier(model, source, train_idx: np.ndarray, labels: np.ndarray, s
         print(f"  resuming {tag} from epoch {start_epoch}")
         for past in history:  # the curve stays whole across the crash
             log_epoch(live, f"{tag}/loss", past["loss"])
+            if on_epoch is not None:
+                on_epoch()
     batches = iter(batch_loader(source, plan.keys(start_epoch, s.epochs), workers, device))
     bar = tqdm(range(start_epoch, s.epochs), desc=desc, unit="epoch", dynamic_ncols=True,
-               mininterval=1.0, initial=start_epoch, total=s.epochs, disable=not distributed.is_main())
+               mininterval=1.0, initial=start_epoch, total=s.epochs,
+               disable=on_epoch is not None or not distributed.is_main())
     for epoch in bar:
         trained.train()
         model.processors.eval()
@@ -254,6 +261,8 @@ def train_classifier(model, source, train_idx: np.ndarray, labels: np.ndarray, s
                             "history": history}, tmp)
                 tmp.replace(checkpoint)  # atomic: a crash never leaves a half-written checkpoint
             distributed.barrier()
+        if on_epoch is not None:
+            on_epoch()
     return history
 
 

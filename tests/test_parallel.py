@@ -1,0 +1,38 @@
+"""Independent training runs side by side (fourtier.parallel): how many at once, results in order, errors, and
+the same numbers as one run at a time."""
+import pytest
+import torch
+
+from fourtier.errors import DataError
+from fourtier.parallel import run_parallel, run_slots
+from helpers import sleepy_job, stage2_job
+
+
+@pytest.mark.parametrize("runs, workers, device, world, expected", [
+    (12, 2, "cpu", 1, (2, 1)),   # the default: two single-threaded runs at a time on 2 cores
+    (2, 16, "cpu", 1, (2, 8)),   # fewer runs than cores: the rest of the cores become threads
+    (1, 2, "cpu", 1, (1, 2)),
+    (12, 8, "cuda", 1, (1, 8)),  # one GPU: one run at a time
+    (12, 4, "cpu", 2, (1, 2)),   # under torchrun the ranks share the cores and take the runs in turn
+])
+def test_run_slots(runs, workers, device, world, expected):
+    assert run_slots(runs, workers, device, world) == expected
+
+
+def test_side_by_side_returns_values_in_job_order_with_the_threads_asked(capsys):
+    values = run_parallel(sleepy_job, [0, 1, 2, 3], processes=2, threads=1, desc="test", steps_per_job=2)
+    assert values == [(0, 1), (1, 1), (2, 1), (3, 1)]  # job order, although later jobs end first
+    assert "job 3 done" in capsys.readouterr().out
+
+
+def test_a_failing_job_raises_its_own_error_in_the_caller():
+    with pytest.raises(DataError, match="job -1 is broken"):
+        run_parallel(sleepy_job, [0, -1, 2], processes=2, threads=1, desc="test", steps_per_job=2)
+
+
+def test_a_run_gives_the_same_weights_in_a_worker_as_here():
+    here = run_parallel(stage2_job, [0, 1], processes=1, threads=1, desc="test", steps_per_job=2)
+    there = run_parallel(stage2_job, [0, 1], processes=2, threads=1, desc="test", steps_per_job=2)
+    for a, b in zip(here, there):
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert not torch.equal(here[0]["classifier.head.weight"], here[1]["classifier.head.weight"])
