@@ -5,7 +5,7 @@
 import argparse
 import json
 
-from fourtier.captioning import AnswerCache, build_requests, run_captions, write_captions
+from fourtier.captioning import AnswerCache, build_requests, joint_requests, run_captions, write_captions
 from fourtier import paths
 from fourtier.errors import exits_cleanly
 from fourtier.params import load_params
@@ -33,10 +33,11 @@ def main() -> None:
             cached = cache.get_many([r.key for r in requests])
             needed += len(requests)
             missing += [r for r in requests if r.key not in cached]
+        calls = len(joint_requests(missing)[0]) if backend.joint else len(missing)
         print(f"caption {args.dataset} with {params.vlm} ({backend.model_id}): {needed} answers needed, "
-              f"{needed - len(missing)} cached, {len(missing)} calls to make")
+              f"{needed - len(missing)} cached, {calls} calls to make" + (" (joint: one per tile)" if backend.joint else ""))
         if hasattr(backend, "estimate") and missing:
-            est = backend.estimate(missing)
+            est = backend.estimate(joint_requests(missing)[0] if backend.joint else missing)
             print(f"  estimated: {est['input_tokens']:,} input + up to {est['output_tokens']:,} output tokens, "
                   f"about ${est['cost_usd']:.2f} (prices from vlms.{params.vlm})")
         return
@@ -56,10 +57,15 @@ def main() -> None:
                "output_tokens": totals["output_tokens"], "estimated_cost_usd": round(cost, 4),
                "mean_latency_s": round(totals["latency_s"] / max(totals["answers"], 1), 4),
                "mean_attempts": round(totals["attempts"] / max(totals["answers"], 1), 3)}
+    if backend.joint:  # answers from a parsed joint reply, and from the separate requests after one that did not parse
+        metrics.update(joint_parsed_answers=totals["joint_parsed"], joint_fallback_answers=totals["joint_fallback"])
     (out / "metrics.json").write_text(json.dumps(metrics, indent=1) + "\n")
     rate = stats["called"] / stats["seconds"] if stats["seconds"] > 0 else 0.0
     print(f"caption {args.dataset}: {totals['answers']} answers ({stats['cached']} from cache, {stats['called']} "
           f"asked now at {rate:.1f}/s, {stats['failed']} failed), cache {cache.path}")
+    if backend.joint:
+        print(f"  joint: {totals['joint_parsed']} answers from parsed joint replies, {totals['joint_fallback']} asked "
+              "separately after a reply that did not parse")
 
 
 if __name__ == "__main__":

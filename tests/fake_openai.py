@@ -13,8 +13,9 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 
 class FakeOpenAI:
-    def __init__(self, script=lambda n, key: "ok", delay: float = 0.0, retry_after: str = "0.2"):
+    def __init__(self, script=lambda n, key: "ok", delay: float = 0.0, retry_after: str = "0.2", reply=None):
         self.script = script
+        self.reply = reply  # reply(key, prompt text) -> the text of an "ok" answer (default: names both)
         self.delay = delay
         self.retry_after = retry_after
         self.calls: list[dict] = []  # one per request: key, reply, time
@@ -91,7 +92,8 @@ class FakeOpenAI:
                 self.release.wait(30)
                 return
             if reply == "ok" or reply == "empty":
-                text = "" if reply == "empty" else f"answer {key} to: {body['messages'][0]['content'][0]['text']}"
+                prompt = body["messages"][0]["content"][0]["text"]
+                text = "" if reply == "empty" else self.reply(key, prompt) if self.reply else f"answer {key} to: {prompt}"
                 payload = {"id": f"c{n}", "object": "chat.completion", "created": 0, "model": body["model"],
                            "choices": [{"index": 0, "finish_reason": "stop",
                                         "message": {"role": "assistant", "content": text}}],

@@ -27,7 +27,21 @@ def test_describe_saves_the_tile_and_prints_four_answers(project, testvideos, ca
     assert (project / "t.jpg").stat().st_size > 1000
     for pid in "ABCD":
         assert f"[{pid}]" in out
-    assert "K=3" in out and "ERROR" not in out
+    assert "K=3" in out and "ERROR" not in out and "asked in four requests" in out
+
+
+def test_describe_with_a_joint_preset_asks_once_and_prints_the_same_four_answers(project, testvideos, capsys):
+    import yaml
+
+    params = yaml.safe_load((project / "params.yaml").read_text())
+    params["vlms"]["builtin-joint"] = {"type": "builtin", "joint": True}
+    (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    answers = {}
+    for vlm in ("builtin", "builtin-joint"):
+        main(["describe", str(testvideos / "mmaction2_demo.mp4"), "-K", "3", "--vlm", vlm])
+        answers[vlm] = capsys.readouterr().out
+    assert "asked in one joint request" in answers["builtin-joint"]
+    assert answers["builtin"].split("\n", 1)[1] == answers["builtin-joint"].split("\n", 1)[1]  # the answers
 
 
 @pytest.mark.parametrize("argv, message", [

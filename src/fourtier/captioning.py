@@ -22,7 +22,7 @@ from fourtier.errors import DataError
 from fourtier.paths import cache_dir
 from fourtier.store import ItemReader
 from fourtier.tiling import read_tile_index
-from fourtier.vlm import PROMPT_IDS, Record, Request, redact
+from fourtier.vlm import JOINT_ID, PROMPT_IDS, Record, Request, joint_prompt, parse_joint, redact
 
 
 def answer_key(tile_jpeg: bytes, prompt: str, model_id: str, settings: dict) -> str:
@@ -86,6 +86,7 @@ def run_captions(backend, requests: list[Request], cache: AnswerCache, max_failu
     missing = [r for r in requests if r.key not in cached or not _usable(cached[r.key])]
     stats = {"requests": len(requests), "cached": len(requests) - len(missing), "called": 0, "failed": 0,
              "first_errors": []}
+    joint = getattr(backend, "joint", False)
 
     def on_record(request: Request, record: Record) -> None:
         stats["called"] += 1
@@ -95,9 +96,17 @@ def run_captions(backend, requests: list[Request], cache: AnswerCache, max_failu
             if len(stats["first_errors"]) < 5:
                 stats["first_errors"].append(f"{request.video_id}/{request.prompt_id}: {record.error}")
             return  # failures are not cached: the next run asks again
+        if joint:  # only a joint reply that did not parse leads to a separate request
+            record.extra = {**record.extra, "joint": "fallback"}
+            paid_in, paid_out = unparsed.pop(request.video_id, (0, 0))  # that reply's tokens: paid, so counted
+            record.input_tokens += paid_in
+            record.output_tokens += paid_out
         cache.put(request.key, asdict(record))
 
     start = time.perf_counter()
+    unparsed: dict[str, tuple[int, int]] = {}
+    if missing and joint:  # what is left: the tiles whose reply did not parse
+        missing = _ask_jointly(backend, missing, cache, stats, unparsed)
     if missing:
         backend.run(missing, on_record)
     stats["seconds"] = time.perf_counter() - start
@@ -107,6 +116,51 @@ def run_captions(backend, requests: list[Request], cache: AnswerCache, max_failu
                         f"(caption.max_failures allows {allowed}); answers received so far are cached, so a "
                         f"re-run asks only for the rest. First errors: " + "; ".join(stats["first_errors"]))
     return stats
+
+
+def joint_requests(requests: list[Request]) -> tuple[list[Request], dict[str, list[Request]]]:
+    """One joint request per tile for `requests` (per-prompt requests), and each tile's per-prompt requests."""
+    by_video: dict[str, list[Request]] = {}
+    for r in requests:
+        by_video.setdefault(r.video_id, []).append(r)
+    prompts = {r.prompt_id: r.prompt for rs in by_video.values() for r in rs}
+    asked = []
+    for video_id, rs in by_video.items():
+        texts = {**prompts, **{r.prompt_id: r.prompt for r in rs}}
+        key = hashlib.sha256("".join(r.key for r in rs).encode()).hexdigest()  # the joint reply is never cached
+        asked.append(Request(video_id, JOINT_ID, joint_prompt(texts), rs[0].tile_jpeg, rs[0].K, key))
+    return asked, by_video
+
+
+def _ask_jointly(backend, missing: list[Request], cache: AnswerCache, stats: dict,
+                 unparsed: dict[str, tuple[int, int]]) -> list[Request]:
+    """Joint mode: each tile's four prompts in one request; a parsed reply puts each answer in the cache under its
+    prompt's own key (marked `joint: parsed`). Returns the per-prompt requests of the tiles whose reply failed or
+    did not parse: they are asked separately, and their answers are marked `joint: fallback`. `unparsed` gets
+    the tokens of each reply that did not parse, by video, to be added to that video's first separate answer."""
+    asked, by_video = joint_requests(missing)
+    fallback: list[Request] = []
+    stats.update(joint_requests=len(asked), joint_parsed=0)
+
+    def on_joint(request: Request, record: Record) -> None:
+        parts = parse_joint(record.answer) if record.ok else None
+        wanted = by_video[request.video_id]
+        if parts is None:
+            fallback.extend(wanted)
+            unparsed[request.video_id] = (record.input_tokens, record.output_tokens)
+            return
+        stats["joint_parsed"] += 1
+        stats["called"] += len(wanted)
+        for i, r in enumerate(wanted):  # the request's tokens and time, shared out over its answers
+            share = lambda total: total // len(wanted) + (1 if i < total % len(wanted) else 0)  # noqa: E731
+            cache.put(r.key, asdict(Record(r.video_id, r.prompt_id, parts[r.prompt_id],
+                                           input_tokens=share(record.input_tokens),
+                                           output_tokens=share(record.output_tokens),
+                                           latency_s=record.latency_s / len(wanted), attempts=record.attempts,
+                                           extra={"joint": "parsed"})))
+
+    backend.run(asked, on_joint)
+    return fallback
 
 
 def _usable(record: dict) -> bool:
@@ -121,7 +175,8 @@ def write_captions(out_dir: Path, requests: list[Request], cache: AnswerCache, v
     Latency and attempts are summed into the returned totals, for the stage's metrics."""
     out_dir.mkdir(parents=True, exist_ok=True)
     records = cache.get_many([r.key for r in requests])
-    totals = {"answers": 0, "missing": 0, "input_tokens": 0, "output_tokens": 0, "attempts": 0, "latency_s": 0.0}
+    totals = {"answers": 0, "missing": 0, "input_tokens": 0, "output_tokens": 0, "attempts": 0, "latency_s": 0.0,
+              "joint_parsed": 0, "joint_fallback": 0}
     with open(out_dir / "captions.jsonl", "a" if append else "w") as fh:
         for r in requests:
             rec = records.get(r.key)
@@ -134,6 +189,9 @@ def write_captions(out_dir: Path, requests: list[Request], cache: AnswerCache, v
                 totals["answers"] += 1
                 for k in ("input_tokens", "output_tokens", "attempts", "latency_s"):
                     totals[k] += rec[k]
+                how = (rec.get("extra") or {}).get("joint")
+                if how:
+                    totals[f"joint_{how}"] += 1
             else:
                 totals["missing"] += 1
     return totals

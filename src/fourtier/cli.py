@@ -151,8 +151,24 @@ def describe(args) -> None:
                                                "device": params.runtime.device})
     requests = [Request("video", p, params.caption.prompts[p], result.jpeg, k, p) for p in PROMPT_IDS]
     answers: dict[str, Record] = {}
-    backend.run(requests, lambda r, rec: answers.__setitem__(r.prompt_id, rec))
-    print(f"tile: {out} (K={k}, frames {result.row['frame_indices']}, {result.row['reader']})")
+    if backend.joint:  # one request for the four prompts, as the caption stage asks it (a throw-away cache)
+        import tempfile
+
+        from fourtier.captioning import AnswerCache, run_captions
+
+        with tempfile.TemporaryDirectory() as tmp:
+            cache = AnswerCache(Path(tmp) / "answers.sqlite")
+            stats = run_captions(backend, requests, cache, max_failures=1.0)
+            found = cache.get_many([r.key for r in requests])
+            cache.close()
+        how = "one joint request" if stats["joint_parsed"] else "four separate requests (the joint reply did not parse)"
+        answers = {r.prompt_id: Record(**found[r.key]) if r.key in found else
+                   Record("video", r.prompt_id, "", error="; ".join(stats["first_errors"]) or "no answer")
+                   for r in requests}
+    else:
+        backend.run(requests, lambda r, rec: answers.__setitem__(r.prompt_id, rec))
+        how = "four requests"
+    print(f"tile: {out} (K={k}, frames {result.row['frame_indices']}, {result.row['reader']}); asked in {how}")
     for p in PROMPT_IDS:
         rec = answers[p]
         print(f"\n[{p}] {params.caption.prompts[p]}\n{rec.answer if rec.ok else 'ERROR: ' + rec.error}")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import io
 import os
+import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -54,6 +55,44 @@ class Record:
 OnRecord = Callable[[Request, Record], None]
 
 
+# ---------------------------------------------------------------------------------------------
+# joint mode (`joint: true` in a vlms preset): the four prompts in one request per tile, one reply parsed into
+# four answers. The paper asks four separate questions, which stays the default; joint sends the image once
+# instead of four times. A reply that does not parse is asked again as four separate requests (captioning).
+
+JOINT_ID = "joint"
+_JOINT_HEAD = ("Answer each of the four questions below about the image. Reply in four parts, each starting on "
+               "a new line with the question's letter and a colon (A:, B:, C:, D:), and nothing before part A.")
+# a part's first line: optional markdown (#, *, -, **), the letter, optional closing ) or **, then : . or )
+_JOINT_PART = re.compile(r"^[ \t]*(?:[#>*_\-]+[ \t]*)?\(?([A-D])\)?(?:\*\*)?[ \t]*[:.)][ \t]*(?:\*\*)?[ \t]*",
+                         re.MULTILINE)
+
+
+def joint_prompt(prompts: dict[str, str]) -> str:
+    """The one prompt that asks all four: a short instruction, then each prompt verbatim after its letter."""
+    return _JOINT_HEAD + "\n" + "\n".join(f"{pid}: {prompts[pid]}" for pid in PROMPT_IDS)
+
+
+def format_joint(answers: dict[str, str]) -> str:
+    """Four answers as a well-formed joint reply (what the builtin describer says to a joint prompt)."""
+    return "\n".join(f"{pid}: {answers[pid]}" for pid in PROMPT_IDS)
+
+
+def parse_joint(reply: str) -> dict[str, str] | None:
+    """The four answers of a joint reply, or None unless parts A, B, C and D each start a line, in that order,
+    exactly once, and none is empty."""
+    starts = list(_JOINT_PART.finditer(reply))
+    if [m.group(1) for m in starts] != list(PROMPT_IDS):
+        return None
+    parts = {}
+    for m, end in zip(starts, [n.start() for n in starts[1:]] + [len(reply)]):
+        text = " ".join(reply[m.end():end].split()).strip(" *")
+        if not text:
+            return None
+        parts[m.group(1)] = text
+    return parts
+
+
 def decode_tile(jpeg: bytes) -> np.ndarray:
     return np.asarray(Image.open(io.BytesIO(jpeg)).convert("RGB"))
 
@@ -97,7 +136,10 @@ def _describe_job(job):
 
     video_id, jpeg, k, prompt_ids, style, error_rate, seed = job
     start = time.perf_counter()
-    answers = describe(decode_tile(jpeg), k, prompt_ids, style, error_rate, seed, key=video_id)
+    wanted = PROMPT_IDS if JOINT_ID in prompt_ids else prompt_ids
+    answers = describe(decode_tile(jpeg), k, wanted, style, error_rate, seed, key=video_id)
+    if JOINT_ID in prompt_ids:
+        answers[JOINT_ID] = format_joint(answers)
     return answers, time.perf_counter() - start
 
 
@@ -113,17 +155,28 @@ def make_backend(name: str, presets: dict, generation: dict, workers: int = 1):
         raise VLMError(f"unknown VLM {name!r}: use a preset under 'vlms:' ({', '.join(sorted(presets))}), "
                        "hf:<model id>, or a local model directory")
     kind = preset.get("type")
+    joint = preset.get("joint", False)
+    if not isinstance(joint, bool):
+        raise VLMError(f"vlms.{name}.joint is {joint!r}; use true (the four prompts in one request per tile) or "
+                       "false (four requests, as in the paper)")
+    if joint:  # one reply carries four answers
+        generation = {**generation, "max_new_tokens": 4 * generation["max_new_tokens"]}
     if kind == "builtin":
-        return BuiltinBackend(name, preset, workers)
-    if kind == "openai":
+        backend = BuiltinBackend(name, preset, workers)
+    elif kind == "openai":
         from fourtier.vlm.openai_backend import OpenAIBackend
 
-        return OpenAIBackend(name, preset, generation)
-    if kind == "hf":
+        backend = OpenAIBackend(name, preset, generation)
+    elif kind == "hf":
         from fourtier.vlm.hf_backend import HFBackend
 
-        return HFBackend(name, preset, generation)
-    raise VLMError(f"vlms.{name}.type is {kind!r}; use builtin, openai or hf")
+        backend = HFBackend(name, preset, generation)
+    else:
+        raise VLMError(f"vlms.{name}.type is {kind!r}; use builtin, openai or hf")
+    backend.joint = joint
+    if joint:  # other answers than four separate questions get: other cache keys
+        backend.settings = {**backend.settings, "joint": True}
+    return backend
 
 
 _SECRETS: set[str] = set()

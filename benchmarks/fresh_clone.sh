@@ -1,0 +1,23 @@
+#!/bin/bash
+# The README's first command on a fresh clone, timed per stage: clones this repository's HEAD into a scratch
+# folder, installs, runs `dvc repro` with an empty answer cache, and writes the per-stage table to
+# benchmarks/results/fresh_clone.txt (via benchmarks/stage_durations.py).
+#
+#     bash benchmarks/fresh_clone.sh [scratch folder, default /tmp/fourtier-fresh]
+set -euo pipefail
+repo=$(cd "$(dirname "$0")/.." && pwd)
+scratch=${1:-/tmp/fourtier-fresh}
+rm -rf "$scratch" && mkdir -p "$scratch"
+git clone -q "$repo" "$scratch/clone"
+cd "$scratch/clone"
+export FOURTIER_CACHE="$scratch/cache"   # no answers cached from earlier runs
+unset PYTHONDONTWRITEBYTECODE            # as on a user's machine
+start=$(date +%s.%N)
+{ python3 -m venv .venv && . .venv/bin/activate && pip install -q -e '.[test]'; } > "$scratch/install.log" 2>&1
+installed=$(date +%s.%N)
+. .venv/bin/activate
+dvc repro 2>&1 | while IFS= read -r line; do printf '%s %s\n' "$(date +%s.%N)" "$line"; done > "$scratch/repro.log"
+done_at=$(date +%s.%N)
+python "$repo/benchmarks/stage_durations.py" "$scratch/repro.log" --install "$start" "$installed" --end "$done_at" \
+    --commit "$(git rev-parse --short HEAD)" > "$repo/benchmarks/results/fresh_clone.txt"
+cat "$repo/benchmarks/results/fresh_clone.txt"
