@@ -8,21 +8,16 @@ For each target: logistic regression on the training clips, top-1 on the validat
 If the FTP processors add little over m and the controls, stage 1 has not put the target's distinctions into
 v_i, and stage 2 cannot gain from them.
 """
-import sys
-from pathlib import Path
-
 import numpy as np
 import torch
 from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "stages"))
-from finetune import build_model  # noqa: E402
-
-from fourtier import paths  # noqa: E402
-from fourtier.features import FeatureSource  # noqa: E402
-from fourtier.params import load_params  # noqa: E402
+from fourtier import paths
+from fourtier.features import FeatureSource
+from fourtier.params import load_params
+from fourtier.training import stage2_model
 
 
 def main() -> None:
@@ -34,7 +29,7 @@ def main() -> None:
         m = source.get(np.arange(len(source)), 0)  # view 0 of every clip (a target set fits in memory)
         representations = {"m (frame means, T x D)": m.mean((2, 3)).flatten(1).numpy()}
         for arm in ("random", "shuffled", "ftp"):
-            model = build_model(arm, list(params.prompts), source, len(source.classes)).eval()
+            model = stage2_model(arm, list(params.prompts), source.dim, source.grid, len(source.classes), 0).eval()
             with torch.no_grad():
                 outputs = model.processor_outputs(m)
             representations[f"s_i of {arm} processors"] = torch.cat([s.flatten(1) for s, _ in outputs.values()], 1).numpy()

@@ -32,7 +32,8 @@ def main() -> None:
     source = open_features(paths.features(args.dataset), paths.raw(args.dataset), paths.BACKBONE, device)
     idx = source.split("val")
     labels = source.labels[idx]
-    runs = sorted(paths.finetune_dir(args.dataset).glob("*-seed*.safetensors"))
+    runs = sorted(paths.finetune_dir(args.dataset).glob("*-seed*.safetensors"),
+                  key=lambda p: (p.stem.rsplit("-seed", 1)[0], int(p.stem.rsplit("-seed", 1)[1])))  # seed order
     if not runs:
         raise DataError(f"no trained models in {paths.finetune_dir(args.dataset)}: run finetune first (dvc repro)")
     out = paths.evaluation(args.dataset)
@@ -61,6 +62,11 @@ def main() -> None:
         for arm, rs in results.items():
             if arm != "baseline":
                 metrics[f"{arm}_gain_top1"] = paired_gain([r["top1"] for r in rs], list(base))
+    if "ftp" in results:  # what the captions add beyond the processors' capacity and beyond captions at random
+        ftp = [r["top1"] for r in results["ftp"]]
+        for control in ("random", "shuffled"):
+            if control in results:
+                metrics[f"ftp_minus_{control}_top1"] = paired_gain(ftp, [r["top1"] for r in results[control]])
     per_class = {arm: {c: float(np.mean([r["per_class"].get(c, 0.0) for r in rs])) for c in source.classes}
                  for arm, rs in results.items()}
     (out / "per_class.json").write_text(json.dumps(per_class, indent=1) + "\n")
@@ -86,6 +92,11 @@ def main() -> None:
     (out / "metrics.json").write_text(json.dumps(metrics, indent=1) + "\n")
     line = ", ".join(f"{arm} {metrics[arm]['top1']['mean']:.3f}+-{metrics[arm]['top1']['std']:.3f}" for arm in results)
     print(f"evaluate {args.dataset}: top-1 {line}")
+    for key in [k for k in metrics if k.endswith("_top1")]:
+        gain = metrics[key]
+        ci = f" [{gain['ci95'][0]:+.3f}, {gain['ci95'][1]:+.3f}]" if "ci95" in gain else ""
+        print(f"  {key.removesuffix('_top1').replace('_gain', ' - baseline').replace('_minus_', ' - ')}: "
+              f"{gain['mean']:+.3f}{ci} (paired over {len(gain['runs'])} seeds, 95% interval)")
 
 
 if __name__ == "__main__":

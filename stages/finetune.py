@@ -19,26 +19,13 @@ import time
 from pathlib import Path
 
 from fourtier import distributed, paths
-from fourtier.errors import DataError, exits_cleanly
-from fourtier.features import FeatureSource, open_features
+from fourtier.errors import exits_cleanly
+from fourtier.features import open_features
 from fourtier.fewshot import few_shot_subset
-from fourtier.models.ftp import FTP, FTPConfig
 from fourtier.params import load_params
 from fourtier.runtime import loader_workers, resolve_device
-from fourtier.optim import seed_everything
 from fourtier.parallel import run_parallel, run_slots
-from fourtier.training import train_classifier
-
-def build_model(arm: str, prompts: list[str], source: FeatureSource, n_classes: int) -> FTP:
-    """A stage-2 model for `arm`: the baseline has no processors; the others load theirs from stage 1."""
-    model = FTP(FTPConfig(source.dim, source.grid, [] if arm == "baseline" else prompts, n_classes))
-    if arm != "baseline":
-        saved = paths.align_model(arm)
-        if not saved.with_suffix(".safetensors").exists():
-            raise DataError(f"{saved}.safetensors is missing: align trains the arms in finetune.arms; re-run align "
-                            "(dvc repro)")
-        model.load_parts(saved, ("processors",))
-    return model
+from fourtier.training import stage2_model, train_classifier
 
 
 @functools.cache
@@ -63,8 +50,7 @@ def train_run(job: tuple[str, str, int, str], step) -> tuple[str, float]:
     from dvclive import Live
 
     start = time.perf_counter()
-    seed_everything(seed)
-    model = build_model(arm, list(params.prompts), source, len(source.classes))
+    model = stage2_model(arm, list(params.prompts), source.dim, source.grid, len(source.classes), seed)
     live = Live(str(paths.finetune_log(dataset) / f"{arm}-seed{seed}"), dvcyaml=False,
                 save_dvc_exp=False, report=None) if distributed.is_main() else None
     history = train_classifier(model, source, ctx["train_idx"], source.labels, cfg.optim, seed,
@@ -100,7 +86,7 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     # resumable runs are keyed by everything that shapes them, including stage 1's saved weights
     align_files = sorted(paths.ALIGN.glob("*.safetensors")) + sorted(paths.ALIGN.glob("*.json"))
-    run_key = hashlib.sha256(json.dumps(["checkpoint v3", args.dataset, device.type, repr(cfg), prompts,
+    run_key = hashlib.sha256(json.dumps(["checkpoint v4", args.dataset, device.type, repr(cfg), prompts,
                                          source.meta["shape"],
                                          [hashlib.sha256(path.read_bytes()).hexdigest() for path in align_files]],
                                         sort_keys=True).encode()).hexdigest()[:16]

@@ -182,3 +182,25 @@ def test_stage1_parts_load_into_a_stage2_model_and_mismatches_are_refused(tmp_pa
     (tmp_path / "ftp.json").write_text('{"format": "pickle"}')
     with pytest.raises(DataError, match="not a fourtier model"):
         stage2.load_parts(tmp_path / "ftp", ("processors",))
+
+
+def test_every_arm_of_a_seed_starts_stage2_from_the_same_classifier(tmp_path, monkeypatch):
+    from fourtier import paths
+    from fourtier.training import stage2_model
+
+    monkeypatch.chdir(tmp_path)
+    for arm, seed in (("ftp", 5), ("random", 6)):  # stage 1's processors, different for each arm
+        torch.manual_seed(seed)
+        FTP(FTPConfig(D, (T, H, W), ["A", "C"], n_classes=1, text_dim=8)).save(paths.align_model(arm),
+                                                                                ("processors", "align_heads"))
+    models = {arm: stage2_model(arm, ["A", "C"], D, (T, H, W), 4, seed=3) for arm in ("baseline", "ftp", "random")}
+    base = models["baseline"].classifier.state_dict()
+    for arm in ("ftp", "random"):
+        assert all(torch.equal(v, models[arm].classifier.state_dict()[k]) for k, v in base.items())
+        assert all(float(p.abs().sum()) == 0 for p in models[arm].integration.parameters())  # f = m at the start
+    assert not torch.equal(models["ftp"].processors["A"].proj_s.net[1].weight,
+                           models["random"].processors["A"].proj_s.net[1].weight)
+    other = stage2_model("baseline", [], D, (T, H, W), 4, seed=4).classifier.state_dict()
+    assert not all(torch.equal(v, other[k]) for k, v in base.items())  # another seed, another start
+    with pytest.raises(Exception, match="shuffled.safetensors is missing"):
+        stage2_model("shuffled", ["A", "C"], D, (T, H, W), 4, seed=3)

@@ -194,6 +194,29 @@ def eval_keys(idx: np.ndarray, n_views: int, batch_size: int):
 # ---------------------------------------------------------------------------------------------
 # stage 2: fine-tune integration + classifier on a target dataset (backbone and processors frozen)
 
+def stage2_model(arm: str, prompts: list[str], dim: int, grid: tuple[int, int, int], n_classes: int, seed: int):
+    """The model an arm starts stage 2 from. Every arm of a seed starts from the same classifier, the baseline's
+    (drawn from the seed alone), and the integration starts at zero, so the arms of a seed differ only by their
+    stage-1 processors: seeds are paired in initial weights as well as in data order. The baseline has no
+    processors; the other arms load theirs from stage 1 (models/align/<arm>)."""
+    from fourtier import paths
+    from fourtier.errors import DataError
+    from fourtier.models.ftp import FTP, FTPConfig
+
+    seed_everything(seed)
+    baseline = FTP(FTPConfig(dim, grid, [], n_classes))
+    if arm == "baseline":
+        return baseline
+    saved = paths.align_model(arm)
+    if not saved.with_suffix(".safetensors").exists():
+        raise DataError(f"{saved}.safetensors is missing: align trains the arms in finetune.arms; re-run align "
+                        "(dvc repro)")
+    model = FTP(FTPConfig(dim, grid, prompts, n_classes))
+    model.classifier.load_state_dict(baseline.classifier.state_dict())
+    model.load_parts(saved, ("processors",))
+    return model
+
+
 def train_classifier(model, source, train_idx: np.ndarray, labels: np.ndarray, s: OptimSettings, seed: int,
                      label_smoothing: float, mixup_alpha: float, mixup_prob: float, checkpoint=None,
                      live=None, tag: str = "", desc: str = "finetune", device: torch.device = torch.device("cpu"),

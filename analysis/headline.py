@@ -1,0 +1,69 @@
+"""The README's headline table from the evaluate stage's metrics: top-1 per arm (mean +- sample std over seeds)
+and the paired gains with their 95% intervals: FTP - baseline, FTP - random processors, FTP - shuffled captions.
+
+    python analysis/headline.py                                    # print the table for the workspace's run
+    python analysis/headline.py --save analysis/results/seeds-0-4  # and keep it: metrics per target + table.md
+
+The committed 5-seed table was made by
+    dvc exp run -n seeds-0-4 -S 'finetune.seeds=[0,1,2,3,4]'
+    python analysis/headline.py --save analysis/results/seeds-0-4
+"""
+import argparse
+import json
+import shutil
+from pathlib import Path
+
+from fourtier import paths
+from fourtier.params import load_params
+
+ARMS = ("baseline", "ftp", "random", "shuffled")
+GAINS = (("ftp_gain_top1", "FTP - baseline"), ("ftp_minus_random_top1", "FTP - random"),
+         ("ftp_minus_shuffled_top1", "FTP - shuffled"))
+
+
+def pp(x: float) -> str:
+    return f"{100 * x:.1f}"
+
+
+def gain_cell(g: dict) -> str:
+    ci = f" [{100 * g['ci95'][0]:+.1f}, {100 * g['ci95'][1]:+.1f}]" if "ci95" in g else ""
+    return f"{100 * g['mean']:+.1f}{ci}"
+
+
+def table(metrics: dict[str, dict]) -> str:
+    seeds = {len(m[a]["top1"]["runs"]) for m in metrics.values() for a in ARMS if a in m}
+    lines = [f"Top-1 (%) on the validation clips, mean +- sample std over {'/'.join(map(str, sorted(seeds)))} seeds; "
+             "gains in pp, paired by seed, with their 95% t-intervals.", "",
+             "| target | " + " | ".join(ARMS) + " | " + " | ".join(name for _, name in GAINS) + " |",
+             "|---" * (1 + len(ARMS) + len(GAINS)) + "|"]
+    for target, m in metrics.items():
+        cells = [f"{pp(m[a]['top1']['mean'])} +- {pp(m[a]['top1']['std'])}" if a in m else "-" for a in ARMS]
+        cells += [gain_cell(m[key]) if key in m else "-" for key, _ in GAINS]
+        lines.append(f"| {target} | " + " | ".join(cells) + " |")
+    lines.append("")
+    for target, m in metrics.items():
+        for key, name in GAINS:
+            if key in m:
+                lines.append(f"- {target}, {name} per seed (pp): "
+                             + ", ".join(f"{100 * v:+.1f}" for v in m[key]["runs"]))
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--save", type=Path, help="folder to keep each target's metrics.json and table.md in")
+    args = parser.parse_args()
+    params = load_params()
+    sources = {t: paths.evaluation(t) / "metrics.json" for t in params.targets}
+    metrics = {t: json.loads(p.read_text()) for t, p in sources.items()}
+    text = table(metrics)
+    print(text, end="")
+    if args.save:
+        args.save.mkdir(parents=True, exist_ok=True)
+        for target, path in sources.items():
+            shutil.copy(path, args.save / f"{target}.json")
+        (args.save / "table.md").write_text(text)
+
+
+if __name__ == "__main__":
+    main()
