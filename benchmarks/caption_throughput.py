@@ -3,9 +3,6 @@
 
     python benchmarks/caption_throughput.py      # needs the default data (dvc repro) for real tiles
 """
-import os
-import socket
-import subprocess
 import sys
 import tempfile
 import time
@@ -19,7 +16,7 @@ from fourtier.captioning import answer_key  # noqa: E402
 from fourtier.store import ItemReader  # noqa: E402
 from fourtier.tiling import read_tile_index  # noqa: E402
 from fourtier.vlm import PROMPT_IDS, Request, make_backend  # noqa: E402
-from tiny_vlm import build_tiny_llava  # noqa: E402
+from tiny_vlm import build_tiny_llava, transformers_serve  # noqa: E402
 
 TILES = REPO / paths.tiles("synth-pretrain")
 PROMPTS = {"A": "What is the action category?", "B": "Describe the action components in the image",
@@ -49,31 +46,13 @@ def main():
         print(f"builtin, {workers} worker(s): {rate:.0f} answers/s")
     with tempfile.TemporaryDirectory() as tmp:
         model = build_tiny_llava(Path(tmp) / "tiny")
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
-        hub = Path(tmp) / "hub"
-        hub.mkdir()
-        proc = subprocess.Popen([str(Path(sys.executable).parent / "transformers"), "serve", str(model), "--host",
-                                 "127.0.0.1", "--port", str(port), "--device", "cpu"],
-                                env={**os.environ, "HF_HUB_CACHE": str(hub)}, stdout=subprocess.DEVNULL,
-                                stderr=subprocess.DEVNULL)
-        try:
-            for _ in range(300):
-                try:
-                    socket.create_connection(("127.0.0.1", port), 0.5).close()
-                    break
-                except OSError:
-                    time.sleep(0.2)
+        with transformers_serve(model, Path(tmp) / "serve") as base_url:
             gen = {"max_new_tokens": 16, "temperature": 0.0}
             for concurrency in (1, 8):
-                preset = {"type": "openai", "model": str(model), "base_url": f"http://127.0.0.1:{port}/v1",
-                          "concurrency": concurrency, "timeout": 60}
+                preset = {"type": "openai", "model": str(model), "base_url": base_url, "concurrency": concurrency,
+                          "timeout": 60}
                 rate = timed(make_backend("local", {"local": preset}, gen), reqs[:96])
                 print(f"openai backend -> transformers serve (tiny LLaVA), concurrency {concurrency}: {rate:.1f} answers/s")
-        finally:
-            proc.terminate()
-            proc.wait(10)
     from fourtier.text import make_encoder
 
     encoder = make_encoder("minilm", {"minilm": {"type": "minilm"}})

@@ -13,8 +13,6 @@ requests, image and input tokens, wall time, how often the joint reply parses, a
 """
 import argparse
 import os
-import socket
-import subprocess
 import sys
 import tempfile
 import time
@@ -29,7 +27,7 @@ from fourtier.params import load_params  # noqa: E402
 from fourtier.store import ItemReader  # noqa: E402
 from fourtier.tiling import read_tile_index  # noqa: E402
 from fourtier.vlm import PROMPT_IDS, Request, make_backend  # noqa: E402
-from tiny_vlm import build_tiny_llava  # noqa: E402
+from tiny_vlm import build_tiny_llava, transformers_serve  # noqa: E402
 
 TILES = REPO / paths.tiles("synth-pretrain")
 
@@ -67,7 +65,7 @@ def builtin(prompts: dict, n_videos: int, workers: int) -> None:
                                                                                  "temperature": 0.0}, workers)
         with tempfile.TemporaryDirectory() as tmp:
             results[joint] = caption(backend, prompts, n_videos, Path(tmp))
-    (_, _, separate, t_sep), (stats, totals, joint, t_joint) = results[False], results[True]
+    (_, _, separate, t_sep), (stats, _, joint, t_joint) = results[False], results[True]
     same = sum(separate[k] == joint.get(k) for k in separate)
     print(f"1. builtin, {n_videos} tiles, {workers} workers: separate 4 requests per video, {1000 * t_sep / n_videos:.1f} "
           f"ms per video; joint {stats['joint_requests'] / n_videos:.2f} requests per video, "
@@ -76,40 +74,22 @@ def builtin(prompts: dict, n_videos: int, workers: int) -> None:
 
 
 def served(prompts: dict, n_videos: int) -> None:
-    with tempfile.TemporaryDirectory() as tmp:
-        model = build_tiny_llava(Path(tmp) / "tiny")
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
-        (Path(tmp) / "hub").mkdir()
-        proc = subprocess.Popen([str(Path(sys.executable).parent / "transformers"), "serve", str(model), "--host",
-                                 "127.0.0.1", "--port", str(port), "--device", "cpu"],
-                                env={**os.environ, "HF_HUB_CACHE": str(Path(tmp) / "hub")},
-                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        try:
-            for _ in range(300):
-                try:
-                    socket.create_connection(("127.0.0.1", port), 0.5).close()
-                    break
-                except OSError:
-                    time.sleep(0.2)
-            os.environ.setdefault("OPENAI_API_KEY", "sk-local-benchmark")
-            for joint in (False, True):
-                preset = {"type": "openai", "model": str(model), "base_url": f"http://127.0.0.1:{port}/v1",
-                          "concurrency": 8, "timeout": 120, "joint": joint}
-                backend = make_backend("local", {"local": preset}, {"max_new_tokens": 16, "temperature": 0.0})
-                with tempfile.TemporaryDirectory() as cache_dir:
-                    stats, totals, _, seconds = caption(backend, prompts, n_videos, Path(cache_dir))
-                requests = stats.get("joint_requests", 0) + stats["called"] - 4 * stats.get("joint_parsed", 0)
-                name = "joint" if joint else "separate"
-                parsed = (f"; joint replies parsed {stats['joint_parsed']} of {stats['joint_requests']}, "
-                          f"{totals['joint_fallback']} answers asked separately after one that did not") if joint else ""
-                print(f"2. openai -> transformers serve (tiny LLaVA), {name}: {requests / n_videos:.2f} requests, "
-                      f"{totals['input_tokens'] / n_videos:.0f} input tokens (server's count), "
-                      f"{1000 * seconds / n_videos:.0f} ms per video{parsed}", flush=True)
-        finally:
-            proc.terminate()
-            proc.wait(10)
+    with tempfile.TemporaryDirectory() as tmp, \
+            transformers_serve(build_tiny_llava(Path(tmp) / "tiny"), Path(tmp) / "serve") as base_url:
+        os.environ.setdefault("OPENAI_API_KEY", "sk-local-benchmark")
+        for joint in (False, True):
+            preset = {"type": "openai", "model": str(Path(tmp) / "tiny"), "base_url": base_url, "concurrency": 8,
+                      "timeout": 120, "joint": joint}
+            backend = make_backend("local", {"local": preset}, {"max_new_tokens": 16, "temperature": 0.0})
+            with tempfile.TemporaryDirectory() as cache_dir:
+                stats, totals, _, seconds = caption(backend, prompts, n_videos, Path(cache_dir))
+            requests = stats.get("joint_requests", 0) + stats["called"] - 4 * stats.get("joint_parsed", 0)
+            name = "joint" if joint else "separate"
+            parsed = (f"; joint replies parsed {stats['joint_parsed']} of {stats['joint_requests']}, "
+                      f"{totals['joint_fallback']} answers asked separately after one that did not") if joint else ""
+            print(f"2. openai -> transformers serve (tiny LLaVA), {name}: {requests / n_videos:.2f} requests, "
+                  f"{totals['input_tokens'] / n_videos:.0f} input tokens (server's count), "
+                  f"{1000 * seconds / n_videos:.0f} ms per video{parsed}", flush=True)
 
 
 def image_tokens(prompts: dict) -> None:

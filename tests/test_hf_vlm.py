@@ -1,18 +1,13 @@
 """The hf backend for real, on a tiny LLaVA built offline; and `transformers serve` behind the openai backend."""
-import os
 import shutil
-import socket
-import subprocess
 import sys
-import time
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from fourtier.vlm import PROMPT_IDS, VLMError, make_backend
 from test_openai_backend import requests_for
-from tiny_vlm import build_tiny_llava
+from tiny_vlm import build_tiny_llava, transformers_serve
 
 GEN = {"max_new_tokens": 6, "temperature": 0.0}
 
@@ -61,45 +56,13 @@ def test_missing_model_is_a_clear_error():
         collect(backend, requests_for(1))
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def served(tiny_llava, tmp_path_factory):
     """`transformers serve` on 127.0.0.1 with the tiny model: a real OpenAI-compatible server."""
-    cli = Path(sys.executable).parent / "transformers"
-    if not cli.exists():
+    if not (Path(sys.executable).parent / "transformers").exists():
         pytest.skip("transformers CLI not installed")
-    port = free_port()
-    hub = tmp_path_factory.mktemp("hf-hub")  # must exist and be empty, or /v1/models answers 500
-    env = {**os.environ, "HF_HUB_CACHE": str(hub), "HF_HUB_OFFLINE": "1"}
-    log = open(tmp_path_factory.mktemp("serve") / "serve.log", "w")
-    proc = subprocess.Popen([str(cli), "serve", str(tiny_llava), "--host", "127.0.0.1", "--port", str(port),
-                             "--device", "cpu"], env=env, stdout=log, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}/v1"
-    deadline = time.time() + 90
-    while time.time() < deadline:
-        if proc.poll() is not None:
-            log.close()
-            pytest.fail("transformers serve exited:\n" + Path(log.name).read_text()[-2000:])
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-                break
-        except OSError:
-            time.sleep(0.3)
-    else:
-        proc.kill()
-        pytest.fail("transformers serve did not start in 90 s")
-    yield url
-    proc.terminate()
-    try:
-        proc.wait(10)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-    log.close()
+    with transformers_serve(tiny_llava, tmp_path_factory.mktemp("serve")) as url:
+        yield url
 
 
 def test_openai_backend_against_transformers_serve(served, tiny_llava):

@@ -1,6 +1,12 @@
 """A tiny, randomly initialised LLaVA built offline: a real transformers VLM small enough for tests."""
 from __future__ import annotations
 
+import contextlib
+import os
+import socket
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import torch
@@ -55,3 +61,42 @@ def build_tiny_llava(out_dir: Path, seed: int = 0) -> Path:
     model.save_pretrained(out_dir)
     processor.save_pretrained(out_dir)
     return out_dir
+
+
+@contextlib.contextmanager
+def transformers_serve(model_dir: Path, work_dir: Path, timeout: float = 90.0):
+    """`transformers serve` of a local model on a free 127.0.0.1 port, offline: a real OpenAI-compatible server.
+    Yields its base URL. work_dir gets an empty hub cache (a missing one makes /v1/models answer 500) and the log."""
+    cli = Path(sys.executable).parent / "transformers"
+    if not cli.exists():
+        raise FileNotFoundError(f"{cli}: the transformers CLI is not installed")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    work_dir = Path(work_dir)
+    (work_dir / "hf-hub").mkdir(parents=True, exist_ok=True)
+    log_path = work_dir / "serve.log"
+    with open(log_path, "w") as log:
+        proc = subprocess.Popen([str(cli), "serve", str(model_dir), "--host", "127.0.0.1", "--port", str(port),
+                                 "--device", "cpu"],
+                                env={**os.environ, "HF_HUB_CACHE": str(work_dir / "hf-hub"), "HF_HUB_OFFLINE": "1"},
+                                stdout=log, stderr=subprocess.STDOUT)
+        try:
+            deadline = time.time() + timeout
+            while True:
+                if proc.poll() is not None:
+                    raise RuntimeError("transformers serve exited:\n" + log_path.read_text()[-2000:])
+                try:
+                    socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+                    break
+                except OSError:
+                    if time.time() > deadline:
+                        raise RuntimeError(f"transformers serve did not start in {timeout:.0f} s") from None
+                    time.sleep(0.3)
+            yield f"http://127.0.0.1:{port}/v1"
+        finally:
+            proc.terminate()
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
