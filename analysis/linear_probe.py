@@ -2,12 +2,16 @@
 
     python analysis/linear_probe.py      (after dvc repro; about 1 minute on 2 cores)
 
+Writes the lines it prints to analysis/results/linear_probe.txt.
+
 For each target: logistic regression on the training clips, top-1 on the validation clips (view 0), for
   m (frame means, T x D)           the frozen backbone's feature map, pooled over space
   s_i of random/shuffled/ftp       the four processors' spatially pooled outputs (4 x T x D)
 If the FTP processors add little over m and the controls, stage 1 has not put the target's distinctions into
 v_i, and stage 2 cannot gain from them.
 """
+from pathlib import Path
+
 import numpy as np
 import torch
 from sklearn.linear_model import LogisticRegression
@@ -23,6 +27,7 @@ from fourtier.training import stage2_model
 def main() -> None:
     params = load_params()
     torch.set_num_threads(params.workers)
+    lines = ["# python analysis/linear_probe.py: validation top-1 of a linear probe per representation (view 0)"]
     for ds in params.targets:
         source = FeatureSource(paths.features(ds))
         train, val = source.split("train"), source.split("val")
@@ -36,7 +41,11 @@ def main() -> None:
         for name, x in representations.items():
             probe = make_pipeline(StandardScaler(), LogisticRegression(C=0.05, max_iter=2000))
             probe.fit(x[train], source.labels[train])
-            print(f"{ds:14s} {name:30s} linear probe top-1 {100 * probe.score(x[val], source.labels[val]):.1f}%")
+            lines.append(f"{ds:14s} {name:30s} linear probe top-1 {100 * probe.score(x[val], source.labels[val]):.1f}%")
+            print(lines[-1], flush=True)
+    out = Path("analysis/results/linear_probe.txt")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text("\n".join(lines) + "\n")
 
 
 if __name__ == "__main__":
