@@ -77,6 +77,11 @@ def sleepy_job(job, step):
 
     if job < 0:
         raise DataError(f"job {job} is broken: fix the job list")
+    if job == 99:  # killed from outside, as the kernel's out-of-memory killer would
+        import os
+        import signal
+
+        os.kill(os.getpid(), signal.SIGKILL)
     time.sleep(0.05 * (5 - job))
     step()
     step()

@@ -3,7 +3,7 @@ the same numbers as one run at a time."""
 import pytest
 import torch
 
-from fourtier.errors import DataError
+from fourtier.errors import DataError, FourtierError
 from fourtier.parallel import run_parallel, run_slots
 from helpers import sleepy_job, stage2_job
 
@@ -28,6 +28,11 @@ def test_side_by_side_returns_values_in_job_order_with_the_threads_asked(capsys)
 def test_a_failing_job_raises_its_own_error_in_the_caller():
     with pytest.raises(DataError, match="job -1 is broken"):
         run_parallel(sleepy_job, [0, -1, 2], processes=2, threads=1, desc="test", steps_per_job=2)
+
+
+def test_a_killed_worker_is_a_clear_error():
+    with pytest.raises(FourtierError, match="a worker process died.*the same command resumes them"):
+        run_parallel(sleepy_job, [0, 99], processes=2, threads=1, desc="finetune x", steps_per_job=2)
 
 
 def test_a_run_gives_the_same_weights_in_a_worker_as_here():

@@ -85,6 +85,9 @@ def run_parallel(fn: Callable, jobs: list, processes: int, threads: int, desc: s
     stops the others and its error is raised here."""
     import queue as queue_module
     from concurrent.futures import FIRST_EXCEPTION, ProcessPoolExecutor, wait
+    from concurrent.futures.process import BrokenProcessPool
+
+    from fourtier.errors import FourtierError
 
     bar = tqdm(total=len(jobs) * steps_per_job, desc=desc, unit="epoch", dynamic_ncols=True, mininterval=1.0,
                disable=not show)
@@ -121,6 +124,11 @@ def run_parallel(fn: Callable, jobs: list, processes: int, threads: int, desc: s
                 if failed:
                     for f in pending:
                         f.cancel()
+                    if isinstance(failed[0].exception(), BrokenProcessPool):
+                        raise FourtierError(
+                            f"{desc}: a worker process died without an error (killed, e.g. for memory: each one "
+                            f"holds a run; set runtime.workers lower). Finished epochs are checkpointed: the "
+                            f"same command resumes them") from None
                     raise failed[0].exception()
                 for f in sorted(done, key=futures.index):
                     if f.result()[0] and show:
