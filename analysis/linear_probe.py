@@ -6,7 +6,9 @@ Writes the lines it prints to analysis/results/linear_probe.txt.
 
 For each target: logistic regression on the training clips, top-1 on the validation clips (view 0), for
   m (frame means, T x D)           the frozen backbone's feature map, pooled over space
+  m (full, T x h x w x D)          the whole feature map: where things are, too
   s_i of random/shuffled/ftp       the four processors' spatially pooled outputs (4 x T x D)
+  t_i of random/shuffled/ftp       their temporally pooled outputs (4 x N x D): each position over time
 If the FTP processors add little over m and the controls, stage 1 has not put the target's distinctions into
 v_i, and stage 2 cannot gain from them.
 """
@@ -32,12 +34,14 @@ def main() -> None:
         source = FeatureSource(paths.features(ds))
         train, val = source.split("train"), source.split("val")
         m = source.get(np.arange(len(source)), 0)  # view 0 of every clip (a target set fits in memory)
-        representations = {"m (frame means, T x D)": m.mean((2, 3)).flatten(1).numpy()}
+        representations = {"m (frame means, T x D)": m.mean((2, 3)).flatten(1).numpy(),
+                           "m (full, T x h x w x D)": m.flatten(1).numpy()}
         for arm in ("random", "shuffled", "ftp"):
             model = stage2_model(arm, list(params.prompts), source.dim, source.grid, len(source.classes), 0).eval()
             with torch.no_grad():
                 outputs = model.processor_outputs(m)
             representations[f"s_i of {arm} processors"] = torch.cat([s.flatten(1) for s, _ in outputs.values()], 1).numpy()
+            representations[f"t_i of {arm} processors"] = torch.cat([t.flatten(1) for _, t in outputs.values()], 1).numpy()
         for name, x in representations.items():
             probe = make_pipeline(StandardScaler(), LogisticRegression(C=0.05, max_iter=2000))
             probe.fit(x[train], source.labels[train])
