@@ -33,11 +33,11 @@ def main() -> None:
             cached = cache.get_many([r.key for r in requests])
             needed += len(requests)
             missing += [r for r in requests if r.key not in cached]
-        calls = len(joint_requests(missing)[0]) if backend.joint else len(missing)
+        calls = joint_requests(missing)[0] if backend.joint else missing  # what would be sent
         print(f"caption {args.dataset} with {params.vlm} ({backend.model_id}): {needed} answers needed, "
-              f"{needed - len(missing)} cached, {calls} calls to make" + (" (joint: one per tile)" if backend.joint else ""))
-        if hasattr(backend, "estimate") and missing:
-            est = backend.estimate(joint_requests(missing)[0] if backend.joint else missing)
+              f"{needed - len(missing)} cached, {len(calls)} calls to make" + (" (joint: one per tile)" if backend.joint else ""))
+        if hasattr(backend, "estimate") and calls:
+            est = backend.estimate(calls)
             print(f"  estimated: {est['input_tokens']:,} input + up to {est['output_tokens']:,} output tokens, "
                   f"about ${est['cost_usd']:.2f} (prices from vlms.{params.vlm})")
         return

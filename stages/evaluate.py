@@ -19,6 +19,12 @@ from fourtier.plots import placeholder, plot_class_gain, plot_tsne
 from fourtier.training import classifier_features, predict
 
 
+def arm_and_seed(path) -> tuple[str, int]:
+    """A finetune model's arm and seed from its name, <arm>-seed<seed>."""
+    arm, seed = path.stem.rsplit("-seed", 1)
+    return arm, int(seed)
+
+
 @exits_cleanly
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
@@ -32,8 +38,7 @@ def main() -> None:
     source = open_features(paths.features(args.dataset), paths.raw(args.dataset), paths.BACKBONE, device)
     idx = source.split("val")
     labels = source.labels[idx]
-    runs = sorted(paths.finetune_dir(args.dataset).glob("*-seed*.safetensors"),
-                  key=lambda p: (p.stem.rsplit("-seed", 1)[0], int(p.stem.rsplit("-seed", 1)[1])))  # seed order
+    runs = sorted(paths.finetune_dir(args.dataset).glob("*-seed*.safetensors"), key=arm_and_seed)  # seed order
     if not runs:
         raise DataError(f"no trained models in {paths.finetune_dir(args.dataset)}: run finetune first (dvc repro)")
     out = paths.evaluation(args.dataset)
@@ -43,12 +48,12 @@ def main() -> None:
     for arm in ("ftp", "baseline"):  # declared outputs exist even when finetune.arms leaves an arm out
         (out / f"confusion_{arm}.csv").write_text("actual,predicted\n")
     for path in runs:
-        arm, seed = path.stem.rsplit("-seed", 1)
+        arm, seed = arm_and_seed(path)
         model = load_classifier(path.with_suffix(""), source.classes).to(device)
         models.setdefault(arm, model)
         probs = predict(model, source, idx, workers=workers)
         results.setdefault(arm, []).append(accuracy_metrics(probs, labels, source.classes))
-        if seed == "0" and arm in ("ftp", "baseline"):  # the two declared confusion plots
+        if seed == 0 and arm in ("ftp", "baseline"):  # the two declared confusion plots
             with open(out / f"confusion_{arm}.csv", "w", newline="") as fh:
                 writer = csv.writer(fh)
                 writer.writerow(["actual", "predicted"])

@@ -68,7 +68,7 @@ class ArraySource:
 # --- jobs for fourtier.parallel.run_parallel: module-level, so that a spawned worker can import them -------------
 
 def sleepy_job(job, step):
-    """Later jobs finish first; reports two steps; fails on a negative job."""
+    """Later jobs finish first; reports two steps; fails on a negative job; job 99 kills its own process."""
     import time
 
     import torch

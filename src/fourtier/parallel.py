@@ -49,8 +49,8 @@ def map_progress(fn: Callable[[T], R], items: Iterable[T], workers: int, desc: s
 def run_slots(runs: int, workers: int, device_type: str, world: int = 1) -> tuple[int, int]:
     """(processes, torch threads per process) for `runs` independent training runs. On the CPU, runs side by
     side with one thread each beat one run at a time on every thread: a stage-2 step of the default model is
-    compute-bound at every batch size, and two single-threaded runs do 1.5x the work of one two-threaded run on
-    2 cores (benchmarks/speed_ratios.py). On a GPU or under torchrun: one run at a time, as before."""
+    compute-bound at every batch size, and two single-threaded runs do 1.25x the work of one two-threaded run on
+    2 cores (benchmarks/speed_ratios.py, ratio 4). On a GPU or under torchrun: one run at a time, as before."""
     if device_type != "cpu" or world > 1 or runs <= 1:
         return 1, max(1, workers // world)
     processes = min(workers, runs)
