@@ -22,7 +22,7 @@ from fourtier.params import load_params
 from fourtier.runtime import loader_workers, resolve_device
 from fourtier.text import load_embeddings
 from fourtier.optim import seed_everything
-from fourtier.training import train_alignment
+from fourtier.training import TokenTargets, train_alignment
 
 
 STAGE1_PARTS = ("processors", "align_heads")
@@ -31,7 +31,8 @@ STAGE1_PARTS = ("processors", "align_heads")
 @functools.cache
 def _context() -> dict:
     """What both runs read, once per process (the spawned ones included): the features, the pooled text
-    embeddings of the same clips, the split and the stage-1 model's shapes."""
+    embeddings of the same clips (and their token-level ones for objective `tokens`), the split and the stage-1
+    model's shapes."""
     params = load_params()
     device = resolve_device(params.runtime.device)
     corpus = params.pretrain[0]
@@ -42,13 +43,26 @@ def _context() -> dict:
     if missing:
         raise DataError(f"{len(missing)} clips of {corpus} have features but no caption embeddings (e.g. {missing[0]}); "
                         "re-run caption and embed")
-    pooled = np.asarray(emb.pooled[[position[v] for v in source.videos]])
+    rows = np.array([position[v] for v in source.videos])
+    pooled = np.asarray(emb.pooled[rows])
     train_idx = source.split("train")
     val_idx = np.nonzero(source.splits != "train")[0]
     if len(val_idx) < 5:
         raise DataError(f"{corpus} needs held-out clips (split val) to report stage-1 retrieval")
-    config = FTPConfig(source.dim, source.grid, list(params.prompts), n_classes=1, text_dim=pooled.shape[-1])
+    cfg = params.align
+    tokens = None
+    if cfg.objective == "tokens":  # read a batch at a time from the memory map
+        tokens = TokenTargets(emb.tokens, emb.mask, rows)
+        truncated = emb.meta.get("truncated_answers", 0)
+        if truncated:
+            print(f"align: {truncated} of {emb.meta['texts']} answers are longer than embed.max_tokens = "
+                  f"{emb.meta['max_tokens']}, so the token-wise objective does not see their end; raise "
+                  "embed.max_tokens to keep them whole")
+    text_dim = emb.tokens.shape[-1] if tokens is not None else pooled.shape[-1]
+    config = FTPConfig(source.dim, source.grid, list(params.prompts), n_classes=1, text_dim=text_dim,
+                       processor=cfg.processor, objective=cfg.objective)
     return {"params": params, "device": device, "corpus": corpus, "source": source, "pooled": pooled,
+            "tokens": tokens,
             "train_idx": train_idx, "val_idx": val_idx, "config": config,
             "workers": loader_workers(params.runtime.loader_workers, device)}
 
@@ -66,16 +80,21 @@ def train_arm(arm: str, step) -> tuple[str, dict]:
     shared initial weights to the saved processors. Runs in this process or in a worker; step() per epoch."""
     ctx = _context()
     cfg, pooled, train_idx = ctx["params"].align, ctx["pooled"], ctx["train_idx"]
-    targets = pooled
+    targets, tokens = pooled, ctx["tokens"]
     if arm == "shuffled":  # the control keeps which captions exist but breaks which video they belong to
         targets = pooled.copy()
         perm = np.random.default_rng(cfg.seed + 1).permutation(len(train_idx))
         targets[train_idx] = pooled[train_idx[perm]]
+        if tokens is not None:
+            rows = tokens.rows.copy()
+            rows[train_idx] = tokens.rows[train_idx[perm]]
+            tokens = TokenTargets(tokens.tokens, tokens.mask, rows)
     start = time.perf_counter()
     model = initial_model()
     # only training rows are shuffled: retrieval is scored against the true captions of held-out clips
     result = train_alignment(model, ctx["source"], train_idx, ctx["val_idx"], targets, cfg.optim, cfg.seed, tag=arm,
-                             device=ctx["device"], workers=ctx["workers"], on_epoch=step)
+                             device=ctx["device"], workers=ctx["workers"], on_epoch=step,
+                             tokens=tokens)
     metrics = {p: {k: round(v, 4) for k, v in r.items()} for p, r in result.items()}
     if not distributed.is_main():
         return "", metrics

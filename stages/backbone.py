@@ -61,7 +61,7 @@ def main() -> None:
     torch.manual_seed(train.seed)
     model = TinyVideoViT(**config, head_sizes=tuple(len(c) for c in head_classes))
     result = pretrain_backbone(model, frames, targets, train_idx, val_idx, lambda x: to_tensor(x, pre), train.optim,
-                               train.seed)
+                               train.seed, train.flips, train.time_reversal)
     scratch.cleanup()
     save_tiny(model, args.out, {"head_classes": head_classes, "corpus": corpus.name})
     metrics = {f"heldout_accuracy_{h}": round(result[f"head{i}_accuracy"], 4)

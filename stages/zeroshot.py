@@ -47,13 +47,16 @@ def main() -> None:
                "texts": kinds}
     if not arms:
         print(f"zeroshot {args.dataset}: no stage-1 model (prompts: [] trains none); nothing to score")
-    class_emb = {kind: encode_class_texts(texts, source.classes, encoder) for kind, texts in kinds.items()}
+    class_emb = {}  # per kind of text and stage-1 objective (the arms of one align run share it)
     metrics.update({kind: {} for kind in kinds})
     for arm in arms:  # one pass over m per arm, scored against every kind of class text
         model, _ = FTP.load(paths.align_model(arm))
+        objective = model.config.objective
         aligned = aligned_over_views(model.to(device), source, idx, workers)
         for kind in kinds:
-            scores = class_scores(aligned, class_emb[kind], model.prompts)
+            if (kind, objective) not in class_emb:
+                class_emb[kind, objective] = encode_class_texts(kinds[kind], source.classes, encoder, objective)
+            scores = class_scores(aligned, class_emb[kind, objective], model.prompts, objective)
             metrics[kind][arm] = zero_shot_metrics(scores, labels, model.prompts)
     out = paths.evaluation(args.dataset) / "zeroshot.json"
     out.parent.mkdir(parents=True, exist_ok=True)

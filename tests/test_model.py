@@ -5,7 +5,8 @@ import torch
 
 from fourtier.models.backbone import TinyVideoViT
 from fourtier.models.ftp import FTP, FTPConfig
-from fourtier.training import OptimSettings, caption_groups, retrieval, train_alignment, train_classifier
+from fourtier.training import (OptimSettings, TokenTargets, caption_groups, retrieval, token_scores, train_alignment,
+                               train_classifier)
 from helpers import ArraySource
 
 B, T, H, W, D = 3, 4, 2, 3, 16
@@ -85,6 +86,96 @@ def test_infonce_on_aligned_pairs_learns_and_beats_chance():
                             OptimSettings(100, 60, 1e-2, 0.0, (0.9, 0.95), 2), seed=0)
     assert after["A"]["R@1"] > 3 * after["A"]["chance_R@1"]
     assert after["A"]["R@1"] > before["A"]["R@1"] + 0.2
+
+
+def test_paper_processor_is_average_pooling_then_a_linear_projection():
+    torch.manual_seed(0)
+    model = FTP(FTPConfig(D, (T, H, W), ["A", "B"], n_classes=3, text_dim=12, processor="paper"))
+    m = torch.randn(B, T, H, W, D)
+    proc = model.processors["A"]
+    s_i, t_i = proc(m)
+    x = m.reshape(B, T, H * W, D)
+    assert torch.allclose(s_i, x.mean(2) @ proc.proj_s.weight.t() + proc.proj_s.bias, atol=1e-6)
+    assert torch.allclose(t_i, x.mean(1) @ proc.proj_t.weight.t() + proc.proj_t.bias, atol=1e-6)
+    # the alignment head: v_i's tokens averaged, one linear map, unit length
+    v = model.v(m)["A"]
+    head = model.align_heads["A"]
+    expected = torch.nn.functional.normalize(v.mean(1) @ head.proj.weight.t() + head.proj.bias, dim=-1)
+    assert torch.allclose(model.align_embeddings(m)["A"], expected, atol=1e-6)
+    # two linear maps per processor: far fewer parameters than the attention processor
+    attention = FTP(FTPConfig(D, (T, H, W), ["A", "B"], n_classes=3, text_dim=12))
+    assert sum(p.numel() for p in proc.parameters()) == 2 * (D * D + D)
+    assert sum(p.numel() for p in attention.processors["A"].parameters()) > 4 * 2 * (D * D + D)
+
+
+def test_processor_kind_is_saved_and_a_mismatch_is_refused(tmp_path):
+    from fourtier.errors import DataError
+
+    FTP(FTPConfig(D, (T, H, W), ["A"], n_classes=1, text_dim=8, processor="paper")).save(tmp_path / "ftp")
+    model, _ = FTP.load(tmp_path / "ftp")
+    assert model.config.processor == "paper" and type(model.processors["A"]).__name__ == "PaperProcessor"
+    with pytest.raises(DataError, match="processor paper but this model has attention"):
+        FTP(FTPConfig(D, (T, H, W), ["A"], n_classes=5)).load_parts(tmp_path / "ftp", ("processors",))
+
+
+def test_token_scores_are_the_mean_over_text_tokens_of_the_best_video_token():
+    torch.manual_seed(0)
+    z = torch.nn.functional.normalize(torch.randn(3, 5, 8), dim=-1)
+    e = torch.nn.functional.normalize(torch.randn(4, 6, 8), dim=-1)
+    mask = torch.ones(4, 6, dtype=torch.bool)
+    mask[1, 3:] = False
+    scores = token_scores(z, e, mask)
+    for j in range(3):
+        for k in range(4):
+            best = [max(float(z[j, u] @ e[k, l]) for u in range(5)) for l in range(6) if mask[k, l]]
+            assert scores[j, k].item() == pytest.approx(sum(best) / len(best), abs=1e-5)
+    # padding never counts, whatever it holds
+    e2 = e.clone()
+    e2[1, 3:] = 100.0
+    assert torch.allclose(token_scores(z, e2, mask), scores)
+
+
+def test_token_targets_read_rows_in_any_order_and_trim_padding():
+    rng = np.random.default_rng(0)
+    tokens = rng.normal(size=(6, 4, 10, 3)).astype(np.float16)
+    mask = np.zeros((6, 4, 10), bool)
+    for i in range(6):
+        mask[i, :, :i + 2] = True
+    rows = np.array([5, 0, 3, 1, 4, 2])  # source row -> embeddings row
+    e, m = TokenTargets(tokens, mask, rows).batch(np.array([3, 0, 1]), col=2, device=torch.device("cpu"))
+    assert e.shape == (3, 7, 3) and m.shape == (3, 7)  # longest answer among embeddings rows 1, 5, 0: 7 tokens
+    for out, source_row in enumerate([3, 0, 1]):
+        r = rows[source_row]
+        expected = torch.nn.functional.normalize(torch.from_numpy(tokens[r, 2, :7].astype(np.float32)), dim=-1)
+        assert torch.allclose(e[out], expected) and m[out].tolist() == mask[r, 2, :7].tolist()
+
+
+def test_token_wise_infonce_learns_what_each_word_names():
+    """Two blobs of two colours sit in m; the answer has one token per colour. The token-wise objective must
+    learn to retrieve the right answer, with either processor."""
+    rng = np.random.default_rng(0)
+    n, p = 300, 8
+    m = rng.normal(0, 0.1, size=(n, 1, T, H, W, D)).astype(np.float32)
+    colours = np.stack([rng.choice(6, 2, replace=False) for _ in range(n)])
+    for i in range(n):
+        for c, pos in zip(colours[i], rng.choice(H * W, 2, replace=False)):
+            m[i, 0, :, pos // W, pos % W, c] += 3.0
+    vocab = rng.normal(size=(6, p)).astype(np.float32)
+    tokens = np.zeros((n, 4, 3, p), np.float16)
+    mask = np.zeros((n, 4, 3), bool)
+    tokens[:, :, :2] = vocab[colours][:, None]
+    mask[:, :, :2] = True
+    pair = np.sort(colours, 1) @ [6, 1]
+    pooled = np.repeat(np.eye(36)[pair][:, None, :], 4, axis=1).astype(np.float16)  # says which answers are equal
+    for processor in ("attention", "paper"):
+        torch.manual_seed(0)
+        model = FTP(FTPConfig(D, (T, H, W), ["A"], n_classes=1, text_dim=p, processor=processor, objective="tokens"))
+        settings = OptimSettings(60, 60, 1e-2, 0.0, (0.9, 0.95), 2)
+        targets = TokenTargets(tokens, mask, np.arange(n))
+        after = train_alignment(model, ArraySource(m), np.arange(240), np.arange(240, n), pooled, settings, seed=0,
+                                tokens=targets)
+        assert after["A"]["R@1"] > 3 * after["A"]["chance_R@1"], (processor, after)
+        assert model.align_embeddings(torch.from_numpy(m[:2, 0]))["A"].shape == (2, T + H * W, p)
 
 
 def test_retrieval_chance_accounts_for_duplicates():

@@ -103,6 +103,9 @@ def section_change(section, **changes):
     ("finetune", {"mixup": 0.2}, ["unknown key 'finetune.mixup'", "did you mean"]),
     ("features", {"temporal_view": 3}, ["unknown key 'features.temporal_view'", "'temporal_views'"]),
     ("runtime", {"worker": 4}, ["unknown key 'runtime.worker'", "'workers'"]),
+    ("align", {"processor": "mlp"}, ["'align.processor'", "'mlp'", "attention, paper"]),
+    ("align", {"objective": "token"}, ["'align.objective'", "'token'", "pooled, tokens"]),
+    ("backbone_train", {"flips": "no"}, ["'backbone_train.flips'", "'no'"]),
 ])
 def test_training_sections_are_typed_and_checked(section, changes, expected):
     with pytest.raises(ParamsError) as err:
@@ -124,6 +127,14 @@ def test_missing_section_and_misspelt_top_level_key_are_named():
     raw["datasets"]["synth-scenes"]["train_per_clas"] = 3
     with pytest.raises(ParamsError, match="unknown key 'datasets.synth-scenes.train_per_clas'.*'train_per_class'"):
         parse_params(raw)
+
+
+def test_stage1_variants_and_backbone_augmentations_default_to_the_reference_run():
+    p = parse_params(with_change())
+    assert (p.align.processor, p.align.objective) == ("attention", "pooled")
+    assert p.backbone_train.flips and p.backbone_train.time_reversal
+    p = parse_params(section_change("align", processor="paper", objective="tokens"))
+    assert (p.align.processor, p.align.objective) == ("paper", "tokens")
 
 
 def test_optim_settings_come_from_their_section():

@@ -265,3 +265,31 @@ def test_editing_a_folder_datasets_csv_reruns_its_download(repo, params_file):
     assert (dst / "data/raw/mine/classes.txt").read_text().split("\n")[:2] == ["jump", "walk"]
     write_video(root / "b.mp4", index_frames(8))  # a replaced video
     assert stage in ran(run(["dvc", "repro", stage], dst).stdout)
+
+
+def test_paper_processor_with_the_token_wise_objective_runs_from_embed_to_zeroshot(repo, params_file):
+    """align.processor: paper and align.objective: tokens through the real stages: stage 1 trains and scores
+    both arms token-wise (the shuffled control permutes the token targets too), stage 2 loads the paper's
+    processors, zero-shot scores class texts token-wise."""
+    import json
+
+    dst, _ = repo
+    raw = yaml.safe_load(params_file.read_text())
+    raw["align"].update(processor="paper", objective="tokens")
+    raw["embed"]["max_tokens"] = 8  # SynthAct's answers are longer: align must say so
+    raw["finetune"]["arms"] = ["baseline", "ftp", "shuffled"]
+    params_file.write_text(yaml.safe_dump(raw, sort_keys=False))
+    proc = run(["dvc", "repro", "zeroshot@synth-scenes", "evaluate@synth-scenes"], dst)
+    assert "longer than embed.max_tokens = 8" in proc.stdout + proc.stderr
+    for arm in ("ftp", "shuffled"):
+        config = json.loads((dst / f"models/align/{arm}.json").read_text())["config"]
+        assert (config["processor"], config["objective"]) == ("paper", "tokens")
+    retrieval = json.loads((dst / "models/align_metrics.json").read_text())
+    assert all(0 <= retrieval[arm][p]["R@1"] <= 1 for arm in ("ftp", "shuffled") for p in "ABCD")
+    saved = json.loads((dst / "models/finetune/synth-scenes/ftp-seed0.json").read_text())
+    assert saved["config"]["processor"] == "paper"
+    zeroshot = json.loads((dst / "data/eval/synth-scenes/zeroshot.json").read_text())
+    assert set(zeroshot["template"]) == {"ftp", "shuffled"}
+    assert 0 <= zeroshot["template"]["ftp"]["combined"]["top1"] <= 1
+    metrics = json.loads((dst / "data/eval/synth-scenes/metrics.json").read_text())
+    assert {"baseline", "ftp", "shuffled"} <= set(metrics)

@@ -86,10 +86,11 @@ def predict_open(args) -> None:
     model.to(device)
     backbone = load_backbone(paths.BACKBONE).to(device)
     encoder = make_encoder(params.text_encoder, params.text_encoders, params.embed.max_length, str(device))
-    class_emb = encode_class_texts(class_texts("template", names), names, encoder)
+    objective = model.config.objective
+    class_emb = encode_class_texts(class_texts("template", names), names, encoder, objective)
     with torch.inference_mode():
         aligned = aligned_embeddings(model, _video_m(args.video, backbone, params, device)).mean(0, keepdim=True)
-    per_prompt = torch.from_numpy(class_scores(aligned, class_emb, model.prompts)[0])  # (P, C), over the views
+    per_prompt = torch.from_numpy(class_scores(aligned, class_emb, model.prompts, objective)[0])  # (P, C), over the views
     total = per_prompt.sum(0)
     order = torch.argsort(total, descending=True).tolist()
     print(f"{args.video}  zero-shot over {len(names)} class names: stage 1's FTP alignment heads (prompts "

@@ -20,6 +20,8 @@ from fourtier.errors import ParamsError
 
 PROMPT_IDS = ("A", "B", "C", "D")
 ARMS = ("baseline", "ftp", "random", "shuffled")  # README, "Arms": the baseline, FTP and its two controls
+PROCESSORS = ("attention", "paper")  # README, "The model and its two training stages"
+OBJECTIVES = ("pooled", "tokens")
 DATASET_TYPES = ("synthact", "folder", "ucf101", "hmdb51", "kinetics", "k710", "ssv2")
 SYNTHACT_VARIANTS = ("pretrain", "scenes", "motion")
 _PUBLIC_KEYS = ("type", "split", "short_side", "cache_dir", "archive_url", "splits_url", "archive_sha256", "archive_size")
@@ -149,6 +151,8 @@ class OptimSettings:
 class BackboneTrainParams:
     optim: OptimSettings
     temporal_views: int  # augmentation: a random one of these per sample
+    flips: bool  # augmentation: horizontal flips
+    time_reversal: bool  # augmentation: clips played backwards
     seed: int
 
 
@@ -156,6 +160,8 @@ class BackboneTrainParams:
 class AlignParams:
     optim: OptimSettings
     seed: int
+    processor: str  # attention (ours) | paper (mean pooling + a linear projection, the paper's Table 1)
+    objective: str  # pooled (InfoNCE on pooled vectors) | tokens (InfoNCE on a token-wise score)
 
 
 @dataclass(frozen=True)
@@ -465,13 +471,19 @@ def parse_params(raw: Any) -> Params:
                                      spatial_views=_int_at_least(features, "spatial_views", "features", 1),
                                      batch_size=_int_at_least(features, "batch_size", "features", 1),
                                      cache=cache, shard_mb=_int_at_least(features, "shard_mb", "features", 1, 2048))
-    backbone_train = _section(raw, "backbone_train", OPTIM_KEYS + ("temporal_views", "seed"))
+    backbone_train = _section(raw, "backbone_train", OPTIM_KEYS + ("temporal_views", "flips", "time_reversal", "seed"))
     backbone_train_params = BackboneTrainParams(
         optim=_optim(backbone_train, "backbone_train"),
         temporal_views=_int_at_least(backbone_train, "temporal_views", "backbone_train", 1),
+        flips=_get(backbone_train, "flips", "backbone_train", bool, True),
+        time_reversal=_get(backbone_train, "time_reversal", "backbone_train", bool, True),
         seed=_int_at_least(backbone_train, "seed", "backbone_train", 0))
-    align = _section(raw, "align", OPTIM_KEYS + ("seed",))
-    align_params = AlignParams(optim=_optim(align, "align"), seed=_int_at_least(align, "seed", "align", 0))
+    align = _section(raw, "align", OPTIM_KEYS + ("seed", "processor", "objective"))
+    align_params = AlignParams(optim=_optim(align, "align"), seed=_int_at_least(align, "seed", "align", 0),
+                               processor=_choice(_get(align, "processor", "align", str, "attention"), PROCESSORS,
+                                                 "align.processor"),
+                               objective=_choice(_get(align, "objective", "align", str, "pooled"), OBJECTIVES,
+                                                 "align.objective"))
     finetune = _section(raw, "finetune", OPTIM_KEYS + ("arms", "seeds", "label_smoothing", "mixup_alpha", "mixup_prob",
                                                        "shots", "shots_seed"))
     label_smoothing = _number(finetune, "label_smoothing", "finetune", 0.0, 1.0)

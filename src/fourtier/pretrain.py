@@ -14,10 +14,11 @@ from fourtier.params import OptimSettings
 
 
 def pretrain_backbone(model, frames, targets: np.ndarray, train_idx: np.ndarray, val_idx: np.ndarray,
-                      to_tensor, s: OptimSettings, seed: int) -> dict:
+                      to_tensor, s: OptimSettings, seed: int, flips: bool = True, time_reversal: bool = True) -> dict:
     """frames: decoded clips on disk (`FrameStore`: load(indices, views) -> uint8 (B, T, S, S, 3), n_views), read
-    a batch at a time; targets (N, heads) int. Random view, horizontal flip and time reversal per sample: the
-    coarse pretraining label does not depend on either."""
+    a batch at a time; targets (N, heads) int. Random view, and (unless switched off) horizontal flip and time
+    reversal per sample: the coarse pretraining label does not depend on either. The coin flips are drawn either
+    way, so switching one augmentation off leaves every other draw as it was."""
     gen = seed_everything(seed)
     steps = math.ceil(len(train_idx) / s.batch_size)
     opt, sched = make_optimizer(model.parameters(), s, steps)
@@ -33,9 +34,9 @@ def pretrain_backbone(model, frames, targets: np.ndarray, train_idx: np.ndarray,
             idx = order[step * s.batch_size:(step + 1) * s.batch_size]
             views = torch.randint(frames.n_views, (len(idx),), generator=gen).numpy()
             x = to_tensor(frames.load(idx, views))
-            flip = torch.rand(len(idx), generator=gen) < 0.5
+            flip = (torch.rand(len(idx), generator=gen) < 0.5) & flips
             x[flip] = x[flip].flip(-1)  # labels (motion family, shape) do not depend on left/right
-            backwards = torch.rand(len(idx), generator=gen) < 0.5
+            backwards = (torch.rand(len(idx), generator=gen) < 0.5) & time_reversal
             x[backwards] = x[backwards].flip(1)  # nor on the direction of time: rise/fall, grow/shrink share a family
             outputs = model(x)
             loss = sum(loss_fn(out, y[idx, h]) for h, out in enumerate(outputs))

@@ -29,16 +29,54 @@ def caption_groups(pooled: np.ndarray) -> np.ndarray:
     return groups.reshape(-1)
 
 
-def info_nce(z: torch.Tensor, e: torch.Tensor, groups: torch.Tensor, logit_scale: torch.Tensor) -> torch.Tensor:
-    """Symmetric InfoNCE with in-batch negatives. Videos whose answers are identical are all positives
-    (soft targets), so the same sentence is never pushed away from itself."""
-    logits = logit_scale.exp().clamp(max=100) * z @ e.t()
+def info_nce(z: torch.Tensor, e, groups: torch.Tensor, logit_scale: torch.Tensor, objective: str = "pooled") -> torch.Tensor:
+    """Symmetric InfoNCE with in-batch negatives, on the objective's video-to-text scores (pairwise_scores) of a
+    batch. Videos whose answers are identical are all positives (soft targets), so the same sentence is never
+    pushed away from itself."""
+    scale = logit_scale.exp().clamp(max=100)
+    logits = scale * token_scores(z, *e) if objective == "tokens" else scale * z @ e.t()
     same = (groups[:, None] == groups[None, :]).float()
     targets = same / same.sum(1, keepdim=True)
     return 0.5 * (torch.sum(-targets * logits.log_softmax(1), 1).mean() + torch.sum(-targets * logits.t().log_softmax(1), 1).mean())
 
 
-def retrieval(z: np.ndarray, e: np.ndarray, groups: np.ndarray, ks=(1, 5), chunk: int = 2048) -> dict:
+def token_scores(z: torch.Tensor, e: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """The token-wise score of objective `tokens` (text to video, as in FILIP): score[j, k] is the mean, over the
+    tokens of text k, of each token's best cosine with any token of video j. z (B, U, P) and e (C, L, P) are unit
+    vectors, mask (C, L) marks real text tokens. Returns (B, C)."""
+    best = torch.einsum("bup,clp->bclu", z, e).amax(-1)  # (B, C, L); max's backward keeps indices only
+    weight = mask.to(best.dtype)
+    return (best * weight).sum(-1) / weight.sum(-1).clamp(min=1)
+
+
+def pairwise_scores(z: torch.Tensor, e, objective: str) -> torch.Tensor:
+    """Video-to-text scores (B, C): cosines of pooled vectors, or token_scores for e = (tokens, mask)."""
+    return token_scores(z, *e) if objective == "tokens" else z @ e.t()
+
+
+class TokenTargets:
+    """Token-level e_i for the token-wise objective, read from the embed stage's memory-mapped arrays a batch at
+    a time, so memory is bounded by the batch. rows[i]: the embeddings row of the source's clip i (the shuffled
+    control permutes it)."""
+
+    def __init__(self, tokens: np.ndarray, mask: np.ndarray, rows: np.ndarray):
+        self.tokens, self.mask, self.rows = tokens, mask, np.asarray(rows)
+
+    def batch(self, idx: np.ndarray, col: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        """Unit token vectors (n, L, P) and mask (n, L) of prompt column `col` for clips idx, trimmed to the
+        longest answer among them (padding costs compute in token_scores)."""
+        rows = self.rows[np.asarray(idx)]
+        order = np.argsort(rows, kind="stable")  # ascending rows: sequential reads from the memory map
+        back = np.empty_like(order)
+        back[order] = np.arange(len(order))
+        mask = np.asarray(self.mask[rows[order], col])[back]
+        length = max(1, int(mask.any(0).nonzero()[0].max(initial=0)) + 1)
+        tokens = np.asarray(self.tokens[rows[order], col, :length], dtype=np.float32)[back]
+        e = torch.nn.functional.normalize(torch.from_numpy(tokens), dim=-1)
+        return e.to(device), torch.from_numpy(mask[:, :length]).to(device)
+
+
+def retrieval(z: np.ndarray, e: np.ndarray, groups: np.ndarray, ks=(1, 5), chunk: int = 2048, score=None) -> dict:
     """Video-to-text retrieval: a hit when one of the top-k texts is the video's own answer (or identical to it).
     Chance is exact for a random ranking: 1 - C(n - g, k) / C(n, k), g = copies of the right text.
     Similarities are ranked `chunk` videos at a time: memory is chunk x n, not n x n (66,000 held-out K710
@@ -46,7 +84,8 @@ def retrieval(z: np.ndarray, e: np.ndarray, groups: np.ndarray, ks=(1, 5), chunk
     from math import comb
 
     n = len(z)
-    top = np.concatenate([np.argsort(-(z[start:start + chunk] @ e.T), axis=1)[:, :max(ks)]
+    score = score or (lambda z_chunk: z_chunk @ e.T)  # score(z_chunk) -> (chunk, n): token_scores for `tokens`
+    top = np.concatenate([np.argsort(-score(z[start:start + chunk]), axis=1)[:, :max(ks)]
                           for start in range(0, n, chunk)])
     out = {}
     for k in ks:
@@ -106,17 +145,24 @@ class AlignmentModel(nn.Module):
 
 def train_alignment(model, source, train_idx: np.ndarray, val_idx: np.ndarray, pooled: np.ndarray, s: OptimSettings,
                     seed: int, live=None, tag: str = "", device: torch.device = torch.device("cpu"),
-                    workers: int = 0, on_epoch=None) -> dict:
-    """Stage 1: only processors and alignment heads train. pooled (N, 4, P) aligned with source rows.
-    Returns per-prompt retrieval on val_idx. on_epoch: called after every epoch instead of this run's own
-    progress bar (a stage's bar shared by its runs)."""
+                    workers: int = 0, on_epoch=None, tokens: TokenTargets | None = None) -> dict:
+    """Stage 1: only processors and alignment heads train. pooled (N, 4, P) aligned with source rows (with
+    objective `tokens` it still says which answers are identical). tokens: the token-level e_i, required by
+    objective `tokens`. Returns per-prompt retrieval on val_idx. on_epoch: called after every epoch instead of
+    this run's own progress bar (a stage's bar shared by its runs)."""
 
     from fourtier.errors import DataError
 
-    if pooled.shape[-1] != model.config.text_dim:
+    objective = model.config.objective
+    if objective == "pooled" and pooled.shape[-1] != model.config.text_dim:
         raise DataError(f"the text embeddings are {pooled.shape[-1]}-d but the alignment heads expect "
                         f"{model.config.text_dim}-d: the text encoder changed since the heads were built; "
                         "re-run embed and align (dvc repro)")
+    if objective == "tokens" and tokens is None:
+        raise DataError("align.objective is tokens but no token-level embeddings were given")
+    if tokens is not None and tokens.tokens.shape[-1] != model.config.text_dim:
+        raise DataError(f"the token embeddings are {tokens.tokens.shape[-1]}-d but the alignment heads expect "
+                        f"{model.config.text_dim}-d; re-run embed and align (dvc repro)")
     seed_everything(seed)
     model.to(device)
     prompts = model.prompts
@@ -136,25 +182,29 @@ def train_alignment(model, source, train_idx: np.ndarray, val_idx: np.ndarray, p
         total = 0.0
         for idx, _ in plan.epoch(epoch):
             m_part = source.to_m(next(batches), device)  # this rank's shard of the batch
+            e = [tokens.batch(idx, c, device) for c in cols] if objective == "tokens" else e_all[idx]
             opt.zero_grad()
-            total += alignment_backward(trained, stage1.logit_scale, m_part, len(idx), e_all[idx],
-                                        {p: g[idx] for p, g in groups.items()})
+            total += alignment_backward(trained, stage1.logit_scale, m_part, len(idx), e,
+                                        {p: g[idx] for p, g in groups.items()}, objective)
             opt.step()
             sched.step()
         log_epoch(live, "align/loss", total / plan.steps)
         bar.set_postfix(loss=f"{total / plan.steps:.3f}")
         if on_epoch is not None:
             on_epoch()
-    return evaluate_alignment(model, source, val_idx, pooled, device=device, workers=workers)
+    return evaluate_alignment(model, source, val_idx, pooled, device=device, workers=workers, tokens=tokens)
 
 
-def alignment_backward(stage1, logit_scale, m_part: torch.Tensor, n: int, e: torch.Tensor, groups: dict) -> float:
+def alignment_backward(stage1, logit_scale, m_part: torch.Tensor, n: int, e, groups: dict,
+                       objective: str = "pooled") -> float:
     """InfoNCE of a batch of n clips, of which this rank holds m_part; leaves the full batch's gradient on
-    every rank. e (n, prompts, P) unit text embeddings. Returns the loss."""
+    every rank. e: (n, prompts, P) unit pooled text embeddings, or for objective `tokens` one (tokens, mask) of
+    the batch per prompt. Returns the loss."""
     z_part = stage1(m_part)
     prompts = list(z_part)
     z = {p: distributed.gather(z_part[p], n) for p in prompts}  # every in-batch negative
-    loss = sum(info_nce(z[p], e[:, j], groups[p], logit_scale[j]) for j, p in enumerate(prompts))
+    loss = sum(info_nce(z[p], e[j] if objective == "tokens" else e[:, j], groups[p], logit_scale[j], objective)
+               for j, p in enumerate(prompts))
     # Every rank computes the same full-batch loss; all_gather's backward sums the ranks' gradients for the
     # local shard (world x the true one) and DistributedDataParallel averages over ranks: the exact gradient.
     loss.backward()
@@ -163,7 +213,10 @@ def alignment_backward(stage1, logit_scale, m_part: torch.Tensor, n: int, e: tor
 
 @torch.inference_mode()
 def evaluate_alignment(model, source, idx: np.ndarray, pooled: np.ndarray, batch_size: int = 256,
-                       device: torch.device = torch.device("cpu"), workers: int = 0) -> dict:
+                       device: torch.device = torch.device("cpu"), workers: int = 0,
+                       tokens: TokenTargets | None = None) -> dict:
+    """Per-prompt video-to-text retrieval among the clips idx, each video's embedding averaged over its views,
+    scored as the objective scores (cosine of pooled vectors, or token_scores)."""
 
     model.eval()
     zs = {p: [] for p in model.prompts}
@@ -177,10 +230,26 @@ def evaluate_alignment(model, source, idx: np.ndarray, pooled: np.ndarray, batch
             zs[p].append(torch.nn.functional.normalize(z[p], dim=-1).cpu().numpy())
     result = {}
     for p in model.prompts:
-        e = np.asarray(pooled[idx, PROMPT_IDS.index(p)], dtype=np.float32)
+        col = PROMPT_IDS.index(p)
+        groups = caption_groups(np.asarray(pooled[idx, col]))
+        if model.config.objective == "tokens":
+            result[p] = retrieval(np.concatenate(zs[p]), None, groups, chunk=64,
+                                  score=lambda z_chunk: token_scores_chunked(z_chunk, tokens, idx, col, device))
+            continue
+        e = np.asarray(pooled[idx, col], dtype=np.float32)
         e /= np.linalg.norm(e, axis=1, keepdims=True) + 1e-8
-        result[p] = retrieval(np.concatenate(zs[p]), e, caption_groups(np.asarray(pooled[idx, PROMPT_IDS.index(p)])))
+        result[p] = retrieval(np.concatenate(zs[p]), e, groups)
     return result
+
+
+@torch.inference_mode()
+def token_scores_chunked(z: np.ndarray, tokens: TokenTargets, idx: np.ndarray, col: int, device: torch.device,
+                         chunk: int = 256) -> np.ndarray:
+    """token_scores of videos z (B, U, P) against the texts of clips idx, `chunk` texts at a time: memory is
+    B x chunk x L x U, whatever the number of texts."""
+    z = torch.from_numpy(z).to(device)
+    return torch.cat([token_scores(z, *tokens.batch(idx[start:start + chunk], col, device))
+                      for start in range(0, len(idx), chunk)], 1).cpu().numpy()
 
 
 def eval_keys(idx: np.ndarray, n_views: int, batch_size: int):
@@ -201,7 +270,7 @@ def stage2_model(arm: str, prompts: list[str], dim: int, grid: tuple[int, int, i
     processors; the other arms load theirs from stage 1 (models/align/<arm>)."""
     from fourtier import paths
     from fourtier.errors import DataError
-    from fourtier.models.ftp import FTP, FTPConfig
+    from fourtier.models.ftp import FTP, FTPConfig, read_saved
 
     seed_everything(seed)
     baseline = FTP(FTPConfig(dim, grid, [], n_classes))
@@ -211,7 +280,7 @@ def stage2_model(arm: str, prompts: list[str], dim: int, grid: tuple[int, int, i
     if not saved.with_suffix(".safetensors").exists():
         raise DataError(f"{saved}.safetensors is missing: align trains the arms in finetune.arms; re-run align "
                         "(dvc repro)")
-    model = FTP(FTPConfig(dim, grid, prompts, n_classes))
+    model = FTP(FTPConfig(dim, grid, prompts, n_classes, processor=read_saved(saved)["config"].processor))
     model.classifier.load_state_dict(baseline.classifier.state_dict())
     model.load_parts(saved, ("processors",))
     return model

@@ -5,6 +5,8 @@ answers; each class has a text for prompt i (fourtier.classtexts), encoded by th
 answers. The score of class c is the sum over prompts of cos(head_i(v_i), e_i(c)), averaged over the views;
 the prediction is its argmax. Each prompt alone is reported too. A score is a dot product, linear in the
 aligned embedding, so the views are averaged before scoring: one pass over m serves every set of class texts.
+With `align.objective: tokens` the score is the token-wise one (fourtier.training.token_scores) between each
+v_i token's vector, averaged over the views and renormalised, and the class text's tokens.
 """
 from __future__ import annotations
 
@@ -14,9 +16,18 @@ import torch
 from fourtier.params import PROMPT_IDS
 
 
-def encode_class_texts(texts: dict[str, dict[str, str]], classes: list[str], encoder) -> dict[str, torch.Tensor]:
-    """{prompt: (C, d) unit vectors}, the pooled embeddings of each class's text for that prompt."""
-    return {p: torch.from_numpy(encoder.encode([texts[c][p] for c in classes]).pooled).float() for p in PROMPT_IDS}
+def encode_class_texts(texts: dict[str, dict[str, str]], classes: list[str], encoder, objective: str = "pooled") -> dict:
+    """{prompt: (C, d) unit vectors}, the pooled embeddings of each class's text for that prompt; for objective
+    `tokens`, {prompt: ((C, L, d) unit token vectors, (C, L) mask)}."""
+    out = {}
+    for p in PROMPT_IDS:
+        enc = encoder.encode([texts[c][p] for c in classes])
+        if objective == "tokens":
+            tokens = torch.nn.functional.normalize(torch.from_numpy(enc.tokens).float(), dim=-1)
+            out[p] = (tokens, torch.from_numpy(enc.mask))
+        else:
+            out[p] = torch.from_numpy(enc.pooled).float()
+    return out
 
 
 @torch.inference_mode()
@@ -32,11 +43,16 @@ def aligned_over_views(model, source, idx: np.ndarray, workers: int = 0) -> np.n
     return over_views(lambda m: aligned_embeddings(model, m), model, source, idx, 128, workers)
 
 
-def class_scores(aligned, class_emb: dict[str, torch.Tensor], prompts: list[str]) -> np.ndarray:
+def class_scores(aligned, class_emb: dict, prompts: list[str], objective: str = "pooled") -> np.ndarray:
     """(N, P, C): per prompt, the dot product of each clip's (view-averaged) aligned embedding with each class
-    text's unit vector: the cosine, averaged over the views."""
+    text's unit vector: the cosine, averaged over the views. For objective `tokens`, the token-wise score."""
+    from fourtier.training import pairwise_scores
+
     aligned = torch.as_tensor(aligned).float().cpu()
-    return torch.stack([aligned[:, i] @ class_emb[p].t() for i, p in enumerate(prompts)], 1).numpy()
+    if objective == "tokens":
+        aligned = torch.nn.functional.normalize(aligned, dim=-1)
+    return torch.stack([pairwise_scores(aligned[:, i], class_emb[p], objective) for i, p in enumerate(prompts)],
+                       1).numpy()
 
 
 def topk_accuracy(scores: np.ndarray, labels: np.ndarray, k: int) -> float:

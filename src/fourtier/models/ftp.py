@@ -8,10 +8,13 @@
                        projected to D, summed over prompts, added to m:  f = m + sum_i proj_i(r_i)
     classifier         two transformer blocks (MHSA + FFN) over f's tokens, average pooling, linear layer
 
-`prompts: []` gives f = m: the paper's group-1 baseline. Pooling is learned attention pooling and the
-projections are small residual MLPs, where the paper (Table 1) pools and applies a trainable projection;
-the README ("The model and its two training stages") says why and what is not yet measured. The integration
-projections start at zero, so stage 2 starts from the baseline's f = m.
+`prompts: []` gives f = m: the paper's group-1 baseline. Two processors (`align.processor`):
+    attention  learned attention pooling with position embeddings, small residual MLPs as projections
+    paper      the paper as written (§3.1, Table 1): average pooling, a trainable linear projection
+and two stage-1 objectives (`align.objective`): `pooled` matches one vector per v_i with the pooled e_i,
+`tokens` gives every v_i token a vector in the text-token space, scored token-wise (fourtier.training). The
+README ("The model and its two training stages") compares them. The integration projections start at zero,
+so stage 2 starts from the baseline's f = m.
 
 Saved models are two files: `<name>.safetensors` (tensors only: loading one cannot run code, unlike a
 pickle from a shared remote) and `<name>.json` (FTPConfig, which parts were saved, and the caller's metadata).
@@ -81,6 +84,23 @@ class FeatureProcessor(nn.Module):
         return s, t_
 
 
+class PaperProcessor(nn.Module):
+    """The paper's processor as written (§3.1, Figure 2(b), Table 1): s_i is m averaged over space, t_i over
+    time, each followed by a trainable linear projection (Table 1's Conv1d with kernel 1, applied per token).
+    Table 1's maxpool2d has kernel 1 and stride 1, which leaves its input as it is, so the pooling over each axis
+    that §3.1 describes is taken as an average here."""
+
+    def __init__(self, dim: int):
+        super().__init__()
+        self.proj_s = nn.Linear(dim, dim)
+        self.proj_t = nn.Linear(dim, dim)
+
+    def forward(self, m: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        b, t, h, w, d = m.shape
+        x = m.reshape(b, t, h * w, d)
+        return self.proj_s(x.mean(2)), self.proj_t(x.mean(1))
+
+
 class AlignmentHead(nn.Module):
     """Stage 1 only: v_i (B, T+N, D) -> unit vector in the text embedding space."""
 
@@ -95,6 +115,37 @@ class AlignmentHead(nn.Module):
         tokens = v + self.pos
         tokens = tokens + self.token_mlp(tokens)
         return F.normalize(self.proj(self.pool(tokens)), dim=-1)
+
+
+class PaperAlignmentHead(nn.Module):
+    """Stage 1 only, paper processor: v_i's tokens averaged, then one linear map to the text embedding size (the
+    paper matches v_i to e_i directly, their sizes being equal; here D and the text size differ)."""
+
+    def __init__(self, dim: int, text_dim: int):
+        super().__init__()
+        self.proj = nn.Linear(dim, text_dim)
+
+    def forward(self, v: torch.Tensor) -> torch.Tensor:
+        return F.normalize(self.proj(v.mean(1)), dim=-1)
+
+
+class TokenAlignmentHead(nn.Module):
+    """Stage 1 only, objective `tokens`: v_i (B, T+N, D) -> one unit vector per token (B, T+N, text_dim), in the
+    text encoder's token space. With the attention processor each token first passes a residual MLP (as in
+    AlignmentHead); with the paper's, the map is linear."""
+
+    def __init__(self, dim: int, length: int, text_dim: int, mlp: bool):
+        super().__init__()
+        self.pos = nn.Parameter(torch.zeros(length, dim)) if mlp else None
+        self.token_mlp = MLP(dim, 2 * dim, dim) if mlp else None
+        self.proj = nn.Sequential(nn.LayerNorm(dim), nn.Linear(dim, text_dim)) if mlp else nn.Linear(dim, text_dim)
+
+    def forward(self, v: torch.Tensor) -> torch.Tensor:
+        tokens = v
+        if self.token_mlp is not None:
+            tokens = v + self.pos
+            tokens = tokens + self.token_mlp(tokens)
+        return F.normalize(self.proj(tokens), dim=-1)
 
 
 class Integration(nn.Module):
@@ -166,6 +217,8 @@ class FTPConfig:
     prompts: tuple[str, ...] = ()  # () is the baseline
     n_classes: int = 1
     text_dim: int = 0
+    processor: str = "attention"  # attention | paper
+    objective: str = "pooled"  # pooled | tokens: the shape of the alignment heads' output
 
     def __post_init__(self):
         object.__setattr__(self, "grid", tuple(int(g) for g in self.grid))
@@ -205,11 +258,23 @@ class FTP(nn.Module):
         dim, prompts = config.dim, list(config.prompts)
         self.config = config
         self.prompts = prompts
-        self.processors = nn.ModuleDict({p: FeatureProcessor(dim, frames, h * w) for p in prompts})
+        if config.processor not in ("attention", "paper") or config.objective not in ("pooled", "tokens"):
+            raise DataError(f"unknown processor {config.processor!r} or objective {config.objective!r}")
+        paper = config.processor == "paper"
+        self.processors = nn.ModuleDict(
+            {p: PaperProcessor(dim) if paper else FeatureProcessor(dim, frames, h * w) for p in prompts})
         self.align_heads = nn.ModuleDict(
-            {p: AlignmentHead(dim, frames + h * w, config.text_dim) for p in prompts} if config.text_dim else {})
+            {p: self._align_head(dim, frames + h * w, config) for p in prompts} if config.text_dim else {})
         self.integration = Integration(dim, prompts)
         self.classifier = Classifier(dim, frames * h * w, config.n_classes)
+
+    @staticmethod
+    def _align_head(dim: int, length: int, config: FTPConfig) -> nn.Module:
+        if config.objective == "tokens":
+            return TokenAlignmentHead(dim, length, config.text_dim, mlp=config.processor == "attention")
+        if config.processor == "paper":
+            return PaperAlignmentHead(dim, config.text_dim)
+        return AlignmentHead(dim, length, config.text_dim)
 
     # --- the saved format: safetensors weights + JSON config, written atomically --------------------------
     def save(self, path: Path, parts: tuple[str, ...] = PARTS, meta: dict | None = None) -> None:
@@ -242,7 +307,7 @@ class FTP(nn.Module):
 
         saved = read_saved(path)
         config = saved["config"]
-        for key in ("dim", "grid", "prompts"):
+        for key in ("dim", "grid", "prompts", "processor"):
             if getattr(config, key) != getattr(self.config, key):
                 raise DataError(f"{_files(path)[0]} was saved with {key} {getattr(config, key)} but this model has "
                                 f"{getattr(self.config, key)}; re-run the stage that writes it (dvc repro)")
@@ -263,7 +328,8 @@ class FTP(nn.Module):
         return {p: torch.cat(st, dim=1) for p, st in self.processor_outputs(m).items()}
 
     def align_embeddings(self, m: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Stage 1: one unit vector per prompt, to be matched with that prompt's pooled e_i."""
+        """Stage 1, per prompt: a unit vector (B, P) to match that prompt's pooled e_i (objective `pooled`), or a
+        unit vector per v_i token (B, T+N, P) to score against its token-level e_i (objective `tokens`)."""
         return {p: self.align_heads[p](v_i) for p, v_i in self.v(m).items()}
 
     def f(self, m: torch.Tensor) -> torch.Tensor:
