@@ -13,6 +13,7 @@ clip's alignment output averaged over its views. Reported per pair of phrases, o
   prefers own  per direction, the fraction scored above their swapped twin
   balanced     the mean of the two: a model that merely favours one of the words everywhere scores 0.5, one
                that cannot see the swap scores 0.5, one that reads it from the video scores near 1
+  95%          the normal-approximation interval of `balanced` (the two directions' answers are independent)
   margin       the mean score difference, own minus swapped, over both directions
 Writes analysis/results/swap_discrimination-<label>.txt.
 """
@@ -83,8 +84,8 @@ def main() -> None:
     lines = [f"# python analysis/swap_discrimination.py --label {args.label} --arm {args.arm}: align.processor "
              f"{model.config.processor}, align.objective {objective}, prompts {','.join(model.prompts)}, "
              f"{len(idx)} held-out clips of {corpus}",
-             "| kind | pair a / b | answers (a, b) | prefers own, a -> b | prefers own, b -> a | balanced | margin |",
-             "|---|---|---|---|---|---|---|"]
+             "| kind | pair a / b | answers (a, b) | prefers own, a -> b | prefers own, b -> a | balanced | 95% | margin |",
+             "|---|---|---|---|---|---|---|---|"]
     for kind, a, b in PAIRS:
         rates, counts, margins = [], [], []
         for old, new in ((a, b), (b, a)):
@@ -93,8 +94,11 @@ def main() -> None:
             rates.append((diff > 0).mean() if len(diff) else float("nan"))
             margins.append(diff)
         margin = np.concatenate(margins)
+        half = 1.96 * np.sqrt(sum(r * (1 - r) / max(n, 1) for r, n in zip(rates, counts))) / 2
+        balanced = np.mean(rates)
         lines.append(f"| {kind} | {a} / {b} | {counts[0]}, {counts[1]} | {rates[0]:.3f} | {rates[1]:.3f} | "
-                     f"{np.mean(rates):.3f} | {margin.mean() if len(margin) else float('nan'):+.4f} |")
+                     f"{balanced:.3f} | [{balanced - half:.2f}, {balanced + half:.2f}] | "
+                     f"{margin.mean() if len(margin) else float('nan'):+.4f} |")
     text = "\n".join(lines) + "\n"
     print(text, end="")
     out = Path(f"analysis/results/swap_discrimination-{args.label}.txt")

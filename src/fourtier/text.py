@@ -136,12 +136,16 @@ def embed_captions(captions: list[dict], out_dir: Path, encoder: TextEncoder, ba
         rows_of.setdefault(r["answer"], []).append(r)
     texts = sorted(rows_of, key=len)  # similar lengths per batch: less padding
     truncated = 0  # answers longer than max_tokens: their token-level e_i lose the end
+    lengths = {p: [] for p in PROMPT_IDS}  # tokens per answer (up to the encoder's max length), per prompt
     with tqdm(total=len(texts), desc="embed", unit="text", dynamic_ncols=True, mininterval=1.0) as bar:
         for start in range(0, len(texts), batch_size):
             batch = texts[start:start + batch_size]
             enc = encoder.encode(batch)
             length = min(max_tokens, enc.tokens.shape[1])
             truncated += sum(len(rows_of[t]) for t, n in zip(batch, enc.mask.sum(1)) if n > max_tokens)
+            for text, n in zip(batch, enc.mask.sum(1).tolist()):
+                for r in rows_of[text]:
+                    lengths[r["prompt_id"]].append(n)
             for j, text in enumerate(batch):
                 for r in rows_of[text]:
                     i, k = position[r["video_id"]], PROMPT_IDS.index(r["prompt_id"])
@@ -153,7 +157,9 @@ def embed_captions(captions: list[dict], out_dir: Path, encoder: TextEncoder, ba
         array.close()
     (out_dir / "videos.txt").write_text("".join(f"{v}\n" for v in videos))
     meta = {"encoder": encoder.name, "model": encoder.model_id, "token_dim": d, "pooled_dim": p,
-            "max_tokens": max_tokens, "truncated_answers": truncated, "prompts": list(PROMPT_IDS), "videos": n, "texts": len(todo),
+            "max_tokens": max_tokens, "truncated_answers": truncated,
+            "answer_tokens": {p: {"median": float(np.median(n)), "max": int(max(n))} for p, n in lengths.items() if n},
+            "prompts": list(PROMPT_IDS), "videos": n, "texts": len(todo),
             "distinct_texts": len(texts),
             "missing_answers": len(captions) - len(todo)}
     (out_dir / "meta.json").write_text(json.dumps(meta, indent=1) + "\n")
