@@ -2,7 +2,7 @@
 answer with the direction swapped (left <-> right, rising <-> falling, growing <-> shrinking)? Swapped shape and
 colour are the comparison.
 
-    python analysis/swap_discrimination.py --label pooled-attention   (after dvc repro or a dvc exp run)
+    python analysis/swap_discrimination.py --label default   (after dvc repro or a dvc exp run)
 
 For every held-out clip of the pretraining corpus (split val) and every prompt of the stage-1 model
 (models/align/<arm>), each answer that contains one phrase of a pair is paired with itself with the phrase
@@ -65,7 +65,7 @@ def swap_differences(model, aligned, answers, row, encoder, objective: str, old:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--label", required=True, help="names the output file, e.g. pooled-attention")
+    parser.add_argument("--label", required=True, help="names the output file, e.g. default")
     parser.add_argument("--arm", default="ftp", help="stage-1 arm under models/align (default ftp)")
     args = parser.parse_args()
     params = load_params()

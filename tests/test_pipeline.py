@@ -150,12 +150,14 @@ DOWNSTREAM_OF_ALIGN = ["align", "finetune@synth-scenes", "finetune@synth-motion"
     ({"finetune.lr": 3e-4}, ["finetune@synth-scenes", "finetune@synth-motion", "evaluate@synth-scenes",
                              "evaluate@synth-motion"]),
     ({"finetune.arms": ["ftp"]}, DOWNSTREAM_OF_ALIGN),
+    ({"align.processor": "paper", "align.objective": "tokens"}, DOWNSTREAM_OF_ALIGN),
     ({"datasets.synth-scenes.seed": 99}, ["download-target@synth-scenes", "features-target@synth-scenes",
                                          "finetune@synth-scenes", "evaluate@synth-scenes", "zeroshot@synth-scenes"]),
     ({"runtime.device": "cpu"}, ["embed@synth-pretrain", "features-pretrain@synth-pretrain", "features-target@synth-scenes",
                                  "features-target@synth-motion", *DOWNSTREAM_OF_ALIGN]),
     ({"features.batch_size": 16, "runtime.loader_workers": 2, "runtime.workers": 1}, []),
-], ids=["vlm", "K", "backbone", "prompts", "finetune.lr", "finetune.arms", "one-dataset", "device", "speed-only"])
+], ids=["vlm", "K", "backbone", "prompts", "finetune.lr", "finetune.arms", "align-variant", "one-dataset", "device",
+    "speed-only"])
 def test_each_selector_reruns_exactly_its_stages(repo, params_file, change, expected):
     raw = yaml.safe_load(params_file.read_text())
     for dotted, value in change.items():
