@@ -77,6 +77,7 @@ def test_captions_and_embeddings_follow_their_contracts(repo):
     assert pooled.shape == (24, 4, 384) and np.allclose(np.linalg.norm(pooled.astype(float), axis=-1), 1, atol=1e-2)
     assert (emb / "videos.txt").read_text().split() == [f"pretrain-{i:06d}" for i in range(24)]
     meta = json.loads((emb / "meta.json").read_text())
+    assert (meta["videos"], meta["texts"]) == (24, 24 * 4)
     kept = mask.sum(-1)  # tokens stored per answer: at most embed.max_tokens = 32
     for j, p in enumerate("ABCD"):  # the full length is counted; an answer beyond 32 tokens keeps 32
         assert kept[:, j].max() == min(meta["answer_tokens"][p]["max"], 32)

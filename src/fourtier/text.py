@@ -143,9 +143,9 @@ def embed_captions(captions: list[dict], out_dir: Path, encoder: TextEncoder, ba
             enc = encoder.encode(batch)
             length = min(max_tokens, enc.tokens.shape[1])
             truncated += sum(len(rows_of[t]) for t, n in zip(batch, enc.mask.sum(1)) if n > max_tokens)
-            for text, n in zip(batch, enc.mask.sum(1).tolist()):
+            for text, length_of_text in zip(batch, enc.mask.sum(1).tolist()):
                 for r in rows_of[text]:
-                    lengths[r["prompt_id"]].append(n)
+                    lengths[r["prompt_id"]].append(length_of_text)
             for j, text in enumerate(batch):
                 for r in rows_of[text]:
                     i, k = position[r["video_id"]], PROMPT_IDS.index(r["prompt_id"])
