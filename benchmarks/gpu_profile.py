@@ -4,7 +4,7 @@ sizes, the whole features stage at two settings, and the tiny backbone's m on CP
 
     python benchmarks/gpu_profile.py > benchmarks/results/gpu_h100_profile.txt
 """
-import sys, time, json, tempfile
+import sys, time, tempfile
 from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]; sys.path.insert(0, str(ROOT / "benchmarks")); sys.path.insert(0, str(ROOT / "src"))
 import numpy as np, torch

@@ -1,7 +1,6 @@
 """Every backbone exposes the feature map m (B, T', h, w, D); tiny random configs of each hub architecture."""
 import json
 
-import numpy as np
 import pytest
 import torch
 

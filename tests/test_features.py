@@ -15,7 +15,7 @@ import torch
 from fourtier.data.contract import Annotation, write_dataset
 from fourtier.errors import DataError, ParamsError
 from fourtier.features import FeatureSource, OnTheFlyFeatures, compute_features, open_features
-from fourtier.models.backbone import LoadedBackbone, TinyVideoViT, load_backbone, save_tiny, tiny_preprocess
+from fourtier.models.backbone import TinyVideoViT, load_backbone, save_tiny
 from fourtier.models.ftp import FTP, FTPConfig
 from fourtier.runtime import resolve_device
 from fourtier.shards import ShardedArray
