@@ -6,7 +6,8 @@
 #   fourtier ablate K && fourtier ablate prompts && dvc queue start -j 1   # queue and run (about 90 minutes)
 #   bash analysis/ablations.sh <commit the experiments were queued from>
 #
-# Output: analysis/results/ablations/{exp_show.json,report.md} and docs/ablation_gains.png.
+# Output: analysis/results/ablations/{exp_show.json,report.md}, and analysis/results/ablations/gains.png once
+# the baseline group (prompts 1) is among the experiments.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 rev=${1:?the commit the experiments were queued from}
@@ -26,4 +27,4 @@ for entry in rows:  # only the ablations, and of each only its params and evalua
         data["metrics"] = {k: v for k, v in (data.get("metrics") or {}).items() if k.endswith("metrics.json")}
 json.dump(rows, sys.stdout, separators=(",", ":"))
 ' > "$out/exp_show.json"
-fourtier report --json "$out/exp_show.json" --out "$out/report.md" --plot docs/ablation_gains.png
+fourtier report --json "$out/exp_show.json" --out "$out/report.md" --plot "$out/gains.png"
