@@ -30,17 +30,10 @@ from fourtier.models.ftp import FTP
 from fourtier.params import load_params
 from fourtier.text import make_encoder, read_captions
 from fourtier.training import pairwise_scores
-from fourtier.zeroshot import aligned_over_views
+from fourtier.zeroshot import aligned_over_views, encode_texts
 
 PAIRS = [("direction", "to the left", "to the right"), ("direction", "rising", "falling"),
          ("direction", "growing larger", "shrinking"), ("shape", "ball", "box"), ("colour", "red", "blue")]
-
-
-def encode(encoder, texts: list[str], objective: str):
-    enc = encoder.encode(texts)
-    if objective == "tokens":
-        return torch.nn.functional.normalize(torch.from_numpy(enc.tokens).float(), dim=-1), torch.from_numpy(enc.mask)
-    return torch.from_numpy(enc.pooled).float()
 
 
 def swap_differences(model, aligned, answers, row, encoder, objective: str, old: str, new: str) -> np.ndarray:
@@ -57,8 +50,8 @@ def swap_differences(model, aligned, answers, row, encoder, objective: str, old:
     diffs = [np.zeros(0)]
     for start in range(0, len(own), 64):
         z = torch.stack([aligned[i, j] for i, j in where[start:start + 64]])
-        s_own = pairwise_scores(z, encode(encoder, own[start:start + 64], objective), objective).diagonal()
-        s_swap = pairwise_scores(z, encode(encoder, swapped[start:start + 64], objective), objective).diagonal()
+        s_own = pairwise_scores(z, encode_texts(encoder, own[start:start + 64], objective), objective).diagonal()
+        s_swap = pairwise_scores(z, encode_texts(encoder, swapped[start:start + 64], objective), objective).diagonal()
         diffs.append((s_own - s_swap).numpy())  # the diagonal: each clip against its own pair only
     return np.concatenate(diffs)
 

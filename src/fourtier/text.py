@@ -142,12 +142,10 @@ def embed_captions(captions: list[dict], out_dir: Path, encoder: TextEncoder, ba
             batch = texts[start:start + batch_size]
             enc = encoder.encode(batch)
             length = min(max_tokens, enc.tokens.shape[1])
-            truncated += sum(len(rows_of[t]) for t, n in zip(batch, enc.mask.sum(1)) if n > max_tokens)
-            for text, length_of_text in zip(batch, enc.mask.sum(1).tolist()):
+            for j, (text, answer_tokens) in enumerate(zip(batch, enc.mask.sum(1).tolist())):
                 for r in rows_of[text]:
-                    lengths[r["prompt_id"]].append(length_of_text)
-            for j, text in enumerate(batch):
-                for r in rows_of[text]:
+                    lengths[r["prompt_id"]].append(answer_tokens)
+                    truncated += answer_tokens > max_tokens
                     i, k = position[r["video_id"]], PROMPT_IDS.index(r["prompt_id"])
                     tokens.write((i, k), enc.tokens[j, :length])
                     mask.write((i, k), enc.mask[j, :length])

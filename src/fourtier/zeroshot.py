@@ -19,15 +19,16 @@ from fourtier.params import PROMPT_IDS
 def encode_class_texts(texts: dict[str, dict[str, str]], classes: list[str], encoder, objective: str = "pooled") -> dict:
     """{prompt: (C, d) unit vectors}, the pooled embeddings of each class's text for that prompt; for objective
     `tokens`, {prompt: ((C, L, d) unit token vectors, (C, L) mask)}."""
-    out = {}
-    for p in PROMPT_IDS:
-        enc = encoder.encode([texts[c][p] for c in classes])
-        if objective == "tokens":
-            tokens = torch.nn.functional.normalize(torch.from_numpy(enc.tokens).float(), dim=-1)
-            out[p] = (tokens, torch.from_numpy(enc.mask))
-        else:
-            out[p] = torch.from_numpy(enc.pooled).float()
-    return out
+    return {p: encode_texts(encoder, [texts[c][p] for c in classes], objective) for p in PROMPT_IDS}
+
+
+def encode_texts(encoder, texts: list[str], objective: str = "pooled"):
+    """Texts as the stage-1 objective scores them: (n, d) unit pooled vectors, or for `tokens` ((n, L, d) unit
+    token vectors, (n, L) mask)."""
+    enc = encoder.encode(texts)
+    if objective == "tokens":
+        return torch.nn.functional.normalize(torch.from_numpy(enc.tokens).float(), dim=-1), torch.from_numpy(enc.mask)
+    return torch.from_numpy(enc.pooled).float()
 
 
 @torch.inference_mode()
