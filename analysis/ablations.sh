@@ -4,16 +4,18 @@
 # makes from them, which it can make again from the committed file alone.
 #
 #   fourtier ablate K && fourtier ablate prompts && dvc queue start -j 1   # queue and run (about 90 minutes)
-#   bash analysis/ablations.sh <commit the experiments were queued from>
+#   bash analysis/ablations.sh <commit the experiments were queued from> [<another such commit> ...]
 #
 # Output: analysis/results/ablations/{exp_show.json,report.md}, and analysis/results/ablations/gains.png once
 # the baseline group (prompts 1) is among the experiments.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-rev=${1:?the commit the experiments were queued from}
+[ $# -gt 0 ] || { echo "usage: $0 <commit the experiments were queued from> [<another> ...]" >&2; exit 2; }
+revs=()
+for rev in "$@"; do revs+=(--rev "$rev"); done
 out=analysis/results/ablations
 mkdir -p "$out"
-dvc exp show --json --rev "$rev" | python -c '
+dvc exp show --json "${revs[@]}" | python -c '
 import json, sys
 keep = ("K-", "prompts-")
 rows = json.load(sys.stdin)

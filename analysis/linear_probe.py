@@ -1,8 +1,9 @@
 """What do m and the stage-1 processors encode about each target's classes? A linear probe per representation.
 
     python analysis/linear_probe.py      (after dvc repro; about 1 minute on 2 cores)
+    python analysis/linear_probe.py --out analysis/results/linear_probe-<experiment>.txt   (another run's outputs)
 
-Writes the lines it prints to analysis/results/linear_probe.txt.
+Writes the lines it prints to analysis/results/linear_probe.txt (or --out).
 
 For each target: logistic regression on the training clips, top-1 on the validation clips (view 0), for
   m (frame means, T x D)           the frozen backbone's feature map, pooled over space
@@ -12,6 +13,7 @@ For each target: logistic regression on the training clips, top-1 on the validat
 If the FTP processors add little over m and the controls, stage 1 has not put the target's distinctions into
 v_i, and stage 2 cannot gain from them.
 """
+import argparse
 from pathlib import Path
 
 import numpy as np
@@ -27,6 +29,9 @@ from fourtier.training import stage2_model
 
 
 def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", type=Path, default=Path("analysis/results/linear_probe.txt"))
+    args = parser.parse_args()
     params = load_params()
     torch.set_num_threads(params.workers)
     lines = ["# python analysis/linear_probe.py: validation top-1 of a linear probe per representation (view 0)"]
@@ -47,9 +52,8 @@ def main() -> None:
             probe.fit(x[train], source.labels[train])
             lines.append(f"{ds:14s} {name:30s} linear probe top-1 {100 * probe.score(x[val], source.labels[val]):.1f}%")
             print(lines[-1], flush=True)
-    out = Path("analysis/results/linear_probe.txt")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text("\n".join(lines) + "\n")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text("\n".join(lines) + "\n")
 
 
 if __name__ == "__main__":

@@ -22,7 +22,7 @@ def one_step_gradients(model, source, pooled, labels) -> dict:
     """The summed gradients of one stage-1 batch (27 clips) and one stage-2 batch (25 clips)."""
     idx = np.arange(27)
     part = distributed.shard(len(idx))
-    e = torch.nn.functional.normalize(torch.from_numpy(pooled[idx][:, :2].astype(np.float32)), dim=-1)
+    e = list(torch.nn.functional.normalize(torch.from_numpy(pooled[idx][:, :2].astype(np.float32)), dim=-1).unbind(1))
     groups = {p: torch.from_numpy(caption_groups(pooled[idx, j])) for j, p in enumerate(model.prompts)}
     stage1 = AlignmentModel(model)
     with torch.no_grad():

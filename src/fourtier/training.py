@@ -33,8 +33,7 @@ def info_nce(z: torch.Tensor, e, groups: torch.Tensor, logit_scale: torch.Tensor
     """Symmetric InfoNCE with in-batch negatives, on the objective's video-to-text scores (pairwise_scores) of a
     batch. Videos whose answers are identical are all positives (soft targets), so the same sentence is never
     pushed away from itself."""
-    scale = logit_scale.exp().clamp(max=100)
-    logits = scale * token_scores(z, *e) if objective == "tokens" else scale * z @ e.t()
+    logits = pairwise_scores(z, e, objective, scale=logit_scale.exp().clamp(max=100))
     same = (groups[:, None] == groups[None, :]).float()
     targets = same / same.sum(1, keepdim=True)
     return 0.5 * (torch.sum(-targets * logits.log_softmax(1), 1).mean() + torch.sum(-targets * logits.t().log_softmax(1), 1).mean())
@@ -49,9 +48,13 @@ def token_scores(z: torch.Tensor, e: torch.Tensor, mask: torch.Tensor) -> torch.
     return (best * weight).sum(-1) / weight.sum(-1).clamp(min=1)
 
 
-def pairwise_scores(z: torch.Tensor, e, objective: str) -> torch.Tensor:
-    """Video-to-text scores (B, C): cosines of pooled vectors, or token_scores for e = (tokens, mask)."""
-    return token_scores(z, *e) if objective == "tokens" else z @ e.t()
+def pairwise_scores(z: torch.Tensor, e, objective: str, scale: torch.Tensor | None = None) -> torch.Tensor:
+    """Video-to-text scores (B, C): cosines of pooled vectors, or token_scores for e = (tokens, mask); times
+    `scale` when given (InfoNCE's logits). Pooled scores scale z before the product: B x P multiplies, not B x C."""
+    if objective == "tokens":
+        scores = token_scores(z, *e)
+        return scores if scale is None else scale * scores
+    return z @ e.t() if scale is None else (scale * z) @ e.t()
 
 
 class TokenTargets:
@@ -71,9 +74,11 @@ class TokenTargets:
         back[order] = np.arange(len(order))
         mask = np.asarray(self.mask[rows[order], col])[back]
         length = max(1, int(mask.any(0).nonzero()[0].max(initial=0)) + 1)
-        tokens = np.asarray(self.tokens[rows[order], col, :length], dtype=np.float32)[back]
-        e = torch.nn.functional.normalize(torch.from_numpy(tokens), dim=-1)
-        return e.to(device), torch.from_numpy(mask[:, :length]).to(device)
+        tokens = torch.from_numpy(np.asarray(self.tokens[rows[order], col, :length])[back])
+        # float16 goes to the device, which casts and normalises: on a GPU that work left the CPU thread that
+        # feeds it, where it took half of each epoch (benchmarks/results/stage1_cost_h100.jsonl)
+        e = torch.nn.functional.normalize(tokens.to(device).float(), dim=-1)
+        return e, torch.from_numpy(mask[:, :length]).to(device)
 
 
 def retrieval(z: np.ndarray, e: np.ndarray, groups: np.ndarray, ks=(1, 5), chunk: int = 2048, score=None) -> dict:
@@ -182,7 +187,7 @@ def train_alignment(model, source, train_idx: np.ndarray, val_idx: np.ndarray, p
         total = 0.0
         for idx, _ in plan.epoch(epoch):
             m_part = source.to_m(next(batches), device)  # this rank's shard of the batch
-            e = [tokens.batch(idx, c, device) for c in cols] if objective == "tokens" else e_all[idx]
+            e = [tokens.batch(idx, c, device) for c in cols] if objective == "tokens" else list(e_all[idx].unbind(1))
             opt.zero_grad()
             total += alignment_backward(trained, stage1.logit_scale, m_part, len(idx), e,
                                         {p: g[idx] for p, g in groups.items()}, objective)
@@ -198,13 +203,12 @@ def train_alignment(model, source, train_idx: np.ndarray, val_idx: np.ndarray, p
 def alignment_backward(stage1, logit_scale, m_part: torch.Tensor, n: int, e, groups: dict,
                        objective: str = "pooled") -> float:
     """InfoNCE of a batch of n clips, of which this rank holds m_part; leaves the full batch's gradient on
-    every rank. e: (n, prompts, P) unit pooled text embeddings, or for objective `tokens` one (tokens, mask) of
-    the batch per prompt. Returns the loss."""
+    every rank. e: per prompt, the batch's unit text embeddings: (n, P) pooled, or for objective `tokens`
+    (tokens, mask). Returns the loss."""
     z_part = stage1(m_part)
     prompts = list(z_part)
     z = {p: distributed.gather(z_part[p], n) for p in prompts}  # every in-batch negative
-    loss = sum(info_nce(z[p], e[j] if objective == "tokens" else e[:, j], groups[p], logit_scale[j], objective)
-               for j, p in enumerate(prompts))
+    loss = sum(info_nce(z[p], e[j], groups[p], logit_scale[j], objective) for j, p in enumerate(prompts))
     # Every rank computes the same full-batch loss; all_gather's backward sums the ranks' gradients for the
     # local shard (world x the true one) and DistributedDataParallel averages over ranks: the exact gradient.
     loss.backward()

@@ -31,6 +31,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from fourtier.errors import DataError
+from fourtier.params import OBJECTIVES, PROCESSORS
 
 FORMAT = "fourtier-ftp/1"
 PARTS = ("processors", "align_heads", "integration", "classifier")
@@ -258,7 +259,7 @@ class FTP(nn.Module):
         dim, prompts = config.dim, list(config.prompts)
         self.config = config
         self.prompts = prompts
-        if config.processor not in ("attention", "paper") or config.objective not in ("pooled", "tokens"):
+        if config.processor not in PROCESSORS or config.objective not in OBJECTIVES:
             raise DataError(f"unknown processor {config.processor!r} or objective {config.objective!r}")
         paper = config.processor == "paper"
         self.processors = nn.ModuleDict(
