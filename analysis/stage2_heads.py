@@ -1,6 +1,7 @@
 """Stage 2 with a linear head on the whole f, against the default head (two transformer blocks, mean pooling).
 
-    python analysis/stage2_heads.py      (after dvc repro; about 10 minutes on 2 cores)
+    python analysis/stage2_heads.py      (after dvc repro; about 4 minutes on 2 cores)
+    python analysis/stage2_heads.py --out analysis/results/stage2_heads-<experiment>.md   (another run's outputs)
 
 A linear probe on the full m reaches 60.2% on synth-motion (analysis/linear_probe.py) while every stage-2 arm
 stays near 45%: is the default head what loses the motion classes, and does FTP gain once the head can use
@@ -10,10 +11,11 @@ replaced by one linear map of the flattened f (T x h x w x D -> classes; weight 
 regularisation). Every arm of a seed starts from the same linear head (drawn from the seed), and the
 integration starts at zero, as in finetune. Validation top-1 with every cached view, as `evaluate` scores.
 
-Writes what it prints to analysis/results/stage2_heads.md: per target and arm, top-1 of the default head
+Writes what it prints to analysis/results/stage2_heads.md (or --out): per target and arm, top-1 of the default head
 (data/eval/<target>/metrics.json) and of the linear head, mean +- sample std over seeds, and the paired gains
 FTP - baseline and FTP - each control with their 95% t-intervals.
 """
+import argparse
 import json
 from pathlib import Path
 
@@ -52,6 +54,9 @@ def gain(arm: list[float], other: list[float]) -> str:
 
 
 def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", type=Path, default=Path("analysis/results/stage2_heads.md"))
+    args = parser.parse_args()
     params = load_params()
     torch.set_num_threads(params.workers)
     cfg = params.finetune
@@ -85,9 +90,8 @@ def main() -> None:
         lines.append("")
     text = "\n".join(lines)
     print(text)
-    out = Path("analysis/results/stage2_heads.md")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(text)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(text)
 
 
 if __name__ == "__main__":
