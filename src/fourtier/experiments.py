@@ -249,7 +249,7 @@ def report(results: list[Result]) -> str:
                 ("VLMs (paper Table 5)", setting_table(results, "vlm")),
                 ("Backbones, with and without FTP (paper Table 6)", setting_table(results, "backbone")),
                 ("Few-shot stage 2: k labelled clips per class, the same clips for every arm", few_shot_table(results))]
-    out = [f"### {title}\n\nTop-1 / top-5 in %, mean +- std over seeds.\n\n{table}\n"
+    out = [f"### {title}\n\nTop-1 / top-5 in %, mean +- sample std over seeds.\n\n{table}\n"
            for title, table in sections if table]
     if not out:
         return ("No finished ablation experiments found. Queue some with `fourtier ablate prompts` (or K, vlm, "
