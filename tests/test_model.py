@@ -5,8 +5,8 @@ import torch
 
 from fourtier.models.backbone import TinyVideoViT
 from fourtier.models.ftp import FTP, FTPConfig
-from fourtier.training import (OptimSettings, TokenTargets, caption_groups, retrieval, token_scores, train_alignment,
-                               train_classifier)
+from fourtier.training import (OptimSettings, TokenTargets, caption_groups, info_nce, retrieval, token_scores,
+                               train_alignment, train_classifier)
 from helpers import ArraySource
 
 B, T, H, W, D = 3, 4, 2, 3, 16
@@ -133,6 +133,33 @@ def test_token_scores_are_the_mean_over_text_tokens_of_the_best_video_token():
     e2 = e.clone()
     e2[1, 3:] = 100.0
     assert torch.allclose(token_scores(z, e2, mask), scores)
+
+
+def test_info_nce_is_symmetric_cross_entropy_with_identical_answers_as_positives():
+    """Against a loop: logits = scale x score; each row's target spreads over the clips with the same answer."""
+    torch.manual_seed(0)
+    z = torch.nn.functional.normalize(torch.randn(4, 8), dim=-1)
+    e = torch.nn.functional.normalize(torch.randn(4, 8), dim=-1)
+    groups = torch.tensor([0, 1, 0, 2])  # clips 0 and 2 have the same answer
+    logit_scale = torch.tensor(2.0)
+    logits = logit_scale.exp() * (z @ e.t())
+
+    def side(lg):
+        total = 0.0
+        for i in range(4):
+            positives = [j for j in range(4) if groups[j] == groups[i]]
+            total -= sum(lg[i].log_softmax(0)[j] for j in positives) / len(positives)
+        return total / 4
+
+    expected = 0.5 * (side(logits) + side(logits.t()))
+    assert info_nce(z, e, groups, logit_scale).item() == pytest.approx(expected.item(), abs=1e-5)
+    # the token-wise objective scales token_scores the same way
+    z_tok = torch.nn.functional.normalize(torch.randn(4, 5, 8), dim=-1)
+    e_tok = torch.nn.functional.normalize(torch.randn(4, 6, 8), dim=-1)
+    mask = torch.ones(4, 6, dtype=torch.bool)
+    logits = logit_scale.exp() * token_scores(z_tok, e_tok, mask)
+    expected = 0.5 * (side(logits) + side(logits.t()))
+    assert info_nce(z_tok, (e_tok, mask), groups, logit_scale, "tokens").item() == pytest.approx(expected.item(), abs=1e-5)
 
 
 def test_token_targets_read_rows_in_any_order_and_trim_padding():
