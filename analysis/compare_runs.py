@@ -11,16 +11,16 @@ import json
 from pathlib import Path
 
 import numpy as np
-from scipy import stats
 
-ARMS = ("baseline", "ftp", "random", "shuffled")
+from fourtier.evaluation import ci95_half_width
+from headline import ARMS
 
 
 def paired(a: list[float], b: list[float]) -> str:
     d = 100 * (np.asarray(b) - np.asarray(a))
     if len(d) < 2:
         return f"{d.mean():+.1f}"
-    half = stats.t.ppf(0.975, len(d) - 1) * d.std(ddof=1) / np.sqrt(len(d))
+    half = ci95_half_width(d.std(ddof=1), len(d))
     return f"{d.mean():+.1f} [{d.mean() - half:+.1f}, {d.mean() + half:+.1f}]"
 
 

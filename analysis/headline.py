@@ -25,6 +25,11 @@ def pp(x: float) -> str:
     return f"{100 * x:.1f}"
 
 
+def spread_cell(s: dict) -> str:
+    """A summarise() dict (fractions) as "mean +- sample std" in %."""
+    return f"{pp(s['mean'])} +- {pp(s['std'])}"
+
+
 def gain_cell(g: dict) -> str:
     ci = f" [{100 * g['ci95'][0]:+.1f}, {100 * g['ci95'][1]:+.1f}]" if "ci95" in g else ""
     return f"{100 * g['mean']:+.1f}{ci}"
@@ -37,7 +42,7 @@ def table(metrics: dict[str, dict]) -> str:
              "| target | " + " | ".join(ARMS) + " | " + " | ".join(name for _, name in GAINS) + " |",
              "|---" * (1 + len(ARMS) + len(GAINS)) + "|"]
     for target, m in metrics.items():
-        cells = [f"{pp(m[a]['top1']['mean'])} +- {pp(m[a]['top1']['std'])}" if a in m else "-" for a in ARMS]
+        cells = [spread_cell(m[a]["top1"]) if a in m else "-" for a in ARMS]
         cells += [gain_cell(m[key]) if key in m else "-" for key, _ in GAINS]
         lines.append(f"| {target} | " + " | ".join(cells) + " |")
     lines.append("")

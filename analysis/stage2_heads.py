@@ -29,6 +29,7 @@ from fourtier.features import FeatureSource
 from fourtier.optim import seed_everything
 from fourtier.params import load_params
 from fourtier.training import predict, stage2_model, train_classifier
+from headline import gain_cell, spread_cell
 
 
 class LinearHead(nn.Module):
@@ -40,17 +41,6 @@ class LinearHead(nn.Module):
 
     def forward(self, f: torch.Tensor) -> torch.Tensor:
         return self.head(f.flatten(1))
-
-
-def cell(values: list[float]) -> str:
-    s = summarise(values)
-    return f"{100 * s['mean']:.1f} +- {100 * s['std']:.1f}"
-
-
-def gain(arm: list[float], other: list[float]) -> str:
-    g = paired_gain(arm, other)
-    low, high = g["ci95"]
-    return f"{100 * g['mean']:+.1f} [{100 * low:+.1f}, {100 * high:+.1f}]"
 
 
 def main() -> None:
@@ -83,10 +73,11 @@ def main() -> None:
         lines += [f"## {ds}", "", "| arm | default head | linear head | linear - default |", "|---|---|---|---|"]
         for arm in cfg.arms:
             runs = default[arm]["top1"]["runs"]
-            lines.append(f"| {arm} | {cell(runs)} | {cell(linear[arm])} | {gain(linear[arm], runs)} |")
+            lines.append(f"| {arm} | {spread_cell(summarise(runs))} | {spread_cell(summarise(linear[arm]))} | "
+                         f"{gain_cell(paired_gain(linear[arm], runs))} |")
         lines += ["", "| linear head | gain |", "|---|---|"]
         for other in [a for a in cfg.arms if a != "ftp"]:
-            lines.append(f"| ftp - {other} | {gain(linear['ftp'], linear[other])} |")
+            lines.append(f"| ftp - {other} | {gain_cell(paired_gain(linear['ftp'], linear[other]))} |")
         lines.append("")
     text = "\n".join(lines)
     print(text)

@@ -102,6 +102,7 @@ def main() -> None:
     args = parser.parse_args()
     device = torch.device(args.device)
     cuda = device.type == "cuda"
+    settings = OptimSettings(1, args.batch_size, 1e-3, 0.05, (0.9, 0.95), 0)  # one epoch
     rows = []
     for clips in args.clips:
         with tempfile.TemporaryDirectory() as tmp:
@@ -114,8 +115,7 @@ def main() -> None:
             train_idx, val_idx = source.split("train"), source.split("val")
             if not rows:  # untimed: CUDA's and the kernels' first-call set-up would land on the first row
                 train_alignment(FTP(FTPConfig(source.dim, source.grid, PROMPT_IDS, 1, args.text_dim)), source,
-                                train_idx[:2 * args.batch_size], val_idx, pooled,
-                                OptimSettings(1, args.batch_size, 1e-3, 0.05, (0.9, 0.95), 0), 0, device=device)
+                                train_idx[:2 * args.batch_size], val_idx, pooled, settings, 0, device=device)
             for processor in args.processors:
                 for objective in args.objectives:
                     torch.manual_seed(0)
@@ -125,8 +125,7 @@ def main() -> None:
                         torch.cuda.reset_peak_memory_stats()
                         torch.cuda.synchronize()
                     start = time.perf_counter()
-                    train_alignment(model, source, train_idx, val_idx, pooled,
-                                    OptimSettings(1, args.batch_size, 1e-3, 0.05, (0.9, 0.95), 0), 0, device=device,
+                    train_alignment(model, source, train_idx, val_idx, pooled, settings, 0, device=device,
                                     workers=args.workers, tokens=targets)
                     if cuda:
                         torch.cuda.synchronize()
