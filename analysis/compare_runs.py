@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from fourtier.evaluation import ci95_half_width
-from headline import ARMS
+from headline import ARMS, read_runs
 
 
 def paired(a: list[float], b: list[float]) -> str:
@@ -33,15 +33,15 @@ def main() -> None:
              f"Top-1 (%), mean +- sample std over seeds; {args.b.name} - {args.a.name} paired by seed, with its 95% "
              "t-interval.", "",
              f"| target | arm | {args.a.name} | {args.b.name} | {args.b.name} - {args.a.name} |", "|---|---|---|---|---|"]
-    for path in sorted(args.a.glob("*.json")):
-        first = json.loads(path.read_text())
-        if "top1" not in first.get("baseline", first.get("ftp", {})):
+    for path in sorted(p for p in args.a.glob("*.json") if not p.name.endswith(".runs.json")):
+        kept = json.loads(path.read_text())
+        if "top1" not in kept.get("baseline", kept.get("ftp", {})):
             continue  # not a target's evaluation metrics (e.g. align_metrics.json)
-        second = json.loads((args.b / path.name).read_text())
+        first, second = read_runs(path), read_runs(args.b / path.name)
         for arm in ARMS:
             if arm not in first or arm not in second:
                 continue
-            ra, rb = first[arm]["top1"]["runs"], second[arm]["top1"]["runs"]
+            ra, rb = first[arm]["top1"], second[arm]["top1"]
             if len(ra) != len(rb):
                 raise SystemExit(f"{path.stem} {arm}: {len(ra)} seeds against {len(rb)}; compare runs of the same seeds")
             cells = [f"{100 * np.mean(r):.1f} +- {100 * np.std(r, ddof=1):.1f}" for r in (ra, rb)]

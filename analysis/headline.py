@@ -2,7 +2,7 @@
 and the paired gains with their 95% intervals: FTP - baseline, FTP - random processors, FTP - shuffled captions.
 
     python analysis/headline.py                                    # print the table for the workspace's run
-    python analysis/headline.py --save analysis/results/seeds-0-4  # and keep it: metrics per target + table.md
+    python analysis/headline.py --save analysis/results/seeds-0-4  # and keep it: metrics and runs per target + table.md
 
 The committed 5-seed table was made by
     dvc exp run -n seeds-0-4 -S 'finetune.seeds=[0,1,2,3,4]'
@@ -17,8 +17,34 @@ from fourtier import paths
 from fourtier.params import load_params
 
 ARMS = ("baseline", "ftp", "random", "shuffled")
-GAINS = (("ftp_gain_top1", "FTP - baseline"), ("ftp_minus_random_top1", "FTP - random"),
-         ("ftp_minus_shuffled_top1", "FTP - shuffled"))
+GAINS = (("ftp_gain_top1", "FTP - baseline", "baseline"), ("ftp_minus_random_top1", "FTP - random", "random"),
+         ("ftp_minus_shuffled_top1", "FTP - shuffled", "shuffled"))
+
+
+def runs_path(metrics_path: Path) -> Path:
+    """Where a target's per-seed numbers sit beside its metrics: runs.json next to the evaluate stage's
+    metrics.json, <target>.runs.json next to a kept <target>.json."""
+    if metrics_path.name == "metrics.json":
+        return metrics_path.with_name("runs.json")
+    return metrics_path.with_suffix(".runs.json")
+
+
+def read_runs(metrics_path: Path) -> dict:
+    """{arm: {"top1": [per seed], ...}} of a target. Results kept before runs.json existed hold the lists inside
+    the metrics themselves (`runs` under each summary)."""
+    path = runs_path(metrics_path)
+    if path.exists():
+        return json.loads(path.read_text())
+    metrics = json.loads(metrics_path.read_text())
+    return {arm: {k: v["runs"] for k, v in m.items() if isinstance(v, dict) and "runs" in v}
+            for arm, m in metrics.items() if arm in ARMS}
+
+
+def interval(g: dict) -> tuple[float, float] | None:
+    """A paired gain's 95% interval: ci95_low / ci95_high, or the `ci95` pair of results kept before them."""
+    if "ci95_low" in g:
+        return g["ci95_low"], g["ci95_high"]
+    return tuple(g["ci95"]) if "ci95" in g else None
 
 
 def pp(x: float) -> str:
@@ -31,26 +57,26 @@ def spread_cell(s: dict) -> str:
 
 
 def gain_cell(g: dict) -> str:
-    ci = f" [{100 * g['ci95'][0]:+.1f}, {100 * g['ci95'][1]:+.1f}]" if "ci95" in g else ""
-    return f"{100 * g['mean']:+.1f}{ci}"
+    ci = interval(g)
+    return f"{100 * g['mean']:+.1f}" + (f" [{100 * ci[0]:+.1f}, {100 * ci[1]:+.1f}]" if ci else "")
 
 
-def table(metrics: dict[str, dict]) -> str:
-    seeds = {len(m[a]["top1"]["runs"]) for m in metrics.values() for a in ARMS if a in m}
+def table(metrics: dict[str, dict], runs: dict[str, dict]) -> str:
+    seeds = {len(r[a]["top1"]) for r in runs.values() for a in ARMS if a in r}
     lines = [f"Top-1 (%) on the validation clips, mean +- sample std over {'/'.join(map(str, sorted(seeds)))} seeds; "
              "gains in pp, paired by seed, with their 95% t-intervals.", "",
              "| target | " + " | ".join(ARMS) + " | " + " | ".join(name for _, name in GAINS) + " |",
              "|---" * (1 + len(ARMS) + len(GAINS)) + "|"]
     for target, m in metrics.items():
         cells = [spread_cell(m[a]["top1"]) if a in m else "-" for a in ARMS]
-        cells += [gain_cell(m[key]) if key in m else "-" for key, _ in GAINS]
+        cells += [gain_cell(m[key]) if key in m else "-" for key, _, _ in GAINS]
         lines.append(f"| {target} | " + " | ".join(cells) + " |")
     lines.append("")
-    for target, m in metrics.items():
-        for key, name in GAINS:
-            if key in m:
-                lines.append(f"- {target}, {name} per seed (pp): "
-                             + ", ".join(f"{100 * v:+.1f}" for v in m[key]["runs"]))
+    for target, r in runs.items():
+        for _, name, other in GAINS:
+            if "ftp" in r and other in r:
+                gains = [a - b for a, b in zip(r["ftp"]["top1"], r[other]["top1"])]
+                lines.append(f"- {target}, {name} per seed (pp): " + ", ".join(f"{100 * v:+.1f}" for v in gains))
     return "\n".join(lines) + "\n"
 
 
@@ -61,12 +87,13 @@ def main() -> None:
     params = load_params()
     sources = {t: paths.evaluation(t) / "metrics.json" for t in params.targets}
     metrics = {t: json.loads(p.read_text()) for t, p in sources.items()}
-    text = table(metrics)
+    text = table(metrics, {t: read_runs(p) for t, p in sources.items()})
     print(text, end="")
     if args.save:
         args.save.mkdir(parents=True, exist_ok=True)
         for target, path in sources.items():
             shutil.copy(path, args.save / f"{target}.json")
+            shutil.copy(runs_path(path), args.save / f"{target}.runs.json")
         (args.save / "table.md").write_text(text)
 
 

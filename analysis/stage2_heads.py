@@ -16,7 +16,6 @@ Writes what it prints to analysis/results/stage2_heads.md (or --out): per target
 FTP - baseline and FTP - each control with their 95% t-intervals.
 """
 import argparse
-import json
 from pathlib import Path
 
 import numpy as np
@@ -29,7 +28,7 @@ from fourtier.features import FeatureSource
 from fourtier.optim import seed_everything
 from fourtier.params import load_params
 from fourtier.training import predict, stage2_model, train_classifier
-from headline import gain_cell, spread_cell
+from headline import gain_cell, read_runs, spread_cell
 
 
 class LinearHead(nn.Module):
@@ -56,7 +55,7 @@ def main() -> None:
     for ds in params.targets:
         source = FeatureSource(paths.features(ds))
         train_idx, val_idx = source.split("train"), source.split("val")
-        default = json.loads((paths.evaluation(ds) / "metrics.json").read_text())
+        default = read_runs(paths.evaluation(ds) / "metrics.json")
         linear = {}
         for arm in cfg.arms:
             linear[arm] = []
@@ -72,7 +71,7 @@ def main() -> None:
                 print(f"{ds} {arm} seed {seed}: linear head top-1 {100 * top1:.1f}%", flush=True)
         lines += [f"## {ds}", "", "| arm | default head | linear head | linear - default |", "|---|---|---|---|"]
         for arm in cfg.arms:
-            runs = default[arm]["top1"]["runs"]
+            runs = default[arm]["top1"]
             lines.append(f"| {arm} | {spread_cell(summarise(runs))} | {spread_cell(summarise(linear[arm]))} | "
                          f"{gain_cell(paired_gain(linear[arm], runs))} |")
         lines += ["", "| linear head | gain |", "|---|---|"]

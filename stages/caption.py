@@ -54,13 +54,18 @@ def main() -> None:
     cost = backend.cost(totals["input_tokens"], totals["output_tokens"]) if hasattr(backend, "cost") else 0.0
     metrics = {"vlm": params.vlm, "model": backend.model_id, "answers": totals["answers"],
                "missing": totals["missing"], "input_tokens": totals["input_tokens"],
-               "output_tokens": totals["output_tokens"], "estimated_cost_usd": round(cost, 4),
-               "mean_latency_s": round(totals["latency_s"] / max(totals["answers"], 1), 4),
-               "mean_attempts": round(totals["attempts"] / max(totals["answers"], 1), 3)}
+               "output_tokens": totals["output_tokens"], "estimated_cost_usd": round(cost, 4)}
     if backend.joint:  # answers from a parsed joint reply, and from the separate requests after one that did not parse
         metrics.update(joint_parsed_answers=totals["joint_parsed"], joint_fallback_answers=totals["joint_fallback"])
     (out / "metrics.json").write_text(json.dumps(metrics, indent=1) + "\n")
     rate = stats["called"] / stats["seconds"] if stats["seconds"] > 0 else 0.0
+    # how long the answers took and how many tries they needed depend on the machine and the server: kept out
+    # of metrics.json (a stage output, in dvc.lock) so that the same answers give the same lock anywhere
+    timings = {"mean_latency_s": round(totals["latency_s"] / max(totals["answers"], 1), 4),
+               "mean_attempts": round(totals["attempts"] / max(totals["answers"], 1), 3),
+               "asked_now": stats["called"], "asked_per_s": round(rate, 2)}
+    paths.TIMINGS.mkdir(parents=True, exist_ok=True)
+    paths.timings("caption", args.dataset).write_text(json.dumps(timings, indent=1) + "\n")
     print(f"caption {args.dataset}: {totals['answers']} answers ({stats['cached']} from cache, {stats['called']} "
           f"asked now at {rate:.1f}/s, {stats['failed']} failed), cache {cache.path}")
     if backend.joint:

@@ -1,6 +1,10 @@
 """evaluate stage, per target dataset: multi-view testing of every arm and seed, FTP against the baseline
-and the controls, FLOPs/params overhead and CPU latency (data/eval/<ds>), with the confusion matrices, a t-SNE
-of the classifier features and the per-class change as plots."""
+and the controls, FLOPs/params overhead (data/eval/<ds>), with the confusion matrices, a t-SNE of the classifier
+features and the per-class change as plots.
+
+metrics.json holds scalars only (mean, sample std, paired gains with ci95_low / ci95_high), which is what
+`dvc metrics show/diff` and `dvc exp show` display; runs.json holds every seed's numbers. The CPU latency depends
+on the machine, so it goes to data/timings/evaluate-<ds>.json, outside the stage's outputs and dvc.lock."""
 import argparse
 import csv
 import json
@@ -58,10 +62,14 @@ def main() -> None:
                 writer = csv.writer(fh)
                 writer.writerow(["actual", "predicted"])
                 writer.writerows((source.classes[a], source.classes[p]) for a, p in zip(labels, probs.argmax(1)))
-    metrics = {"val_clips": int(len(idx)), "classes": len(source.classes),
+    seeds = sorted({arm_and_seed(path)[1] for path in runs})
+    metrics = {"val_clips": int(len(idx)), "classes": len(source.classes), "seeds": len(seeds),
                "views": {"temporal": source.meta["temporal_views"], "spatial": source.meta["spatial_views"]}}
+    kinds = ("top1", "top5", "mean_class_accuracy")
+    per_seed = {"seeds": seeds, **{arm: {k: [round(r[k], 4) for r in rs] for k in kinds} for arm, rs in results.items()}}
+    (out / "runs.json").write_text(json.dumps(per_seed, indent=1) + "\n")
     for arm, rs in results.items():
-        metrics[arm] = {k: summarise([r[k] for r in rs]) for k in ("top1", "top5", "mean_class_accuracy")}
+        metrics[arm] = {k: summarise([r[k] for r in rs]) for k in kinds}
     if "baseline" in results:
         base = np.array([r["top1"] for r in results["baseline"]])
         for arm, rs in results.items():
@@ -92,16 +100,18 @@ def main() -> None:
     if "ftp" in models and "baseline" in models:
         metrics["overhead"] = overhead(backbone, models["ftp"], models["baseline"], clip)
     views = clip.expand(source.n_views, -1, -1, -1, -1).contiguous()
-    metrics["cpu_latency_ms_per_clip"] = {arm: latency_ms(backbone, m, views) for arm, m in models.items()
-                                          if arm in ("ftp", "baseline")}
+    latency = {arm: latency_ms(backbone, m, views) for arm, m in models.items() if arm in ("ftp", "baseline")}
     (out / "metrics.json").write_text(json.dumps(metrics, indent=1) + "\n")
+    paths.TIMINGS.mkdir(parents=True, exist_ok=True)
+    paths.timings("evaluate", args.dataset).write_text(json.dumps({"cpu_latency_ms_per_clip": latency}, indent=1) + "\n")
     line = ", ".join(f"{arm} {metrics[arm]['top1']['mean']:.3f}+-{metrics[arm]['top1']['std']:.3f}" for arm in results)
     print(f"evaluate {args.dataset}: top-1 {line}")
     for key in [k for k in metrics if k.endswith("_top1")]:
         gain = metrics[key]
-        ci = f" [{gain['ci95'][0]:+.3f}, {gain['ci95'][1]:+.3f}]" if "ci95" in gain else ""
+        ci = f" [{gain['ci95_low']:+.3f}, {gain['ci95_high']:+.3f}]" if "ci95_low" in gain else ""
         print(f"  {key.removesuffix('_top1').replace('_gain', ' - baseline').replace('_minus_', ' - ')}: "
-              f"{gain['mean']:+.3f}{ci} (paired over {len(gain['runs'])} seeds, 95% interval)")
+              f"{gain['mean']:+.3f}{ci} (paired over {len(seeds)} seeds, 95% interval)")
+    print("  CPU latency per clip: " + ", ".join(f"{arm} {ms} ms" for arm, ms in latency.items()))
 
 
 if __name__ == "__main__":

@@ -56,6 +56,25 @@ def test_bad_input_exits_2_with_a_message(project, capsys, argv, message):
     assert message in capsys.readouterr().err
 
 
+def test_describe_against_a_failing_server_exits_2_and_says_so(project, testvideos, capsys, monkeypatch):
+    """HTTP 500 on every try is no answer: the four errors are shown, and the exit code says the run failed."""
+    import yaml
+
+    from fake_openai import FakeOpenAI
+
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test")
+    with FakeOpenAI(lambda n, key: "500") as server:
+        params = yaml.safe_load((project / "params.yaml").read_text())
+        params["vlms"]["local"] = {"type": "openai", "model": "m", "base_url": server.base_url, "max_retries": 1,
+                                   "retry_base_delay": 0.01, "retry_max_delay": 0.02}
+        (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+        with pytest.raises(SystemExit) as exit_:
+            main(["describe", str(testvideos / "mmaction2_demo.mp4"), "-K", "3", "--vlm", "local"])
+    captured = capsys.readouterr()
+    assert exit_.value.code == 2
+    assert captured.out.count("ERROR:") == 4 and "4 of 4 prompts got no answer from local" in captured.err
+
+
 def test_describe_reports_a_broken_video(project, testvideos, capsys):
     with pytest.raises(SystemExit) as exit_:
         main(["describe", str(testvideos / "mediabunny_annex-b_truncated.mp4")])

@@ -1,6 +1,7 @@
 """A user's own folder of videos: ids keep the whole name, bad rows are named, variable frame rate is valid."""
 import csv
 import json
+import os
 
 import pytest
 
@@ -118,3 +119,99 @@ def test_predict_accepts_a_variable_frame_rate_clip(tmp_path):
 
     clip = vfr_clip(tmp_path / "screen.mp4")
     assert _decodable(str(clip), tmp_path) == str(clip)  # used as it is, not refused as corrupt
+
+
+@pytest.mark.parametrize("path, vid", [
+    ("日本語.mp4", "日本語"),
+    ("café.mp4", "café"),
+    ("cafe\u0301.mp4", "café"),  # the same name typed decomposed (NFD, as macOS may) gives the NFC id
+    ("cafè.mp4", "cafè"),
+    ("資料/動画 1.mp4", "資料__動画_1"),
+    ("हिंदी.mp4", "हिंदी"),  # combining vowel signs are kept
+    ("a\u3000b\u2028c.mp4", "a_b_c"),  # ideographic space and a line separator are whitespace
+    ('x:y*z?"<>|w.mp4', "x_y_z_w"),
+    ("a b/c?d.mp4", "a_b__c_d"),  # ASCII ids are as before
+])
+def test_video_ids_keep_unicode_names_and_replace_unsafe_characters(path, vid):
+    assert folder.video_id_for(path) == vid
+
+
+def test_a_video_id_too_long_for_a_file_name_is_named():
+    with pytest.raises(DataError, match=r"labels.csv:2: the video id of '字+\.mp4' would be 270 bytes"):
+        folder.video_id_for("字" * 90 + ".mp4", "labels.csv:2")
+
+
+def test_unicode_named_files_are_ingested_with_their_own_ids(tmp_path):
+    root = tmp_path / "videos"
+    root.mkdir()
+    names = {"日本語.mp4": 5, "café.mp4": 6, "cafè.mp4": 7}
+    for name, n in names.items():
+        write_video(root / name, index_frames(n))
+    csv_path = write_csv(tmp_path / "labels.csv", [[name, "x"] for name in names])
+    manifest = folder.download(spec_for(root, csv_path), tmp_path / "raw", workers=1)
+    rows = {a.video_id: a for a in read_annotations(tmp_path / "raw")}
+    assert set(rows) == {"日本語", "café", "cafè"} and manifest["skipped"] == []
+    for name in names:
+        assert (tmp_path / "raw" / rows[name[:-4]].path).read_bytes() == (root / name).read_bytes()
+
+
+@pytest.mark.parametrize("names, why", [
+    (["café.mp4", "cafe\u0301.mp4"], "accents encoded two ways"),  # two files on Linux, one name to a reader
+    (["a?b.mp4", "a*b.mp4"], "rename one file so the names differ"),
+])
+def test_names_that_still_meet_in_one_id_are_both_named(tmp_path, names, why):
+    root = tmp_path / "videos"
+    root.mkdir()
+    for name in names:
+        write_video(root / name, index_frames(4))
+    csv_path = write_csv(tmp_path / "labels.csv", [[name, "x"] for name in names])
+    with pytest.raises(DataError, match="same video id") as err:
+        folder.download(spec_for(root, csv_path), tmp_path / "raw", workers=1)
+    message = str(err.value)
+    assert all(repr(name) in message for name in names) and "labels.csv:2" in message and "labels.csv:3" in message
+    assert why in message
+
+
+def test_a_label_csv_with_an_excel_bom_is_read(tmp_path):
+    root = tmp_path / "videos"
+    root.mkdir()
+    write_video(root / "a.mp4", index_frames(4))
+    csv_path = tmp_path / "labels.csv"
+    csv_path.write_text("path,label,split\r\na.mp4,jump,train\r\n", encoding="utf-8-sig")  # as Excel saves it
+    assert folder.read_label_csv(csv_path) == [{"path": "a.mp4", "label": "jump", "split": "train"}]
+    manifest = folder.download(spec_for(root, csv_path), tmp_path / "raw", workers=1)
+    assert manifest["num_videos"] == 1
+
+
+@pytest.mark.parametrize("data, message", [
+    ("path,label\nvidéo.mp4,x\n".encode("cp1252"), r"labels.csv:2: not UTF-8 text \(byte 0xe9\)"),
+    ("path,label\na.mp4,x\n".encode("utf-16"), "labels.csv is UTF-16 text; save it as UTF-8"),
+], ids=["cp1252", "utf-16"])
+def test_a_label_csv_that_is_not_utf8_is_named_with_the_fix(tmp_path, data, message):
+    csv_path = tmp_path / "labels.csv"
+    csv_path.write_bytes(data)
+    with pytest.raises(DataError, match=message):
+        folder.read_label_csv(csv_path)
+
+
+def test_symlink_loops_and_broken_symlinks_are_skipped_with_what_they_are(tmp_path):
+    root = tmp_path / "videos"
+    root.mkdir()
+    write_video(root / "ok.mp4", index_frames(4))
+    (root / "linked.mp4").symlink_to("ok.mp4")  # a good link is read
+    (root / "a.mp4").symlink_to("b.mp4")
+    (root / "b.mp4").symlink_to("a.mp4")
+    (root / "gone.mp4").symlink_to("nowhere.mp4")
+    (root / "sub").mkdir()
+    listed = ["ok.mp4", "linked.mp4", "a.mp4", "gone.mp4", "sub", "absent.mp4"]
+    csv_path = write_csv(tmp_path / "labels.csv", [[name, "x"] for name in listed])
+    manifest = folder.download(spec_for(root, csv_path), tmp_path / "raw", workers=1)
+    reasons = {s["item"]: s["reason"] for s in manifest["skipped"]}
+    assert manifest["num_videos"] == 2 and set(reasons) == {"a.mp4", "gone.mp4", "sub", "absent.mp4"}
+    assert reasons["a.mp4"].startswith(f"symlink loop: {root / 'a.mp4'} -> b.mp4 -> a.mp4 never reaches a file")
+    target = os.path.realpath(root / "nowhere.mp4")
+    assert reasons["gone.mp4"].startswith(f"broken symlink pointing to 'nowhere.mp4' ({target}), which does not exist")
+    assert reasons["sub"].startswith("is a folder, not a video file")
+    assert reasons["absent.mp4"] == "file not found"
+    assert manifest["missing_ids"] == sorted(reasons)
+    assert manifest["accounting"]["train"]["x"] == {"expected": 6, "present": 2, "missing": 4, "unreadable": 0}

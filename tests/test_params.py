@@ -20,7 +20,28 @@ def test_default_params_load():
     p = load_params(REPO / "params.yaml")
     assert p.vlm == "builtin" and p.K == 5 and p.prompts == ("A", "B", "C", "D")
     assert p.pretrain == ("synth-pretrain",) and set(p.targets) == {"synth-scenes", "synth-motion"}
-    assert p.dataset("synth-pretrain").clips >= 2000
+    assert p.dataset("synth-pretrain").clips >= 500  # the captioned stage-1 corpus
+    assert p.backbone_train.corpus == "synth-backbone" and p.dataset("synth-backbone").clips >= 2000
+
+
+def test_the_backbone_corpus_is_a_defined_dataset_and_never_a_target():
+    raw = with_change()
+    raw["backbone_train"]["corpus"] = "synth-backbon"
+    with pytest.raises(ParamsError, match=r"'backbone_train.corpus' is 'synth-backbon'.*not defined.*synth-backbone"):
+        parse_params(raw)
+    raw["backbone_train"]["corpus"] = "synth-scenes"
+    with pytest.raises(ParamsError, match=r"'backbone_train.corpus' is 'synth-scenes', a target"):
+        parse_params(raw)
+    raw["backbone_train"]["corpus"] = "synth-pretrain"  # the stage-1 corpus itself is allowed
+    assert parse_params(raw).backbone_train.corpus == "synth-pretrain"
+
+
+@pytest.mark.parametrize("seconds", [[2.0], [0, 1.0], [3.0, 2.0], "2-4", [True, 2.0]])
+def test_synthact_durations_are_a_positive_range(seconds):
+    raw = with_change()
+    raw["datasets"]["synth-scenes"]["seconds"] = seconds
+    with pytest.raises(ParamsError, match=r"datasets.synth-scenes.seconds"):
+        parse_params(raw)
 
 
 @pytest.mark.parametrize("changes, expected", [
@@ -30,6 +51,7 @@ def test_default_params_load():
     ({"K": 0}, ["'K'", ">= 1", "0"]),
     ({"K": "five"}, ["'K'", "int", "'five'"]),
     ({"K": True}, ["'K'", "int", "True"]),
+    ({"K": 1000}, ["K=1000", "128,000 px", "65,500", "lower K or tile.height"]),
     ({"prompts": ["A", "E"]}, ["'prompts[1]'", "'E'", "A, B, C, D"]),
     ({"prompts": "A"}, ["'prompts'", "list", "'A'"]),
     ({"prompts": ["B", "B"]}, ["'prompts'", "twice"]),
@@ -129,12 +151,21 @@ def test_missing_section_and_misspelt_top_level_key_are_named():
         parse_params(raw)
 
 
-def test_stage1_variants_and_backbone_augmentations_default_to_the_reference_run():
+def test_stage1_variants_and_backbone_augmentations_defaults():
     p = parse_params(with_change())
-    assert (p.align.processor, p.align.objective) == ("attention", "pooled")
+    assert (p.align.processor, p.align.objective) == ("paper", "pooled")  # the paper's processor (Table 1)
     assert p.backbone_train.flips and p.backbone_train.time_reversal
-    p = parse_params(section_change("align", processor="paper", objective="tokens"))
-    assert (p.align.processor, p.align.objective) == ("paper", "tokens")
+    p = parse_params(section_change("align", processor="attention", objective="tokens"))
+    assert (p.align.processor, p.align.objective) == ("attention", "tokens")
+
+
+def test_a_selector_takes_a_local_model_folder(tmp_path):
+    """vlm, backbone and text_encoder take a local save_pretrained folder as the README says; a path that is
+    not a folder is still an unknown preset, with the three forms in the message."""
+    p = parse_params(with_change(vlm=str(tmp_path), backbone=str(tmp_path), text_encoder=str(tmp_path)))
+    assert (p.vlm, p.backbone, p.text_encoder) == (str(tmp_path),) * 3
+    with pytest.raises(ParamsError, match=r"'vlm'.*hf:<model id>, or the path of a local model folder"):
+        parse_params(with_change(vlm=str(tmp_path / "missing")))
 
 
 def test_optim_settings_come_from_their_section():

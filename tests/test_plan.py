@@ -18,8 +18,8 @@ def params(**changes):
 def test_plan_sizes_m_from_the_backbone_and_warns_when_the_disk_is_too_small(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)  # nothing downloaded here: clip counts come from params
     text = plan(params(), REPO)
-    assert "48.0 KB per clip" in text  # tiny: 2 views x 8 x 4 x 4 x 96 x 2 bytes
-    assert "| synth-pretrain | pretrain | 4,000 (params) |" in text and "WARNING" not in text
+    assert "16.0 KB per clip" in text  # tiny: 2 views x 4 x 4 x 4 x 64 x 2 bytes (8 frames, tubelet 2)
+    assert "| synth-pretrain | pretrain | 600 (params) |" in text and "WARNING" not in text
     big = plan(params(pretrain=["k710"], backbone="videomae"), REPO)
     assert "4.6 MB per clip" in big and "660,000 (approx.)" in big
     Usage = namedtuple("Usage", "total used free")
@@ -33,3 +33,15 @@ def test_plan_with_features_not_cached_needs_no_m_disk(tmp_path, monkeypatch):
     raw["features"]["cache"] = False
     text = plan(parse_params(raw), REPO)
     assert "not cached" in text and "m cache in all: 0 B" in text
+
+
+def test_plan_reads_a_local_models_shape_from_its_config(tmp_path, monkeypatch):
+    """A hub architecture given as a local folder is sized from its own config, not guessed from its name."""
+    from transformers import VideoMAEConfig, VideoMAEModel
+
+    monkeypatch.chdir(tmp_path)
+    VideoMAEModel(VideoMAEConfig(image_size=32, patch_size=16, num_frames=4, tubelet_size=2, hidden_size=16,
+                                 num_hidden_layers=1, num_attention_heads=2, intermediate_size=32)).save_pretrained("mae")
+    text = plan(params(backbone=str(tmp_path / "mae")), REPO)
+    assert "(2, 2, 2, 16)" in text and "(videomae)" in text  # 4 frames / tubelet 2, 32 / 16 px, 16 channels
+    assert "512 B per clip" in text  # 2 views x (2 x 2 x 2 x 16) x 2 bytes

@@ -14,6 +14,14 @@ def test_plan_is_deterministic_and_seeded():
     assert [x.seed for x in a] != [x.seed for x in c]
 
 
+def test_a_shorter_duration_keeps_each_clips_content_in_fewer_frames():
+    long, short = S.plan("motion", 7, 0, 0, 3, 2), S.plan("motion", 7, 0, 0, 3, 2, seconds=(1.5, 2.5))
+    content = lambda c: (c.label, c.action, c.shape, c.colour, c.scene, c.second_shape, c.height, c.fps)  # noqa: E731
+    assert [content(c) for c in long] == [content(c) for c in short]
+    assert all(s.n_frames < c.n_frames for s, c in zip(short, long))
+    assert all(round(1.5 * c.fps) <= c.n_frames <= round(2.5 * c.fps) for c in short)
+
+
 def test_render_and_encode_are_deterministic(tmp_path):
     spec = S.plan("scenes", 3, 0, 0, 1, 0)[4]
     f1, f2 = S.render(spec), S.render(spec)

@@ -6,7 +6,7 @@ import pytest
 from PIL import Image
 
 from fourtier import video
-from fourtier.errors import VideoError
+from fourtier.errors import DataError, VideoError
 from fourtier.store import ItemReader, ItemWriter
 from fourtier.tiling import make_tile, tile_video
 from helpers import index_frames, reencode, with_rotation, write_video
@@ -117,6 +117,15 @@ def test_unreadable_file_is_skipped_with_reason(tmp_path):
     assert "cannot open" in result.row["reason"]
     with pytest.raises(VideoError, match="file not found"):
         video.probe(tmp_path / "missing.mp4")
+
+
+def test_a_tile_wider_than_jpeg_allows_is_a_clear_error_not_a_pillow_traceback(tmp_path):
+    """K panels of a wide video can pass the params check (made for square videos) and still exceed JPEG's
+    65,500 px: the stage stops with the numbers and the fix, for every video alike, rather than skipping them."""
+    frames = [np.zeros((9, 21, 3), np.uint8)] * 200  # 21:9 at 128 px high: 299 px a panel, 59,800 px for 200
+    assert make_tile(frames, (21, 9), 128).shape == (128, 200 * 299, 3)
+    with pytest.raises(DataError, match=r"K=250 panels of 299 x 128 px.*74,750 px wide.*65,500; lower K or tile.height"):
+        make_tile([frames[0]] * 250, (21, 9), 128)
 
 
 def test_make_tile_resizes_each_panel():

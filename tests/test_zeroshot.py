@@ -8,7 +8,7 @@ import torch
 from fourtier.classtexts import class_texts, synthact_descriptions, template_texts
 from fourtier.data import synthact
 from fourtier.errors import DataError
-from fourtier.experiments import ablation_runs, collect, few_shot_points, report
+from fourtier.experiments import ablation_runs, collect, few_shot_points, gain_ci, report
 from fourtier.fewshot import few_shot_subset
 from fourtier.models.ftp import FTP, FTPConfig
 from fourtier.params import OptimSettings, PROMPT_IDS
@@ -90,7 +90,7 @@ def test_a_class_texts_file_is_read_and_checked(tmp_path):
         class_texts("description", ["a", "b"], None, path)
     path.write_text(json.dumps({c: {p: f"{c} {p}" for p in PROMPT_IDS} for c in "ab"}))
     assert class_texts("description", ["a", "b"], None, path)["b"]["C"] == "b C"
-    with pytest.raises(DataError, match="no built-in descriptions"):
+    with pytest.raises(DataError, match="no built-in class descriptions.*template texts are scored either way"):
         class_texts("description", ["a", "b"], None, tmp_path / "absent.json")
 
 
@@ -126,3 +126,5 @@ def test_shots_ablation_queues_every_arm_and_the_report_has_its_table():
     table = report(results)
     assert "Few-shot" in table and "| 2 | 30.0 +- 2.0 | 40.0 +- 1.0 |" in table and "+10.0 [+7.5, +12.5]" in table  # t(0.975, 2) * 0.01 / sqrt(3)
     assert few_shot_points(results)["ds"]["ftp"][1][0] == 16
+    # runs since the scalar bounds existed carry their own interval, which the report takes as it is
+    assert gain_ci({"mean": 0.1, "std": 0.01, "ci95_low": 0.05, "ci95_high": 0.15}, 3) == [0.05, 0.15]

@@ -97,7 +97,8 @@ def read_texts_file(path: Path, classes: list[str]) -> dict[str, dict[str, str]]
 
 
 def class_texts(kind: str, classes: list[str], spec=None, user_file: Path | None = None) -> dict[str, dict[str, str]]:
-    """{class: {prompt id: text}} for every class, of the kind `zeroshot.texts` asks for."""
+    """{class: {prompt id: text}} for every class: `template` (a sentence per prompt around the class name) or
+    `description` (the user's file, else SynthAct's built-in ones)."""
     if kind == "template":
         return template_texts(classes)
     if user_file is not None and user_file.exists():
@@ -107,5 +108,6 @@ def class_texts(kind: str, classes: list[str], spec=None, user_file: Path | None
         if sorted(texts) != sorted(classes):
             raise DataError(f"{spec.name}: classes.txt does not match SynthAct's {spec.variant} class list")
         return {c: texts[c] for c in classes}
-    raise DataError(f"zeroshot.texts is 'description', but this dataset has no built-in descriptions: write "
-                    f"{user_file} as JSON {{class: {{A: ..., B: ..., C: ..., D: ...}}}}, or use zeroshot.texts: template")
+    raise DataError(f"this dataset has no built-in class descriptions; to score description texts too, write "
+                    f"{user_file} as JSON {{class: {{A: ..., B: ..., C: ..., D: ...}}}} (template texts are scored "
+                    "either way)")

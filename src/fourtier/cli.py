@@ -137,7 +137,7 @@ def predict(args) -> None:
 def describe(args) -> None:
     from fourtier.params import load_params
     from fourtier.tiling import tile_video
-    from fourtier.vlm import PROMPT_IDS, Record, Request, make_backend
+    from fourtier.vlm import PROMPT_IDS, Record, Request, VLMError, make_backend
 
     params = load_params()
     k = args.K or params.K
@@ -173,6 +173,10 @@ def describe(args) -> None:
     for p in PROMPT_IDS:
         rec = answers[p]
         print(f"\n[{p}] {params.caption.prompts[p]}\n{rec.answer if rec.ok else 'ERROR: ' + rec.error}")
+    failed = [p for p in PROMPT_IDS if not answers[p].ok]
+    if failed:  # a failed request is no answer: say so in the exit code, not only in the text
+        raise VLMError(f"{len(failed)} of {len(PROMPT_IDS)} prompts got no answer from {name} "
+                       f"({', '.join(failed)}: {answers[failed[0]].error}); check the server or the model")
 
 
 def info(args) -> None:

@@ -36,9 +36,10 @@ def accuracy_metrics(probs: np.ndarray, labels: np.ndarray, classes: list[str]) 
 
 
 def summarise(values: list[float]) -> dict:
-    """Mean, sample standard deviation (ddof 1) and the runs. Paired gains get their 95% interval (`paired_gain`)."""
+    """Mean and sample standard deviation (ddof 1) over seeds. Scalars only: `dvc metrics show`, `diff` and
+    `dvc exp show` drop list-valued metrics, so the runs themselves go to runs.json (stages/evaluate.py)."""
     std = float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
-    return {"mean": round(float(np.mean(values)), 4), "std": round(std, 4), "runs": [round(v, 4) for v in values]}
+    return {"mean": round(float(np.mean(values)), 4), "std": round(std, 4)}
 
 
 def ci95_half_width(std: float, n: int) -> float:
@@ -49,12 +50,13 @@ def ci95_half_width(std: float, n: int) -> float:
 
 
 def paired_gain(arm: list[float], baseline: list[float]) -> dict:
-    """arm - baseline per seed (same seed = same data order), with the t-based 95% interval of the mean."""
+    """arm - baseline per seed (same seed = same initial classifier and data order): mean, sample std and the
+    t-based 95% interval of the mean as two scalars, ci95_low and ci95_high (with two or more seeds)."""
     gain = np.asarray(arm) - np.asarray(baseline[:len(arm)])
     out = summarise(list(gain))
     if len(gain) > 1:
         half = ci95_half_width(float(np.std(gain, ddof=1)), len(gain))
-        out["ci95"] = [round(float(gain.mean()) - half, 4), round(float(gain.mean()) + half, 4)]
+        out.update(ci95_low=round(float(gain.mean()) - half, 4), ci95_high=round(float(gain.mean()) + half, 4))
     return out
 
 

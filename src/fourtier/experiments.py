@@ -190,8 +190,11 @@ def few_shot_points(results: list[Result]) -> dict[str, dict[str, list[tuple[int
 
 
 def gain_ci(gain: dict, n: int) -> list[float] | None:
-    """The paired gain's t-based 95% interval from its mean and sample std over n seeds. `dvc exp show --json`
-    drops list-valued metrics (`ci95`, `runs`), so the report recomputes it with evaluation's own formula."""
+    """The paired gain's 95% interval: the evaluate stage's ci95_low / ci95_high. Experiments run before those
+    scalars existed had a list-valued `ci95`, which `dvc exp show --json` drops: for them the interval is
+    recomputed from the mean and sample std over n seeds with evaluation's own formula."""
+    if "ci95_low" in gain:
+        return [gain["ci95_low"], gain["ci95_high"]]
     if n < 2 or "mean" not in gain or "std" not in gain:
         return None
     from fourtier.evaluation import ci95_half_width  # here, not at import: it pulls in torch
@@ -213,7 +216,7 @@ def few_shot_table(results: list[Result]) -> str:
         seeds = len((r.params.get("finetune") or {}).get("seeds") or [])
         for ds in datasets:
             gain = r.metrics.get(ds, {}).get("ftp_gain_top1") or {}
-            ci = gain.get("ci95") or gain_ci(gain, seeds)
+            ci = gain_ci(gain, seeds)
             cells.append("-" if "mean" not in gain else f"{100 * gain['mean']:+.1f}" +
                          (f" [{100 * ci[0]:+.1f}, {100 * ci[1]:+.1f}]" if ci else ""))
         lines.append(f"| {int(name.split('-')[1])} | " + " | ".join(cells) + " |")

@@ -27,7 +27,7 @@ SYNTHACT_VARIANTS = ("pretrain", "scenes", "motion")
 _PUBLIC_KEYS = ("type", "split", "short_side", "cache_dir", "archive_url", "splits_url", "archive_sha256", "archive_size")
 _KINETICS_KEYS = ("type", "version", "splits", "parts", "short_side", "cache_dir", "base_url")
 DATASET_KEYS = {
-    "synthact": ("type", "variant", "seed", "clips", "val_fraction", "train_per_class", "val_per_class"),
+    "synthact": ("type", "variant", "seed", "clips", "val_fraction", "train_per_class", "val_per_class", "seconds"),
     "folder": ("type", "root", "csv", "val_fraction", "short_side", "seed"),
     "ucf101": _PUBLIC_KEYS, "hmdb51": _PUBLIC_KEYS,
     "kinetics": _KINETICS_KEYS, "k710": tuple(k for k in _KINETICS_KEYS if k != "version"),
@@ -48,6 +48,7 @@ class SynthActSpec:
     val_fraction: float  # pretrain only
     train_per_class: int  # targets only
     val_per_class: int  # targets only
+    seconds: tuple[float, float] = (2.0, 4.0)  # clip duration, drawn uniformly in this range
 
 
 @dataclass(frozen=True)
@@ -149,6 +150,7 @@ class OptimSettings:
 
 @dataclass(frozen=True)
 class BackboneTrainParams:
+    corpus: str  # the dataset (under datasets:) the `tiny` backbone is pretrained on; generated inside that stage
     optim: OptimSettings
     temporal_views: int  # augmentation: a random one of these per sample
     flips: bool  # augmentation: horizontal flips
@@ -335,11 +337,22 @@ def _presets(raw: dict, key: str) -> dict[str, dict]:
 
 
 def _selector(raw: dict, key: str, presets: dict[str, dict], presets_key: str) -> str:
+    """A preset name, hf:<model id> or a local model folder (a transformers save_pretrained directory)."""
     value = _get(raw, key, "", str)
-    # hf:<model id> and local directories are allowed wherever the preset mapping says so
-    if value.startswith("hf:") and len(value) > 3:
+    if value in presets or (value.startswith("hf:") and len(value) > 3) or Path(value).is_dir():
         return value
-    return _choice(value, sorted(presets), key, f" (presets under '{presets_key}:', or hf:<model id>)")
+    return _choice(value, sorted(presets), key,
+                   f" (presets under '{presets_key}:', hf:<model id>, or the path of a local model folder)")
+
+
+def _seconds(spec: dict, where: str) -> tuple[float, float]:
+    """A SynthAct clip duration range [low, high] in seconds (each clip draws its own)."""
+    value = _get(spec, "seconds", where, list, [2.0, 4.0])
+    if (len(value) != 2 or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value)
+            or not 0 < value[0] <= value[1]):
+        raise ParamsError(f"params.yaml: '{where}.seconds' must be [low, high] with 0 < low <= high (seconds), "
+                          f"got {value!r}")
+    return float(value[0]), float(value[1])
 
 
 def _dataset_spec(name: str, spec: Any) -> SynthActSpec | FolderSpec | PublicSpec:
@@ -363,6 +376,7 @@ def _dataset_spec(name: str, spec: Any) -> SynthActSpec | FolderSpec | PublicSpe
             val_fraction=_fraction(spec, "val_fraction", where) if pretrain else 0.0,
             train_per_class=0 if pretrain else _int_at_least(spec, "train_per_class", where, 1),
             val_per_class=0 if pretrain else _int_at_least(spec, "val_per_class", where, 1),
+            seconds=_seconds(spec, where),
         )
     default_cache = os.environ.get("FOURTIER_DATA") or str(Path.home() / ".cache" / "fourtier" / "datasets")
     if kind in ("kinetics", "k710"):
@@ -446,8 +460,12 @@ def parse_params(raw: Any) -> Params:
     quality = _int_at_least(tile, "jpeg_quality", "tile", 1)
     if quality > 100:
         raise ParamsError(f"params.yaml: 'tile.jpeg_quality' must be in 1..100, got {quality}")
+    height = _int_at_least(tile, "height", "tile", 16)
+    if K * height > 65500:  # tiling.JPEG_MAX_SIDE; a square video's panels are `height` px wide
+        raise ParamsError(f"params.yaml: K={K} panels of tile.height={height} px make tiles at least {K * height:,} px "
+                          "wide for square or wider videos, over JPEG's limit of 65,500; lower K or tile.height")
     tile_params = TileParams(
-        height=_int_at_least(tile, "height", "tile", 16),
+        height=height,
         jpeg_quality=quality,
         shard_above=_int_at_least(tile, "shard_above", "tile", 0),
         shard_size=_int_at_least(tile, "shard_size", "tile", 1),
@@ -471,8 +489,17 @@ def parse_params(raw: Any) -> Params:
                                      spatial_views=_int_at_least(features, "spatial_views", "features", 1),
                                      batch_size=_int_at_least(features, "batch_size", "features", 1),
                                      cache=cache, shard_mb=_int_at_least(features, "shard_mb", "features", 1, 2048))
-    backbone_train = _section(raw, "backbone_train", OPTIM_KEYS + ("temporal_views", "flips", "time_reversal", "seed"))
+    backbone_train = _section(raw, "backbone_train", OPTIM_KEYS + ("corpus", "temporal_views", "flips", "time_reversal",
+                                                                   "seed"))
+    corpus = _get(backbone_train, "corpus", "backbone_train", str)
+    if corpus not in datasets:
+        raise ParamsError(f"params.yaml: 'backbone_train.corpus' is {corpus!r}, which is not defined under 'datasets:' "
+                          f"(defined: {', '.join(sorted(datasets))})")
+    if corpus in targets:
+        raise ParamsError(f"params.yaml: 'backbone_train.corpus' is {corpus!r}, a target: the frozen encoder would have "
+                          "been trained on the clips it is evaluated on; pretrain it on another dataset")
     backbone_train_params = BackboneTrainParams(
+        corpus=corpus,
         optim=_optim(backbone_train, "backbone_train"),
         temporal_views=_int_at_least(backbone_train, "temporal_views", "backbone_train", 1),
         flips=_get(backbone_train, "flips", "backbone_train", bool, True),

@@ -14,6 +14,9 @@ ALIGN_METRICS = Path("models/align_metrics.json")
 FINETUNE = Path("models/finetune")
 CLASS_TEXTS = Path("class_texts")  # committed, per dataset: {class: {A, B, C, D: text}}
 SOURCES = Path("data/sources")  # fingerprints of inputs that live outside the workspace (stages/sources.py)
+# what a stage measured of its own speed (latency, throughput): machine-dependent, so in no stage's outputs and
+# not in dvc.lock; dvc.yaml lists the folder as top-level metrics, so `dvc metrics show` prints them
+TIMINGS = Path("data/timings")
 
 
 def cache_dir() -> Path:
@@ -72,6 +75,10 @@ def evaluation(dataset: str) -> Path:
     return Path("data/eval") / dataset
 
 
+def timings(stage: str, dataset: str) -> Path:
+    return TIMINGS / f"{stage}-{dataset}.json"
+
+
 def stage_io(stage: str, item: str, corpus: str) -> tuple[set[str], set[str]]:
     """The data deps and outs (as dvc.yaml writes them) of one stage; `item` is the foreach dataset, `corpus`
     the first pretraining dataset. Code deps are checked separately, from the import closure."""
@@ -86,8 +93,8 @@ def stage_io(stage: str, item: str, corpus: str) -> tuple[set[str], set[str]]:
         return {s(tiles(item))}, {s(captions(item) / "captions.jsonl"), s(captions(item) / "metrics.json")}
     if stage == "embed":
         return {s(captions(item) / "captions.jsonl")}, {s(embeddings(item))}
-    if stage == "backbone":
-        return {s(raw(corpus))}, {s(BACKBONE)}
+    if stage == "backbone":  # its corpus is made in a scratch folder, not read from data/
+        return set(), {s(BACKBONE)}
     if stage in ("features-pretrain", "features-target"):
         return {s(BACKBONE), s(raw(item))}, {s(features(item))}
     if stage == "align":
@@ -98,7 +105,7 @@ def stage_io(stage: str, item: str, corpus: str) -> tuple[set[str], set[str]]:
     if stage == "evaluate":
         out = evaluation(item)
         return ({s(finetune_dir(item)), s(BACKBONE), s(features(item)), s(raw(item))},
-                {s(out / name) for name in ("metrics.json", "per_class.json", "confusion_ftp.csv",
+                {s(out / name) for name in ("metrics.json", "runs.json", "per_class.json", "confusion_ftp.csv",
                                             "confusion_baseline.csv", "tsne.png", "per_class_gain.png")})
     if stage == "zeroshot":
         return ({s(ALIGN), s(features(item)), s(raw(item)), s(BACKBONE), s(CLASS_TEXTS)},

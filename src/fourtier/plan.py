@@ -41,15 +41,46 @@ def _clips(params, name: str) -> tuple[int, str]:
     return PUBLIC_CLIPS.get(key, 0), "approx." if key in PUBLIC_CLIPS else "unknown until downloaded"
 
 
+def _hub_config_shape(model: str):
+    """(T', h, w, D) and (frames, size) of a hub or local video model from its own config, if that config is on
+    this machine (a local folder, the Hugging Face cache, or models/backbone after the backbone stage); else None."""
+    try:
+        from transformers import AutoConfig
+
+        from fourtier.models.backbone import hf_kind
+
+        config = AutoConfig.from_pretrained(model, local_files_only=True)
+        kind = hf_kind(config)
+    except Exception:  # not on this machine (or not a video model): the caller falls back to the name
+        return None
+    cfg = getattr(config, "vision_config", config)
+    size = cfg.image_size if isinstance(cfg.image_size, int) else cfg.image_size[0]
+    tubelet = getattr(cfg, "tubelet_size", 1)
+    tubelet, patch = (tubelet[0], tubelet[1]) if isinstance(tubelet, (list, tuple)) else (tubelet, getattr(cfg, "patch_size", 16))
+    patch = patch if isinstance(patch, int) else patch[0]
+    frames = int(getattr(cfg, "num_frames", None) or 8)
+    grid = size // patch
+    return (frames // tubelet, grid, grid, cfg.hidden_size), (frames, size), kind
+
+
 def _view_shape(params) -> tuple[tuple[int, ...], tuple[int, int], str]:
-    """m per view, and (frames, size) of the backbone's input."""
-    preset = params.backbones.get(params.backbone, {"type": "hf", "model": params.backbone})
+    """m per view, and (frames, size) of the backbone's input: from the model's config where it is on this machine,
+    else from the preset's name (a ViT-B at 224 px)."""
+    preset = params.backbones.get(params.backbone, {"type": "hf", "model": params.backbone.removeprefix("hf:")})
     if preset["type"] == "tiny":
         g = preset["size"] // 16
-        return (preset["frames"], g, g, preset["dim"]), (preset["frames"], preset["size"]), "tiny"
+        frames = preset["frames"] // int(preset.get("tubelet", 1))
+        return (frames, g, g, preset["dim"]), (preset["frames"], preset["size"]), "tiny"
+    model = str(preset.get("model", ""))
+    saved = paths.BACKBONE / "config.json"
+    if saved.exists() and json.loads(saved.read_text()).get("model") == model:
+        model = str(paths.BACKBONE / "hf")  # what the backbone stage saved: no hub look-up
+    found = _hub_config_shape(model)
+    if found is not None:
+        return found
     for kind, shape in HUB_VIEW_SHAPE.items():
-        if kind in str(preset.get("model", "")).lower():
-            return shape, (HUB_INPUT_FRAMES[kind], 224), kind
+        if kind in model.lower():
+            return shape, (HUB_INPUT_FRAMES[kind], 224), f"{kind} (assumed from the name)"
     return HUB_VIEW_SHAPE["videomae"], (16, 224), "ViT-B (assumed)"
 
 

@@ -18,10 +18,14 @@ def _pyplot():
 
 
 def tsne_2d(features: np.ndarray, seed: int = 0) -> np.ndarray:
+    """2-d t-SNE, on one thread: the Barnes-Hut gradient sums in thread order, and tsne.png is in dvc.lock, so
+    the same features must give the same picture on a machine with any number of cores (a few seconds here)."""
     from sklearn.manifold import TSNE
+    from threadpoolctl import threadpool_limits
 
     perplexity = float(min(30, max(2, (len(features) - 1) // 3)))
-    return TSNE(2, perplexity=perplexity, init="pca", random_state=seed).fit_transform(features)
+    with threadpool_limits(1):
+        return TSNE(2, perplexity=perplexity, init="pca", random_state=seed).fit_transform(features)
 
 
 def plot_tsne(by_arm: dict[str, np.ndarray], labels: np.ndarray, classes: list[str], path: Path, title: str) -> None:

@@ -4,17 +4,29 @@ One setting serves every stage that runs a network (features, embed, align, fine
 `fourtier predict` command and the hf VLM backend. On CUDA the frozen networks (the visual backbone, the
 text encoder) run under bf16 autocast; what they produce is stored as float16 either way. Trained modules
 run in float32 everywhere. Under torchrun each process takes the GPU of its LOCAL_RANK.
+
+Importing this module also fixes the CPU kernels (below), so every module that runs a network imports it.
 """
 from __future__ import annotations
 
 import contextlib
 import os
+import platform
 
 import torch
 
 from fourtier.errors import ParamsError
 
 DEVICES = ("auto", "cpu", "cuda")
+
+# The same CPU kernels on every x86-64 machine, so that a dvc.lock made on one machine is reproduced byte for
+# byte on another: MKL's conditional numerical reproducibility, ATen's and oneDNN's instruction set, all at AVX2
+# (what every supported x86-64 CPU has; one with AVX-512 would otherwise take other kernels and round
+# differently). The libraries read these when they first compute, so setting them on import is in time. A value
+# already in the environment wins; GPU kernels are not affected.
+if platform.machine().lower() in ("x86_64", "amd64"):
+    for _name, _value in (("MKL_CBWR", "AVX2"), ("ATEN_CPU_CAPABILITY", "avx2"), ("ONEDNN_MAX_CPU_ISA", "AVX2")):
+        os.environ.setdefault(_name, _value)
 
 
 def resolve_device(setting: str = "auto") -> torch.device:

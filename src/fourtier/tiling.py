@@ -26,6 +26,7 @@ from fourtier import video
 
 INDEX_COLUMNS = ("video_id", "status", "location", "frame_indices", "timestamps", "n_frames", "reader",
                  "panel_width", "height", "reason")
+JPEG_MAX_SIDE = 65500  # libjpeg's largest image side (Pillow refuses wider JPEGs)
 
 
 def panel_width(display_size: tuple[int, int], height: int) -> int:
@@ -36,13 +37,21 @@ def panel_width(display_size: tuple[int, int], height: int) -> int:
 def make_tile(frames: list[np.ndarray], display_size: tuple[int, int], height: int) -> np.ndarray:
     """Resize each keyframe to (panel width, height), which also makes its pixels square, and concatenate."""
     width = panel_width(display_size, height)
+    if width * len(frames) > JPEG_MAX_SIDE:  # a setting no video of this shape can meet: stop, do not skip
+        raise DataError(f"a tile of K={len(frames)} panels of {width} x {height} px ({display_size[0]}:{display_size[1]} "
+                        f"video) would be {width * len(frames):,} px wide, over JPEG's limit of {JPEG_MAX_SIDE:,}; "
+                        "lower K or tile.height in params.yaml")
     panels = [np.asarray(Image.fromarray(f).resize((width, height), Image.Resampling.BICUBIC)) for f in frames]
     return np.concatenate(panels, axis=1)
 
 
 def encode_jpeg(image: np.ndarray, quality: int) -> bytes:
     buf = io.BytesIO()
-    Image.fromarray(image).save(buf, format="JPEG", quality=quality)
+    try:
+        Image.fromarray(image).save(buf, format="JPEG", quality=quality)
+    except (OSError, ValueError) as exc:  # Pillow's own limits: say what and how, not where inside Pillow
+        raise DataError(f"cannot encode a {image.shape[1]} x {image.shape[0]} px tile as JPEG ({exc}); lower K or "
+                        "tile.height in params.yaml") from None
     return buf.getvalue()
 
 

@@ -46,12 +46,12 @@ def write_dataset(out_dir: Path, rows: list[Annotation], classes: list[str], sou
     unknown = sorted({r.label for r in rows} - set(classes))
     if unknown:
         raise DataError(f"labels not in classes.txt: {unknown[:5]}")
-    with open(out_dir / "annotations.csv", "w", newline="") as fh:
+    with open(out_dir / "annotations.csv", "w", newline="", encoding="utf-8") as fh:
         writer = csv.writer(fh)
         writer.writerow(ANNOTATION_COLUMNS)
         for r in rows:
             writer.writerow([r.video_id, r.path, r.label, r.split])
-    (out_dir / "classes.txt").write_text("".join(f"{c}\n" for c in classes))
+    (out_dir / "classes.txt").write_text("".join(f"{c}\n" for c in classes), encoding="utf-8")
     counts: dict[str, dict[str, int]] = {}
     for (split, label), n in sorted(Counter((r.split, r.label) for r in rows).items()):
         counts.setdefault(split, {})[label] = n
@@ -65,7 +65,7 @@ def write_dataset(out_dir: Path, rows: list[Annotation], classes: list[str], sou
         "checksums": {r.path: sha256_file(out_dir / r.path) for r in rows},
         **(extra or {}),
     }
-    (out_dir / "manifest.json").write_text(json.dumps(manifest, indent=1) + "\n")
+    (out_dir / "manifest.json").write_text(json.dumps(manifest, indent=1) + "\n", encoding="utf-8")
     return manifest
 
 
@@ -73,9 +73,9 @@ def read_annotations(ds_dir: Path) -> list[Annotation]:
     path = Path(ds_dir) / "annotations.csv"
     if not path.exists():
         raise DataError(f"{path} not found: run the download stage for this dataset first (dvc repro)")
-    with open(path, newline="") as fh:
+    with open(path, newline="", encoding="utf-8") as fh:
         return [Annotation(**{k: row[k] for k in ANNOTATION_COLUMNS}) for row in csv.DictReader(fh)]
 
 
 def read_classes(ds_dir: Path) -> list[str]:
-    return Path(ds_dir, "classes.txt").read_text().splitlines()
+    return Path(ds_dir, "classes.txt").read_text(encoding="utf-8").splitlines()

@@ -1,10 +1,15 @@
 """A user's own videos: a directory plus a CSV with columns path, label and (optionally) split.
 
 Each file is validated (does it open, does every frame decode, is it truncated?). Unreadable files are
-skipped and listed in manifest.json with the reason. A video's id is its whole path below `root` (folders
-joined by `__`, only the extension dropped), so two rows never share an id or a stored file; a clash (the
-same file listed twice, or `a/b.mp4` next to `a__b.mp4`) is an error naming both rows. Paths outside `root`
-(absolute, or leading out with `..`) are read, said on the console and listed in the manifest under
+skipped and listed in manifest.json with the reason; a listed path that is no file (missing, a folder, a broken
+symlink, a symlink loop) is skipped as missing, with what it is. The label CSV is read as UTF-8 (an Excel BOM
+is ignored). A video's id is its whole path below `root` (folders joined by `__`, only the extension dropped)
+as one file name: Unicode is normalised to NFC and letters, digits, marks, symbols and punctuation of any
+script are kept, so `日本語.mp4` is `日本語` and `café`/`cafè` stay apart; in ASCII only letters, digits and
+`. _ -` are kept; every other run (path separators, `: * ? " < > |`, whitespace, control characters) becomes
+`_`. Two rows never share an id or a stored file: a clash (the same file listed twice, `a/b.mp4` next to
+`a__b.mp4`, `a?b.mp4` next to `a*b.mp4`, or one name typed in NFC and NFD) is an error naming both rows.
+Paths outside `root` (absolute, or leading out with `..`) are read, said on the console and listed in the manifest under
 `outside_root`, since moving `root` alone then does not move the dataset. With `short_side` > 0, videos are normalised with
 ffmpeg: rotation metadata applied, pixels made square, rescaled so the short side is at most
 `short_side` (never upscaled), keeping the aspect ratio. Videos that already conform are copied as they are.
@@ -12,10 +17,14 @@ ffmpeg: rotation metadata applied, pixels made square, rescaled so the short sid
 from __future__ import annotations
 
 import csv
+import errno
 import hashlib
+import io
 import os
-import re
 import shutil
+import stat
+import unicodedata
+from itertools import groupby
 from pathlib import Path
 
 from fourtier.data.contract import SPLITS, Annotation, write_dataset
@@ -29,14 +38,25 @@ VERSION = "folder-1"
 def read_label_csv(csv_path: Path) -> list[dict]:
     if not csv_path.is_file():
         raise DataError(f"label CSV not found: {csv_path} (set datasets.<name>.csv in params.yaml)")
-    with open(csv_path, newline="") as fh:
-        reader = csv.DictReader(fh)
+    data = csv_path.read_bytes()
+    if data.startswith((b"\xff\xfe", b"\xfe\xff")):
+        raise DataError(f"{csv_path} is UTF-16 text; save it as UTF-8 (in Excel: 'CSV UTF-8 (Comma delimited)')")
+    try:
+        text = data.decode("utf-8-sig")  # utf-8-sig: the BOM Excel writes is not part of the first column's name
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        raise DataError(f"{csv_path}:{line}: not UTF-8 text (byte {data[exc.start]:#04x}); save the CSV as UTF-8 "
+                        "(in Excel: 'CSV UTF-8 (Comma delimited)')") from None
+    reader = csv.DictReader(io.StringIO(text, newline=""))
+    try:
         columns = [c.strip() for c in (reader.fieldnames or [])]
         missing = {"path", "label"} - set(columns)
         if missing:
             raise DataError(f"{csv_path}: missing column(s) {sorted(missing)}; expected a header "
                             f"'path,label[,split]', found {columns}")
         rows = [{k.strip(): (v or "").strip() for k, v in row.items() if k} for row in reader]
+    except csv.Error as exc:
+        raise DataError(f"{csv_path}:{reader.line_num}: not a readable CSV line ({exc}); fix or remove it") from None
     if not rows:
         raise DataError(f"{csv_path} has a header but no rows")
     return rows
@@ -53,16 +73,40 @@ def label_csv(spec) -> Path:
     return listed_file(spec.root, str(spec.csv))
 
 
+_ASCII_KEPT = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-")
+MAX_ID_BYTES = 240  # file names are at most 255 bytes (ext4, APFS, NTFS); room for the extension
+
+
+def _kept(c: str) -> bool:
+    """May c stay in an id? ASCII: letters, digits and . _ - (the ids of ASCII names never change). Beyond ASCII:
+    letters, marks, numbers, punctuation and symbols of any script; never separators (whitespace, line breaks)
+    or control, format, private-use and unassigned characters."""
+    return c in _ASCII_KEPT if c.isascii() else unicodedata.category(c)[0] in "LMNPS"
+
+
 def video_id_for(rel_path: str, where: str = "") -> str:
-    """The whole path without its extension, as one safe file name: 'a/2021.05.03_x.mp4' -> 'a__2021.05.03_x'."""
-    parts = [p for p in rel_path.replace("\\", "/").split("/") if p not in ("", ".")]
+    """The whole path without its extension, as one safe file name: 'a/2021.05.03_x.mp4' -> 'a__2021.05.03_x',
+    '日本語.mp4' -> '日本語'. NFC first, so a name typed precomposed or decomposed gives one id; every run of
+    characters that is not kept becomes '_'. Distinct names can still meet ('a?b', 'a*b'): ingest reports that."""
+    path = unicodedata.normalize("NFC", rel_path)
+    parts = [p for p in path.replace("\\", "/").split("/") if p not in ("", ".")]
     name = parts[-1] if parts else ""
     if parts:
         parts[-1] = name[:name.rindex(".")] if "." in name else name
-    vid = re.sub(r"[^A-Za-z0-9._-]+", "_", "__".join(parts)).strip("_.")
-    if not vid or not parts[-1].strip("._"):  # '.mp4' is an extension with no name
+    joined = "__".join(parts)
+    vid = "".join("".join(run) if kept else "_" for kept, run in groupby(joined, _kept)).strip("_.")
+    if not parts or not parts[-1].strip("._"):  # '.mp4' is an extension with no name
         raise DataError(f"{where or rel_path}: {rel_path!r} has no file name before its extension; "
                         "rename the file (e.g. clip.mp4) and update the CSV")
+    if not vid:
+        raise DataError(f"{where or rel_path}: {rel_path!r} has no letter or digit to make a video id of (only "
+                        "spaces, punctuation or control characters); rename the file (e.g. clip.mp4) and update "
+                        "the CSV")
+    if len(vid.encode("utf-8")) > MAX_ID_BYTES:
+        size = len(vid.encode("utf-8"))
+        raise DataError(f"{where or rel_path}: the video id of {rel_path!r} would be {size} bytes of UTF-8, too "
+                        f"long for a file name (at most {MAX_ID_BYTES}); shorten the file or folder names and update "
+                        "the CSV")
     return vid
 
 
@@ -159,23 +203,24 @@ def ingest(name: str, root: Path, rows: list[dict], classes: list[str], short_si
     with the ids of the missing ones."""
     videos = out_dir / "videos"
     videos.mkdir(parents=True, exist_ok=True)
-    jobs, meta, skipped, seen, outside = [], [], [], {}, []
+    jobs, meta, seen, outside, missing = [], [], {}, [], []
     for row in rows:
         where = row.get("where", row["path"])
         vid = row.get("video_id") or video_id_for(row["path"], where)
         item = row.get("video_id", row["path"])
         if vid in seen:
-            raise DataError(f"{where}: {row['path']!r} gives the same video id as {seen[vid]} ({vid!r}): "
-                            "each row must name its own file; remove the duplicate row or rename one file")
-        seen[vid] = where
+            raise DataError(_clash(vid, row["path"], where, *seen[vid]))
+        seen[vid] = (row["path"], where)
         src = listed_file(root, row["path"])
         if not _inside(src, root):
             outside.append(row["path"])
-        if not src.is_file():
-            skipped.append({"item": item, "reason": "file not found", "split": row["split"], "label": row["label"]})
+        reason = not_a_file(src)
+        if reason:
+            missing.append({"item": item, "reason": reason, "split": row["split"], "label": row["label"]})
             continue
         jobs.append((src, videos / vid, short_side))
         meta.append((vid, row["label"], row["split"], item))
+    skipped = list(missing)  # no file there: listed first, then the files that did not read
     annotations, normalised = [], 0
     for (vid, label, split, rel), result in zip(meta, map_progress(ingest_one, jobs, workers, desc=f"ingest {name}")):
         if not result["ok"]:
@@ -190,9 +235,9 @@ def ingest(name: str, root: Path, rows: list[dict], classes: list[str], short_si
         entry["expected"] += 1
     for a in annotations:
         accounting[a.split][a.label]["present"] += 1
-    for s in skipped:
-        accounting[s["split"]][s["label"]]["missing" if s["reason"] == "file not found" else "unreadable"] += 1
-    missing_ids = sorted(s["item"] for s in skipped if s["reason"] == "file not found")
+    for i, s in enumerate(skipped):
+        accounting[s["split"]][s["label"]]["missing" if i < len(missing) else "unreadable"] += 1
+    missing_ids = sorted(s["item"] for s in missing)
     if outside:
         print(f"{name}: {len(outside)} listed file(s) lie outside {root} (e.g. {outside[0]!r}); read from there "
               "and listed in manifest.json under outside_root")
@@ -203,3 +248,55 @@ def ingest(name: str, root: Path, rows: list[dict], classes: list[str], short_si
 
 def _inside(path: Path, root: Path) -> bool:
     return Path(os.path.abspath(path)).is_relative_to(Path(os.path.abspath(root)))
+
+
+def _clash(vid: str, path: str, where: str, other_path: str, other_where: str) -> str:
+    if path == other_path or os.path.normpath(path) == os.path.normpath(other_path):
+        why = "the same file is listed twice; remove the duplicate row"
+    elif unicodedata.normalize("NFC", path) == unicodedata.normalize("NFC", other_path):
+        why = ("the two names are the same text with accents encoded two ways (Unicode NFC and NFD); "
+               "rename one file, or list it once")
+    else:
+        why = ("ids join folders with '__' and replace spaces, path separators and characters such as "
+               ": * ? \" < > | with '_'; rename one file so the names differ in letters or digits")
+    return (f"{where}: {path!r} gives the same video id {vid!r} as {other_path!r} ({other_where}): "
+            f"each row must name its own file; {why}")
+
+
+def _symlink_chain(path: Path, limit: int = 40) -> tuple[list[str], bool]:
+    """Where the symlink at path leads, link by link, and whether it comes back to a link already passed."""
+    chain, passed, p = [], set(), os.path.abspath(path)
+    while os.path.islink(p) and len(chain) < limit:
+        if p in passed:
+            return chain, True
+        passed.add(p)
+        target = os.readlink(p)
+        chain.append(target)
+        p = os.path.abspath(os.path.join(os.path.dirname(p), target))
+    return chain, len(chain) >= limit
+
+
+def not_a_file(src: Path) -> str | None:
+    """None if src is (or a symlink leads to) a regular file, else what it is, for the manifest's `reason`.
+    A missing file keeps the reason 'file not found'."""
+    try:
+        st = os.stat(src)
+    except ValueError:  # os.stat refuses a NUL character before asking the system
+        return "the path contains a NUL character; fix the CSV row"
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            chain, _ = _symlink_chain(src)
+            shown = " -> ".join([str(src), *chain]) if chain else str(src)
+            return f"symlink loop: {shown} never reaches a file; point the link at the video file"
+        if exc.errno in (errno.ENOENT, errno.ENOTDIR) and os.path.islink(src):
+            chain, _ = _symlink_chain(src)
+            return (f"broken symlink pointing to {' -> '.join(map(repr, chain))} ({os.path.realpath(src)}), which "
+                    "does not exist; restore that file or point the link at the video file")
+        if exc.errno in (errno.ENOENT, errno.ENOTDIR):
+            return "file not found"
+        return f"cannot be opened: {exc.strerror}"
+    if stat.S_ISDIR(st.st_mode):
+        return "is a folder, not a video file; list the video files inside it"
+    if not stat.S_ISREG(st.st_mode):
+        return "not a regular file (a device, pipe or socket); list a video file"
+    return None

@@ -26,7 +26,7 @@ def _files_digest(paths: list[Path]) -> dict:
         try:
             st = os.stat(path)
             digest.update(f"{path}\t{st.st_size}\t{st.st_mtime_ns}\n".encode())
-        except OSError:
+        except (OSError, ValueError):  # ValueError: a NUL character in a listed path
             missing += 1
             digest.update(f"{path}\tmissing\n".encode())
     return {"files": len(paths), "files_missing": missing, "files_digest": digest.hexdigest()}

@@ -133,8 +133,11 @@ def _object_colour(rng, scene: str, exclude: str = "") -> str:
     return _pick(rng, usable)
 
 
-def make_clip_spec(variant: str, seed: int, index: int, label: str, split: str) -> ClipSpec:
-    """The clip's content and nuisances, drawn from its own generator (seed, variant, index)."""
+def make_clip_spec(variant: str, seed: int, index: int, label: str, split: str,
+                   seconds: tuple[float, float] = (2.0, 4.0)) -> ClipSpec:
+    """The clip's content and nuisances, drawn from its own generator (seed, variant, index). `seconds` is the
+    duration range: a motion runs over the whole clip whatever its length, so a shorter clip shows the same kind
+    of motion in fewer frames (the encoder samples a fixed number of frames either way)."""
     clip_seed = int(np.random.SeedSequence([seed, SYNTH_VARIANT_IDS[variant], index]).generate_state(1)[0])
     rng = np.random.default_rng(clip_seed)
     if variant == "pretrain":
@@ -156,7 +159,7 @@ def make_clip_spec(variant: str, seed: int, index: int, label: str, split: str) 
     second_colour = _object_colour(rng, scene, exclude=colour) if two else ""
     height, width = SIZES[int(rng.integers(len(SIZES)))]
     fps = int(rng.integers(8, 16))
-    duration = float(rng.uniform(2.0, 4.0))
+    duration = float(rng.uniform(*seconds))
     return ClipSpec(
         video_id=f"{variant}-{index:06d}", label=label, split=split, action=action, family=family,
         shape=shape, colour=colour, scene=scene, second_shape=second_shape, second_colour=second_colour,
@@ -171,7 +174,7 @@ SYNTH_VARIANT_IDS = {"pretrain": 0, "scenes": 1, "motion": 2}
 
 
 def plan(variant: str, seed: int, clips: int, val_fraction: float, train_per_class: int,
-         val_per_class: int) -> list[ClipSpec]:
+         val_per_class: int, seconds: tuple[float, float] = (2.0, 4.0)) -> list[ClipSpec]:
     """All clips of a dataset, class-balanced. Pretrain cycles through its coarse labels."""
     specs = []
     if variant == "pretrain":
@@ -180,13 +183,13 @@ def plan(variant: str, seed: int, clips: int, val_fraction: float, train_per_cla
         n_val = round(clips * val_fraction)
         for i in range(clips):
             split = "val" if i >= clips - n_val else "train"
-            specs.append(make_clip_spec(variant, seed, i, labels[i % len(labels)], split))
+            specs.append(make_clip_spec(variant, seed, i, labels[i % len(labels)], split, seconds))
         return specs
     index = 0
     for label in class_names(variant):
         for split, count in (("train", train_per_class), ("val", val_per_class)):
             for _ in range(count):
-                specs.append(make_clip_spec(variant, seed, index, label, split))
+                specs.append(make_clip_spec(variant, seed, index, label, split, seconds))
                 index += 1
     return specs
 
@@ -389,7 +392,8 @@ def download(spec, out_dir, workers: int) -> dict:
 
     out_dir = Path(out_dir)
     (out_dir / "videos").mkdir(parents=True, exist_ok=True)
-    clips = plan(spec.variant, spec.seed, spec.clips, spec.val_fraction, spec.train_per_class, spec.val_per_class)
+    clips = plan(spec.variant, spec.seed, spec.clips, spec.val_fraction, spec.train_per_class, spec.val_per_class,
+                 spec.seconds)
     jobs = [(c, out_dir / "videos" / f"{c.video_id}.mp4") for c in clips]
     for _ in map_progress(_write_clip, jobs, workers, desc=f"generate {out_dir.name}"):
         pass

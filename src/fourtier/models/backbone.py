@@ -29,20 +29,30 @@ class BackboneError(FourtierError):
 
 
 class TinyVideoViT(nn.Module):
+    """Conv stem per frame, then `tubelet` consecutive frames become one token per grid cell (as VideoMAE's and
+    ViViT's tubelet embedding), so m has frames / tubelet time steps; joint space-time attention over them."""
+
     def __init__(self, frames: int = 8, size: int = 64, dim: int = 96, depth: int = 4, heads: int = 4,
-                 head_sizes: tuple[int, ...] = (6, 5)):
+                 head_sizes: tuple[int, ...] = (6, 5), tubelet: int = 1):
         super().__init__()
         if size % 16:
             raise BackboneError(f"tiny backbone: size must be a multiple of 16, got {size}")
-        self.config = dict(frames=frames, size=size, dim=dim, depth=depth, heads=heads, head_sizes=list(head_sizes))
+        if tubelet < 1 or frames % tubelet:
+            raise BackboneError(f"tiny backbone: tubelet must divide frames ({frames}), got {tubelet}")
+        self.config = dict(frames=frames, size=size, dim=dim, depth=depth, heads=heads, head_sizes=list(head_sizes),
+                           tubelet=tubelet)
         self.grid = size // 16
-        self.stem = nn.Sequential(  # 64 -> 32 -> 16 -> 4 for size 64
+        self.tubelet = tubelet
+        self.stem = nn.Sequential(  # 64 -> 32 -> 16 for size 64, per frame
             nn.Conv2d(3, 32, 3, stride=2, padding=1), nn.GELU(),
             nn.Conv2d(32, 64, 3, stride=2, padding=1), nn.GELU(),
-            nn.Conv2d(64, dim, 4, stride=4),
         )
+        # 16 -> 4 per frame; with a tubelet, over `tubelet` frames at once. tubelet 1 keeps the 2-d layer that
+        # checkpoints saved before tubelets existed hold (stem.4)
+        self.patch = (nn.Conv2d(64, dim, 4, stride=4) if tubelet == 1
+                      else nn.Conv3d(64, dim, (tubelet, 4, 4), stride=(tubelet, 4, 4)))
         self.pos_space = nn.Parameter(torch.randn(1, 1, self.grid * self.grid, dim) * 0.02)
-        self.pos_time = nn.Parameter(torch.randn(1, frames, 1, dim) * 0.02)
+        self.pos_time = nn.Parameter(torch.randn(1, frames // tubelet, 1, dim) * 0.02)
         layer = nn.TransformerEncoderLayer(dim, heads, 2 * dim, dropout=0.0, activation="gelu", batch_first=True,
                                            norm_first=True)
         self.blocks = nn.TransformerEncoder(layer, depth, enable_nested_tensor=False)
@@ -52,10 +62,15 @@ class TinyVideoViT(nn.Module):
         self.heads = nn.ModuleList(nn.Linear(2 * dim, n) for n in head_sizes)
 
     def feature_map(self, x: torch.Tensor) -> torch.Tensor:
-        """x (B, T, 3, H, W) -> m (B, T, h, w, D)."""
+        """x (B, T, 3, H, W) -> m (B, T / tubelet, h, w, D)."""
         b, t = x.shape[:2]
-        z = self.stem(x.flatten(0, 1))  # (B*T, D, h, w)
-        z = z.flatten(2).transpose(1, 2).reshape(b, t, -1, z.shape[1])  # (B, T, N, D)
+        z = self.stem(x.flatten(0, 1))  # (B*T, 64, 4h, 4w)
+        if self.tubelet == 1:
+            z = self.patch(z)  # (B*T, D, h, w)
+        else:  # frames into the depth axis of a 3-d patch: (B, 64, T, 4h, 4w) -> (B, D, T', h, w)
+            z = self.patch(z.unflatten(0, (b, t)).transpose(1, 2)).transpose(1, 2).flatten(0, 1)
+        t = t // self.tubelet
+        z = z.flatten(2).transpose(1, 2).reshape(b, t, -1, z.shape[1])  # (B, T', N, D)
         z = z + self.pos_space + self.pos_time[:, :t]
         z = self.norm(self.blocks(z.flatten(1, 2)))
         return z.reshape(b, t, self.grid, self.grid, -1)
@@ -64,6 +79,11 @@ class TinyVideoViT(nn.Module):
         tokens = self.feature_map(x).flatten(1, 3)
         pooled = torch.cat([tokens.mean(1), tokens.amax(1)], dim=-1)
         return [head(pooled) for head in self.heads]
+
+    def load_state_dict(self, state, strict: bool = True, assign: bool = False):
+        # checkpoints from before the tubelet option kept the last stem layer as stem.4
+        state = {("patch." + k[len("stem.4."):] if k.startswith("stem.4.") else k): v for k, v in state.items()}
+        return super().load_state_dict(state, strict, assign)
 
 
 HF_KINDS = ("videomae", "timesformer", "vivit", "xclip")
@@ -93,9 +113,15 @@ class HFVideoBackbone(nn.Module):
             hidden = self.model(pixel_values=x.flatten(0, 1)).last_hidden_state[:, 1:]  # drop CLS per frame
             return hidden.reshape(b, t, h, w, -1)
         hidden = self.model(pixel_values=x).last_hidden_state
-        if self.kind in ("timesformer", "vivit"):
+        if self.kind == "timesformer":
             hidden = hidden[:, 1:]  # drop CLS
-        return hidden.reshape(b, t // self.tubelet, h, w, -1)
+            if getattr(self.model.config, "attention_type", "") == "space_only":  # frame by frame: (B*T, N, D)
+                return hidden.reshape(b, t, h, w, -1)
+            # TimeSformer orders its tokens patch-major (patch, then frame): (B, h, w, T, D) -> (B, T, h, w, D)
+            return hidden.reshape(b, h, w, t, -1).permute(0, 3, 1, 2, 4)
+        if self.kind == "vivit":
+            hidden = hidden[:, 1:]  # drop CLS
+        return hidden.reshape(b, t // self.tubelet, h, w, -1)  # VideoMAE, ViViT: time-major
 
 
 def hf_kind(config) -> str:
@@ -151,31 +177,27 @@ def save_tiny(model: TinyVideoViT, out_dir: Path, extra: dict) -> None:
 
 
 def obtain_hub_backbone(model_id: str, out_dir: Path, offline: bool = False) -> None:
-    """Save a hub video model (weights, config, image processor) into out_dir/hf, local cache first."""
-    from transformers import AutoConfig, AutoImageProcessor, AutoModel
+    """Save a hub video model (weights, config, image processor) into out_dir/hf: a local folder, else the local
+    cache, else the hub when it answers (fourtier.hub.load_pretrained); any failure is a BackboneError."""
+    from fourtier.hub import load_pretrained
 
     def fetch(local_only: bool):
+        from transformers import AutoConfig, AutoImageProcessor, AutoModel
+
         config = AutoConfig.from_pretrained(model_id, local_files_only=local_only)
         hf_kind(config)  # fail early on a model that is not a supported video model
-        return AutoModel.from_pretrained(model_id, local_files_only=local_only)
+        model = AutoModel.from_pretrained(model_id, local_files_only=local_only)
+        try:  # from the same place as the model, so a cached model never waits on the network
+            processor = AutoImageProcessor.from_pretrained(model_id, local_files_only=local_only)
+        except (OSError, ValueError, KeyError, ImportError):
+            processor = None  # preprocessing then falls back to ImageNet statistics
+        return model, processor
 
-    try:
-        try:
-            model = fetch(True)
-        except OSError:
-            if offline:
-                raise
-            print(f"{model_id} is not in the local Hugging Face cache: downloading it", flush=True)
-            model = fetch(False)
-    except OSError as exc:
-        raise BackboneError(f"cannot load backbone {model_id!r} ({str(exc).splitlines()[0][:200]}). Without network "
-                            "access, download it where you have it (huggingface-cli download <id>) and copy the cache "
-                            "or folder here; or use backbone=tiny, which is trained offline") from None
+    model, processor = load_pretrained(fetch, model_id, error=BackboneError, what="backbone", fallback="backbone=tiny",
+                                       offline=offline)
     model.save_pretrained(out_dir / "hf")
-    try:
-        AutoImageProcessor.from_pretrained(model_id).save_pretrained(out_dir / "hf")
-    except (OSError, ValueError):
-        pass  # preprocessing then falls back to ImageNet statistics
+    if processor is not None:
+        processor.save_pretrained(out_dir / "hf")
     (out_dir / "config.json").write_text(json.dumps({"type": "hf", "model": model_id}, indent=1) + "\n")
 
 
@@ -188,7 +210,7 @@ def load_backbone(model_dir: Path) -> LoadedBackbone:
         from safetensors.torch import load_file
 
         keys = ("frames", "size", "dim", "depth", "heads", "head_sizes")
-        model = TinyVideoViT(**{k: config[k] for k in keys})
+        model = TinyVideoViT(**{k: config[k] for k in keys}, tubelet=config.get("tubelet", 1))
         model.load_state_dict(load_file(model_dir / "weights.safetensors"))
         return LoadedBackbone(model, tiny_preprocess(config), "tiny")
     from transformers import AutoConfig, AutoModel

@@ -4,15 +4,81 @@ The prompt is formatted with the processor's chat template when it has one (LLaV
 SmolVLM, InstructBLIP...), and in BLIP-2's "Question: ... Answer:" form otherwise. Device and dtype come
 from the preset (device: cpu/cuda/auto, dtype: float32/float16/bfloat16), as do batch_size and offline
 (true: use only the local cache, and fail at once when the model is not there). The model is
-a hub id (needs its weights in the local Hugging Face cache, or network access) or a local directory.
+a hub id (needs its weights in the local Hugging Face cache, or a hub that answers) or a local directory;
+`fourtier.hub.load_pretrained` does the loading and turns every failure into a VLMError that says what to do.
+
+Tiles are images, so a processor that would also build a video processor (Qwen2-VL, Qwen2.5-VL, ...) is loaded
+without it when that video processor needs torchvision and torchvision is not installed.
 """
 from __future__ import annotations
 
+import inspect
 import time
+import types
 
 from fourtier.vlm import OnRecord, Record, Request, VLMError, decode_tile
 
 DTYPES = ("float32", "float16", "bfloat16")
+
+
+def load_processor(model_id: str, local_only: bool):
+    """AutoProcessor; when that fails for want of torchvision (a video processor), the model's processor class
+    with its image processor and tokenizer only."""
+    from transformers import AutoProcessor
+
+    try:
+        return AutoProcessor.from_pretrained(model_id, local_files_only=local_only)
+    except ImportError as exc:
+        if "torchvision" not in str(exc).lower():
+            raise
+        image_only = image_only_processor_class(model_id, local_only)
+        if image_only is None:
+            raise
+        return image_only.from_pretrained(model_id, local_files_only=local_only)
+
+
+def image_only_processor_class(model_id: str, local_only: bool):
+    """The model's processor class without its video processor, or None when it has none to drop."""
+    import transformers
+    from transformers import AutoConfig
+    from transformers.models.auto.processing_auto import PROCESSOR_MAPPING_NAMES
+
+    model_type = getattr(AutoConfig.from_pretrained(model_id, local_files_only=local_only), "model_type", None)
+    name = PROCESSOR_MAPPING_NAMES.get(model_type)
+    cls = getattr(transformers, name, None) if isinstance(name, str) else None
+    return without_video(cls) if isinstance(cls, type) else None
+
+
+def without_video(cls):
+    """A subclass of processor class `cls` that has no video processor, or None when it has none to drop.
+
+    ProcessorMixin takes its sub-processors from the signature of __init__: the subclass's __init__ runs the
+    same code under a signature without the video processor parameter (which defaults to None), so the video
+    processor is neither loaded nor checked, and everything else (image processor, tokenizer, chat template,
+    options) loads and works as usual."""
+    init = cls.__dict__.get("__init__")
+    if not isinstance(init, types.FunctionType):
+        return None
+    signature = inspect.signature(init)
+    names = list(signature.parameters)
+    if not any("video_processor" in n for n in names):
+        return None
+    first_video = min(i for i, n in enumerate(names) if "video_processor" in n)
+    if any(("processor" in n or "tokenizer" in n or "extractor" in n) and "video_processor" not in n
+           for n in names[first_video:]):
+        return None  # a sub-processor after the video one would take its place among the positional arguments
+    code = init.__code__
+    positional = code.co_varnames[1:code.co_argcount]  # after self
+    defaults = dict(zip(positional[len(positional) - len(init.__defaults__ or ()):], init.__defaults__ or ()))
+    videos = [i for i, n in enumerate(positional) if "video_processor" in n]
+    new_defaults = tuple(defaults.get(n) for n in positional[videos[0]:]) if videos else init.__defaults__
+    same_init = types.FunctionType(code, init.__globals__, init.__name__, new_defaults, init.__closure__)
+    same_init.__kwdefaults__ = {**(init.__kwdefaults__ or {}),
+                                **{n: None for n in code.co_varnames[code.co_argcount:code.co_argcount +
+                                                                   code.co_kwonlyargcount] if "video_processor" in n}}
+    same_init.__signature__ = signature.replace(parameters=[p for n, p in signature.parameters.items()
+                                                            if "video_processor" not in n])
+    return type(cls.__name__, (cls,), {"__init__": same_init, "__module__": cls.__module__, "__doc__": cls.__doc__})
 
 
 class HFBackend:
@@ -37,28 +103,20 @@ class HFBackend:
     def _load(self):
         if self._model is not None:
             return
-        import torch
-        from transformers import AutoModelForImageTextToText, AutoProcessor
+        from fourtier.hub import load_pretrained
 
         def load(local_only: bool):
-            processor = AutoProcessor.from_pretrained(self.model_id, local_files_only=local_only)
+            import torch
+            from transformers import AutoModelForImageTextToText
+
+            processor = load_processor(self.model_id, local_only)
             model = AutoModelForImageTextToText.from_pretrained(self.model_id, dtype=getattr(torch, self.dtype),
                                                                 local_files_only=local_only)
             return processor, model
 
-        try:
-            try:  # a local folder or a cached model never touches the network
-                self._processor, self._model = load(local_only=True)
-            except (OSError, ValueError):
-                if self.offline:
-                    raise
-                print(f"{self.model_id} is not in the local Hugging Face cache: downloading it", flush=True)
-                self._processor, self._model = load(local_only=False)
-        except (OSError, ValueError) as exc:
-            raise VLMError(
-                f"vlm {self.name!r}: cannot load {self.model_id!r} ({str(exc).splitlines()[0][:200]}). Without network "
-                "access, download it on a machine that has it (huggingface-cli download <id>) and copy the Hugging "
-                "Face cache or the model folder here; or use vlm=builtin, which works offline") from None
+        self._processor, self._model = load_pretrained(load, self.model_id, error=VLMError,
+                                                       prefix=f"vlm {self.name!r}: ", fallback="vlm=builtin",
+                                                       offline=self.offline)
         from fourtier.runtime import resolve_device
 
         device = str(resolve_device(self.device))

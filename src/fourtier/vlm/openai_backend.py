@@ -4,6 +4,11 @@ The tile goes as a base64 JPEG data URL with the prompt, through the official as
 concurrently up to `concurrency`. Rate limits (429), server errors (5xx), timeouts, dropped connections and
 malformed replies are retried with exponential backoff and jitter, honouring Retry-After. Authentication
 and request errors (401/403/400/404/422) are not retried: the stage stops with a message saying what to fix.
+A server that cannot be connected to at all (refused, no such host, or no connection within `CONNECT_TIMEOUT`,
+as at a blackholed address) while it has not answered once in this run is unreachable: a few quick tries over
+at most `UNREACHABLE_AFTER` seconds, then the stage stops, naming base_url. Once it has answered, a lost
+connection is retried like any transient fault. A server that accepts connections but is slow to answer is
+waited for (`timeout` per attempt) and retried: that is what a busy server looks like.
 The API key comes from the environment only (api_key_env, default OPENAI_API_KEY) and never reaches an
 output, a log or an error message.
 
@@ -18,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import email.utils
+import importlib
 import json
 import math
 import os
@@ -28,6 +34,20 @@ from fourtier.vlm import OnRecord, Record, Request, VLMError, redact, register_s
 
 # answers a server can give that are worth asking again
 RETRYABLE_STATUS = {408, 409, 425, 429, 500, 502, 503, 504}
+CONNECT_TIMEOUT = 5.0  # s to open a connection (at most `timeout`): a server that is up accepts in milliseconds
+UNREACHABLE_TRIES = 3  # connection attempts, while the server has never answered, before it counts as unreachable
+UNREACHABLE_AFTER = 8.0  # ... or seconds of them, whichever comes first
+
+
+def cannot_connect(exc) -> BaseException | None:
+    """The transport error underneath when `exc` means no connection was made at all (refused, unknown host,
+    connect timeout), else None. A read timeout or a dropped connection means the server was reached."""
+    cause = exc
+    while cause is not None:
+        if type(cause).__name__ in ("ConnectError", "ConnectTimeout"):  # httpx / httpx2
+            return cause
+        cause = cause.__cause__ or cause.__context__
+    return None
 
 
 class _Malformed(Exception):
@@ -86,6 +106,7 @@ class OpenAIBackend:
         self.batch_limit = int(preset.get("batch_max_requests", 50000))  # the Batch API's per-batch limit
         self.max_tokens = int(generation["max_new_tokens"])
         self.temperature = float(generation["temperature"])
+        self._answered = False  # has the server answered anything (even an error) in this run?
         # what changes an answer (the cache key); never the key or the concurrency
         self.settings = {"base_url": self.base_url or "default", "max_tokens": self.max_tokens,
                          "temperature": self.temperature, "detail": self.detail}
@@ -125,9 +146,15 @@ class OpenAIBackend:
                                              {"type": "image_url", "image_url": {"url": url, "detail": self.detail}}]}]
 
     def _client(self):
-        from openai import AsyncOpenAI
+        from openai import AsyncOpenAI, Timeout
 
-        return AsyncOpenAI(api_key=self._api_key, base_url=self.base_url, max_retries=0, timeout=self.timeout)
+        timeout = Timeout(self.timeout, connect=min(self.timeout, CONNECT_TIMEOUT))
+        return AsyncOpenAI(api_key=self._api_key, base_url=self.base_url, max_retries=0, timeout=timeout)
+
+    def _unreachable(self, error: str, tries: int, seconds: float) -> VLMError:
+        return VLMError(f"vlm {self.name!r}: cannot reach the server at {self.base_url or 'the default URL'}: it is "
+                        f"unreachable ({error}; {tries} tries in {seconds:.0f} s, and it never answered). Is it "
+                        "running, and is base_url right?")
 
     def _fatal(self, exc) -> VLMError:
         status = getattr(exc, "status_code", "?")
@@ -139,7 +166,8 @@ class OpenAIBackend:
                         f"Check the model name {self.model_id!r} and base_url {self.base_url or '(default)'}.")
 
     async def _ask(self, client, r: Request) -> tuple[Record, bool]:
-        """One answer with retries; returns (record, failed_only_by_connection)."""
+        """One answer with retries; returns (record, unreachable): unreachable when every attempt failed to
+        connect at all and the server has not answered once in this run (then after a few quick tries only)."""
         import openai
 
         start = time.perf_counter()
@@ -149,6 +177,7 @@ class OpenAIBackend:
             try:
                 resp = await client.chat.completions.create(model=self.model_id, messages=self._messages(r),
                                                             max_tokens=self.max_tokens, temperature=self.temperature)
+                self._answered = True
                 choices = getattr(resp, "choices", None)
                 if not choices:
                     raise _Malformed("reply has no choices")
@@ -161,20 +190,31 @@ class OpenAIBackend:
                               output_tokens=int(getattr(usage, "completion_tokens", 0) or 0),
                               latency_s=time.perf_counter() - start, attempts=attempt), False
             except openai.APIStatusError as exc:
+                self._answered = True
                 if exc.status_code not in RETRYABLE_STATUS:
                     raise self._fatal(exc) from None
                 last_error, connection_only = f"HTTP {exc.status_code}", False
                 wait = retry_after_seconds(exc)
             except (openai.APITimeoutError, openai.APIConnectionError) as exc:
-                last_error, wait = type(exc).__name__ + ": " + str(exc)[:120], None
-                connection_only = connection_only and not isinstance(exc, openai.APITimeoutError)
+                cause = cannot_connect(exc)
+                if cause is not None:
+                    last_error = f"{type(cause).__name__}: {str(cause) or 'no connection'}"[:160]
+                else:  # reached, but it timed out or dropped the connection: a transient fault
+                    last_error, connection_only = type(exc).__name__ + ": " + str(exc)[:120], False
+                wait = None
             except (_Malformed, openai.APIResponseValidationError, json.JSONDecodeError, AttributeError,
                     TypeError, ValueError) as exc:
+                self._answered = True
                 last_error, wait, connection_only = f"malformed reply: {str(exc)[:120]}", None, False
-            if attempt > self.max_retries:
-                return Record(r.video_id, r.prompt_id, "", latency_s=time.perf_counter() - start, attempts=attempt,
-                              error=redact(last_error)), connection_only
+            elapsed = time.perf_counter() - start
+            unreachable = connection_only and not self._answered
+            if attempt > self.max_retries or (unreachable and (attempt >= UNREACHABLE_TRIES
+                                                               or elapsed >= UNREACHABLE_AFTER)):
+                return Record(r.video_id, r.prompt_id, "", latency_s=elapsed, attempts=attempt,
+                              error=redact(last_error)), unreachable
             backoff = min(self.max_delay, self.base_delay * 2 ** (attempt - 1)) * random.uniform(0.5, 1.0)
+            if unreachable:  # quick tries only, until the server has answered once
+                backoff = min(backoff, 1.0)
             await asyncio.sleep(min(self.max_delay, wait) if wait is not None else backoff)
 
     async def _run_sync(self, requests: list[Request], on_record: OnRecord) -> None:
@@ -183,7 +223,7 @@ class OpenAIBackend:
         queue: asyncio.Queue = asyncio.Queue()
         for r in requests:
             queue.put_nowait(r)
-        state = {"ok": 0, "unreachable": 0}
+        self._answered = False  # has the server answered anything (even an error) in this run?
         bar = tqdm(total=len(requests), desc=f"caption {self.name}", unit="answer", dynamic_ncols=True, mininterval=1.0)
         client = self._client()
 
@@ -194,13 +234,10 @@ class OpenAIBackend:
                 except asyncio.QueueEmpty:
                     return
                 record, unreachable = await self._ask(client, r)
-                state["ok"] += record.ok
-                state["unreachable"] += bool(unreachable and not record.ok)
                 on_record(r, record)
                 bar.update()
-                if state["ok"] == 0 and state["unreachable"] >= min(3, len(requests)):
-                    raise VLMError(f"vlm {self.name!r}: cannot reach the server at {self.base_url or 'the default URL'} "
-                                   f"({record.error}). Is it running, and is base_url right?")
+                if unreachable and not record.ok and not self._answered:
+                    raise self._unreachable(record.error, record.attempts, record.latency_s)
 
         tasks = [asyncio.ensure_future(worker()) for _ in range(min(self.concurrency, len(requests)))]
         try:
@@ -248,9 +285,12 @@ class OpenAIBackend:
                 except openai.APIStatusError as exc:
                     raise self._fatal(exc) from None
                 except (openai.APITimeoutError, openai.APIConnectionError) as exc:
-                    raise VLMError(f"vlm {self.name!r}: cannot reach the server at {self.base_url or 'the default URL'} "
-                                   f"({type(exc).__name__}); the batch id, if one was submitted, is kept in "
-                                   f"{state_dir}, so a re-run resumes it") from None
+                    cause = cannot_connect(exc)
+                    what = "it is unreachable" if cause is not None else "the connection failed"
+                    raise VLMError(f"vlm {self.name!r}: cannot reach the server at "
+                                   f"{self.base_url or 'the default URL'}: {what} ({type(cause or exc).__name__}); "
+                                   f"the batch id, if one was submitted, is kept in {state_dir}, so a re-run "
+                                   "resumes it") from None
                 by_key = {r.key: r for r in chunk}
                 for line in text.splitlines():
                     record = self._batch_record(line, by_key)
@@ -295,6 +335,11 @@ class OpenAIBackend:
                              output_tokens=int(usage.get("completion_tokens", 0)), error=error)
 
     def run(self, requests: list[Request], on_record: OnRecord) -> None:
+        try:
+            importlib.import_module("openai")
+        except ImportError as exc:
+            raise VLMError(f"vlm {self.name!r} needs the openai package, which does not import ({exc}): "
+                           "pip install openai") from None
         if self.mode == "batch":
             asyncio.run(self._run_batch(requests, on_record))
         else:
