@@ -2,7 +2,8 @@
 
     python benchmarks/hotspots.py      # after dvc repro (real tiles and answers); about 2 minutes
 
-1. a stage-2 training step of the default FTP model (m of shape 8 x 4 x 4 x 96, prompts A-D) per clip, at batch
+1. a stage-2 training step of the default FTP model (m of the default backbone's shape, the default processor,
+   prompts A-D) per clip, at batch
    8, 32 and 128: constant per clip means compute-bound, where batching more runs together cannot help; and
    the share of the step's CPU time in attention and in dropout's random draws (torch.profiler);
 2. the builtin describer: milliseconds of image analysis per tile (one process);
@@ -20,6 +21,7 @@ from fourtier import paths
 from fourtier.data.synthact import encode_mp4, plan, render
 from fourtier.models.ftp import FTP, FTPConfig
 from fourtier.params import PROMPT_IDS, load_params
+from fourtier.plan import view_shape
 from fourtier.store import ItemReader
 from fourtier.text import make_encoder, read_captions
 from fourtier.tiling import read_tile_index
@@ -28,12 +30,14 @@ from fourtier.vlm.builtin import describe
 
 
 def step_fn(batch: int):
-    model = FTP(FTPConfig(96, (8, 4, 4), list(PROMPT_IDS), n_classes=10)).train()
+    params = load_params()
+    (t, h, w, d), _, _ = view_shape(params)
+    model = FTP(FTPConfig(d, (t, h, w), list(PROMPT_IDS), n_classes=10, processor=params.align.processor)).train()
     model.requires_grad_(False)
     for p in model.stage2_parameters():
         p.requires_grad_(True)
     opt = torch.optim.AdamW(model.stage2_parameters(), 1e-3)
-    m, y = torch.randn(batch, 8, 4, 4, 96), torch.randint(10, (batch,))
+    m, y = torch.randn(batch, t, h, w, d), torch.randint(10, (batch,))
 
     def step():
         loss = torch.nn.functional.cross_entropy(model(m), y)

@@ -109,9 +109,20 @@ def concurrency_ratio(n_requests: int, latency: float) -> str:
             f"{rates[8]:.1f} / {rates[1]:.1f} answers/s = {rates[8] / rates[1]:.1f}x (bar 6x)")
 
 
+def _default_shape() -> tuple[int, int, int, int]:
+    """(T', h, w, D) of the default backbone's m (fourtier.plan)."""
+    from fourtier.params import load_params
+    from fourtier.plan import view_shape
+
+    return view_shape(load_params())[0]
+
+
 def _stage2_model(seed: int) -> FTP:
+    from fourtier.params import load_params
+
+    t, h, w, d = _default_shape()
     torch.manual_seed(seed)
-    model = FTP(FTPConfig(96, (8, 4, 4), list(PROMPT_IDS), n_classes=10))
+    model = FTP(FTPConfig(d, (t, h, w), list(PROMPT_IDS), n_classes=10, processor=load_params().align.processor))
     model.requires_grad_(False)
     for p in model.stage2_parameters():
         p.requires_grad_(True)
@@ -120,7 +131,7 @@ def _stage2_model(seed: int) -> FTP:
 
 def _stage2_inputs(seed: int, steps: int, batch: int) -> tuple[torch.Tensor, torch.Tensor]:
     gen = torch.Generator().manual_seed(seed)
-    return torch.randn(steps, batch, 8, 4, 4, 96, generator=gen), torch.randint(10, (steps, batch), generator=gen)
+    return torch.randn(steps, batch, *_default_shape(), generator=gen), torch.randint(10, (steps, batch), generator=gen)
 
 
 def separate_runs(seeds: list[int], steps: int, batch: int, threads: int) -> float:

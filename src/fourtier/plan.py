@@ -63,7 +63,7 @@ def _hub_config_shape(model: str):
     return (frames // tubelet, grid, grid, cfg.hidden_size), (frames, size), kind
 
 
-def _view_shape(params) -> tuple[tuple[int, ...], tuple[int, int], str]:
+def view_shape(params) -> tuple[tuple[int, ...], tuple[int, int], str]:
     """m per view, and (frames, size) of the backbone's input: from the model's config where it is on this machine,
     else from the preset's name (a ViT-B at 224 px)."""
     preset = params.backbones.get(params.backbone, {"type": "hf", "model": params.backbone.removeprefix("hf:")})
@@ -114,9 +114,9 @@ def _duration(seconds: float) -> str:
 
 def plan(params, root: Path = Path(".")) -> str:
     feats, rt = params.features, params.runtime
-    view_shape, (frames, size), backbone_kind = _view_shape(params)
+    m_shape, (frames, size), backbone_kind = view_shape(params)
     views = feats.temporal_views * feats.spatial_views
-    m_clip = views * int(np.prod(view_shape)) * 2
+    m_clip = views * int(np.prod(m_shape)) * 2
     embed_clip = 4 * params.embed.max_tokens * (384 + 1) * 2 + 4 * 384 * 2
     cpu_rates = _rates(root / "benchmarks" / "results" / "scale.jsonl")
     gpu = [json.loads(x) for x in (root / "benchmarks/results/gpu_h100.jsonl").read_text().splitlines()] \
@@ -126,7 +126,7 @@ def plan(params, root: Path = Path(".")) -> str:
         stage = {"features": "features", "align epoch (cached m)": "align"}.get(r["stage"])
         if stage and r["device"] == "cuda" and "shared memory" in r.get("code", ""):
             gpu_rates[stage] = max(gpu_rates.get(stage, 0.0), r["clips_per_s"])
-    lines = [f"backbone {params.backbone} ({backbone_kind}): m per view {view_shape} float16, {views} views per clip "
+    lines = [f"backbone {params.backbone} ({backbone_kind}): m per view {m_shape} float16, {views} views per clip "
              f"= {_size(m_clip)} per clip; K={params.K}; device {rt.device}", ""]
     lines.append("| dataset | role | clips | raw | tiles | captions | embeddings | m (features) |")
     lines.append("|---|---|---|---|---|---|---|---|")
@@ -150,7 +150,7 @@ def plan(params, root: Path = Path(".")) -> str:
                      "point data/ at a larger disk, or set features.cache: false (m computed on the fly)")
     buffered = rt.workers * 4 + 2  # batches in flight: prefetch 4 per loader worker, one decoding, one on device
     decode_mem = buffered * feats.batch_size * views * frames * size * size * 3
-    train_mem = (8 * 4 + 2) * params.align.optim.batch_size * int(np.prod(view_shape)) * 2
+    train_mem = (8 * 4 + 2) * params.align.optim.batch_size * int(np.prod(m_shape)) * 2
     lines += ["", "Memory bound (batches in flight, independent of the number of clips):",
               f"- features: {_size(decode_mem)} of decoded frames ({rt.workers} workers x prefetch 4, batch "
               f"{feats.batch_size} clips x {views} views x {frames}x{size}x{size}x3) plus the backbone",
