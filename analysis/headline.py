@@ -65,7 +65,7 @@ def table(metrics: dict[str, dict], runs: dict[str, dict]) -> str:
     seeds = {len(r[a]["top1"]) for r in runs.values() for a in ARMS if a in r}
     lines = [f"Top-1 (%) on the validation clips, mean +- sample std over {'/'.join(map(str, sorted(seeds)))} seeds; "
              "gains in pp, paired by seed, with their 95% t-intervals.", "",
-             "| target | " + " | ".join(ARMS) + " | " + " | ".join(name for _, name in GAINS) + " |",
+             "| target | " + " | ".join(ARMS) + " | " + " | ".join(name for _, name, _ in GAINS) + " |",
              "|---" * (1 + len(ARMS) + len(GAINS)) + "|"]
     for target, m in metrics.items():
         cells = [spread_cell(m[a]["top1"]) if a in m else "-" for a in ARMS]

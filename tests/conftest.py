@@ -1,6 +1,8 @@
+import atexit
 import os
-import tempfile
+import shutil
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -9,6 +11,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 os.environ.setdefault("DVC_NO_ANALYTICS", "1")
 # the answer cache of the tests' own runs never mixes with the user's
 os.environ["FOURTIER_CACHE"] = tempfile.mkdtemp(prefix="fourtier-test-cache-")
+atexit.register(shutil.rmtree, os.environ["FOURTIER_CACHE"], ignore_errors=True)
 
 TESTVIDEOS = Path(os.environ.get("FOURTIER_TESTVIDEOS", Path(__file__).resolve().parents[2] / "shared" / "testvideos"))
 
