@@ -21,3 +21,9 @@ def testvideos() -> Path:
     if not (TESTVIDEOS / "MANIFEST.md").exists():
         pytest.skip(f"third-party test clips not found at {TESTVIDEOS} (set FOURTIER_TESTVIDEOS)")
     return TESTVIDEOS
+
+
+def pytest_collection_modifyitems(items):
+    """The end-to-end pipeline file first: it is the longest, so under xdist (pyproject's addopts) the other files
+    fill the second worker while it runs instead of after it."""
+    items.sort(key=lambda item: item.nodeid.split("::")[0] != "tests/test_pipeline.py")
