@@ -1,5 +1,6 @@
 """`dvc repro` end to end on a tiny profile, in a temporary copy of the repository."""
 import csv
+import functools
 import os
 import re
 import shutil
@@ -148,11 +149,18 @@ def params_file(repo):
     path.write_text(original)
 
 
+@functools.cache
+def dag_edges(dst) -> tuple[tuple[str, str], ...]:
+    """`dvc dag`'s edges. They depend only on the stages and the dataset lists, which no row of the invalidation
+    table changes, so they are read once (each dvc call costs seconds)."""
+    return tuple(re.findall(r'"([^"]+)" -> "([^"]+)"', run(["dvc", "dag", "--dot"], dst).stdout))
+
+
 def would_run(dst) -> list[str]:
     """The stages `dvc repro` would run: those whose own inputs changed (a dry run names them and executes
     nothing) and everything downstream of them in `dvc dag`, whose inputs change once they have run."""
     direct = ran(run(["dvc", "repro", "--dry"], dst).stdout)
-    edges = re.findall(r'"([^"]+)" -> "([^"]+)"', run(["dvc", "dag", "--dot"], dst).stdout)
+    edges = dag_edges(dst)
     todo, found = list(direct), set(direct)
     while todo:
         stage = todo.pop()
