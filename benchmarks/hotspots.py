@@ -30,9 +30,17 @@ from fourtier.vlm.builtin import describe
 
 
 def step_fn(batch: int):
+    """One stage-2 training step of the default model (m of the default backbone's shape, its processor)."""
     params = load_params()
-    (t, h, w, d), _, _ = view_shape(params)
-    model = FTP(FTPConfig(d, (t, h, w), list(PROMPT_IDS), n_classes=10, processor=params.align.processor)).train()
+    return stage2_step(view_shape(params)[0], list(PROMPT_IDS), params.align.processor, batch)
+
+
+def stage2_step(shape: tuple[int, int, int, int], prompts: list[str], processor: str, batch: int):
+    """A callable that runs one stage-2 training step (forward, cross-entropy, backward, AdamW) on random m of
+    `shape` per clip: only the parts stage 2 trains get gradients, as in finetune."""
+    t, h, w, d = shape
+    torch.manual_seed(0)
+    model = FTP(FTPConfig(d, (t, h, w), prompts, n_classes=10, processor=processor)).train()
     model.requires_grad_(False)
     for p in model.stage2_parameters():
         p.requires_grad_(True)

@@ -20,6 +20,7 @@ from fourtier.data.synthact import encode_mp4, plan, render
 from fourtier.models.ftp import FTP, FTPConfig
 from fourtier.params import PROMPT_IDS
 from fourtier.training import info_nce
+from hotspots import stage2_step  # the same step as the hotspot benchmark's
 
 OUT = Path(__file__).resolve().parent / "results" / "levers.txt"
 
@@ -38,20 +39,7 @@ def synthact_ms(seconds: tuple[float, float], n: int = 40) -> tuple[float, float
 
 
 def stage2_ms(shape: tuple[int, int, int, int], prompts: list[str], processor: str, batch: int) -> float:
-    t, h, w, d = shape
-    torch.manual_seed(0)
-    model = FTP(FTPConfig(d, (t, h, w), prompts, n_classes=10, processor=processor)).train()
-    model.requires_grad_(False)
-    for p in model.stage2_parameters():
-        p.requires_grad_(True)
-    opt = torch.optim.AdamW(model.stage2_parameters(), 1e-3)
-    m, y = torch.randn(batch, t, h, w, d), torch.randint(10, (batch,))
-
-    def step():
-        loss = torch.nn.functional.cross_entropy(model(m), y)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
+    step = stage2_step(shape, prompts, processor, batch)
     for _ in range(3):
         step()
     n = max(8, 480 // batch)
