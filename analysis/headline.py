@@ -14,6 +14,7 @@ import shutil
 from pathlib import Path
 
 from fourtier import paths
+from fourtier.experiments import gain_ci
 from fourtier.params import load_params
 
 ARMS = ("baseline", "ftp", "random", "shuffled")
@@ -40,13 +41,6 @@ def read_runs(metrics_path: Path) -> dict:
             for arm, m in metrics.items() if arm in ARMS}
 
 
-def interval(g: dict) -> tuple[float, float] | None:
-    """A paired gain's 95% interval: ci95_low / ci95_high, or the `ci95` pair of results kept before them."""
-    if "ci95_low" in g:
-        return g["ci95_low"], g["ci95_high"]
-    return tuple(g["ci95"]) if "ci95" in g else None
-
-
 def pp(x: float) -> str:
     return f"{100 * x:.1f}"
 
@@ -57,7 +51,7 @@ def spread_cell(s: dict) -> str:
 
 
 def gain_cell(g: dict) -> str:
-    ci = interval(g)
+    ci = gain_ci(g, 0)  # the stored interval, of either format
     return f"{100 * g['mean']:+.1f}" + (f" [{100 * ci[0]:+.1f}, {100 * ci[1]:+.1f}]" if ci else "")
 
 

@@ -190,11 +190,13 @@ def few_shot_points(results: list[Result]) -> dict[str, dict[str, list[tuple[int
 
 
 def gain_ci(gain: dict, n: int) -> list[float] | None:
-    """The paired gain's 95% interval: the evaluate stage's ci95_low / ci95_high. Experiments run before those
-    scalars existed had a list-valued `ci95`, which `dvc exp show --json` drops: for them the interval is
-    recomputed from the mean and sample std over n seeds with evaluation's own formula."""
+    """The paired gain's 95% interval: the evaluate stage's ci95_low / ci95_high. Results made before those
+    scalars existed hold a list-valued `ci95` (kept metrics files), which `dvc exp show --json` drops: there the
+    interval is recomputed from the mean and sample std over n seeds with evaluation's own formula."""
     if "ci95_low" in gain:
         return [gain["ci95_low"], gain["ci95_high"]]
+    if "ci95" in gain:
+        return list(gain["ci95"])
     if n < 2 or "mean" not in gain or "std" not in gain:
         return None
     from fourtier.evaluation import ci95_half_width  # here, not at import: it pulls in torch
