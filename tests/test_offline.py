@@ -211,25 +211,26 @@ def assert_server_unreachable(message: str, port: int) -> None:
     assert "it never answered" in message and "base_url" in message
 
 
-@pytest.mark.parametrize("concurrency", [8, 1])
-def test_openai_backend_fails_fast_on_a_closed_port(concurrency):
-    port = closed_port()
+def assert_caption_run_fails_fast(port: int, error: str, concurrency: int = 8) -> float:
+    """A caption run against the server at `port` stops within LIMIT, saying it is unreachable and why."""
     backend = default_backend(port)
     backend.concurrency = concurrency
     message, seconds = fails(VLMError, lambda: backend.run(requests_for(3), lambda r, rec: None))
     assert_server_unreachable(message, port)
-    assert "ConnectError" in message
+    assert error in message
     assert seconds < LIMIT
+    return seconds
+
+
+@pytest.mark.parametrize("concurrency", [8, 1])
+def test_openai_backend_fails_fast_on_a_closed_port(concurrency):
+    seconds = assert_caption_run_fails_fast(closed_port(), "ConnectError", concurrency)
     print(f"openai, closed port, concurrency {concurrency}: {seconds:.1f} s")
 
 
 def test_openai_backend_fails_fast_on_a_blackholed_address():
     with blackhole() as port:
-        backend = default_backend(port)
-        message, seconds = fails(VLMError, lambda: backend.run(requests_for(3), lambda r, rec: None))
-    assert_server_unreachable(message, port)
-    assert "ConnectTimeout" in message
-    assert seconds < LIMIT
+        seconds = assert_caption_run_fails_fast(port, "ConnectTimeout")
     print(f"openai, blackholed: {seconds:.1f} s")
 
 
