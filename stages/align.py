@@ -4,7 +4,9 @@ Writes into models/align/ the processors that finetune.arms needs, each as <arm>
 ftp (real captions), shuffled (captions permuted across videos: the control without the captions' meaning),
 random (the same processors untrained: the capacity control). models/align_metrics.json holds per-prompt video-to-text retrieval on
 held-out pretraining clips against chance. Ablations that train only the ftp arm skip the shuffled run.
-Data parallel under `torchrun --nproc_per_node N stages/align.py` (see fourtier.distributed).
+Data parallel over runtime.nproc_per_node x nnodes processes (fourtier.launch, fourtier.distributed). Every
+epoch is checkpointed (fourtier.checkpoints): a crash loses at most one epoch, and the same command resumes,
+at any world size.
 """
 import functools
 import json
@@ -13,9 +15,10 @@ import time
 
 import numpy as np
 
-from fourtier import distributed, paths
+from fourtier import checkpoints, distributed, paths
 from fourtier.errors import DataError, exits_cleanly
 from fourtier.features import open_features
+from fourtier.launch import relaunch, threads_per_process
 from fourtier.models.ftp import FTP, FTPConfig
 from fourtier.parallel import run_parallel, run_slots
 from fourtier.params import load_params
@@ -75,9 +78,30 @@ def initial_model() -> FTP:
     return FTP(ctx["config"])
 
 
-def train_arm(arm: str, step) -> tuple[str, dict]:
+def run_key(ctx: dict) -> list:
+    """What shapes stage 1's runs, for their checkpoints: the settings, the clips, what m was made from
+    (backbone weights, views), and the text embeddings' bytes."""
+    import hashlib
+
+    params, source = ctx["params"], ctx["source"]
+    digest = hashlib.sha256(np.ascontiguousarray(ctx["pooled"]).tobytes())
+    if ctx["tokens"] is not None:
+        for start in range(0, len(ctx["tokens"].rows), 4096):  # a memory map, read a slice at a time
+            digest.update(np.ascontiguousarray(ctx["tokens"].tokens[ctx["tokens"].rows[start:start + 4096]]).tobytes())
+    backbone = sorted(paths.BACKBONE.glob("*"))
+    return ["align checkpoint v1", repr(params.align), list(params.prompts), ctx["device"].type, ctx["corpus"],
+            source.meta["shape"], source.meta.get("temporal_views"), source.videos,
+            [hashlib.sha256(path.read_bytes()).hexdigest() for path in backbone if path.is_file()],
+            digest.hexdigest()]
+
+
+def train_arm(job: tuple[str, str], step) -> tuple[str, dict]:
     """Stage 1 for `ftp` (the real captions) or `shuffled` (captions permuted across training clips), from the
-    shared initial weights to the saved processors. Runs in this process or in a worker; step() per epoch."""
+    shared initial weights to the saved processors, checkpointed in job's directory. Runs in this process or in
+    a worker; step() per epoch."""
+    from pathlib import Path
+
+    arm, checkpoint_dir = job
     ctx = _context()
     cfg, pooled, train_idx = ctx["params"].align, ctx["pooled"], ctx["train_idx"]
     targets, tokens = pooled, ctx["tokens"]
@@ -94,7 +118,7 @@ def train_arm(arm: str, step) -> tuple[str, dict]:
     # only training rows are shuffled: retrieval is scored against the true captions of held-out clips
     result = train_alignment(model, ctx["source"], train_idx, ctx["val_idx"], targets, cfg.optim, cfg.seed, tag=arm,
                              device=ctx["device"], workers=ctx["workers"], on_epoch=step,
-                             tokens=tokens)
+                             tokens=tokens, checkpoint=Path(checkpoint_dir) / f"{arm}.pt")
     metrics = {p: {k: round(v, 4) for k, v in r.items()} for p, r in result.items()}
     if not distributed.is_main():
         return "", metrics
@@ -105,11 +129,14 @@ def train_arm(arm: str, step) -> tuple[str, dict]:
 
 
 @exits_cleanly
+@distributed.names_rank
 def main() -> None:
     params = load_params()
+    relaunch(params.runtime, "align")
     device = resolve_device(params.runtime.device)
-    distributed.setup(device)
+    distributed.setup(device, params.runtime.timeout_s)
     ctx = _context()
+    ctx["checkpoints"] = checkpoints.run_directory(params.runtime.checkpoint_dir, "align", run_key(ctx))
     out = paths.ALIGN
     if distributed.is_main():
         shutil.rmtree(out, ignore_errors=True)  # the directory holds exactly this run's arms
@@ -122,7 +149,8 @@ def main() -> None:
                              {"corpus": ctx["corpus"], "backbone": ctx["source"].meta["backbone"], "arm": "random"})
     trained = [arm for arm in ("ftp", "shuffled") if arm in arms]
     processes, threads = run_slots(len(trained), params.workers, device.type, distributed.world())
-    results = run_parallel(train_arm, trained, processes, threads,
+    threads = min(threads, threads_per_process(params.workers))
+    results = run_parallel(train_arm, [(arm, str(ctx["checkpoints"])) for arm in trained], processes, threads,
                            f"align: {len(trained)} arms, {processes} at a time", params.align.optim.epochs,
                            show=distributed.is_main())
     metrics.update(zip(trained, results))
@@ -130,6 +158,7 @@ def main() -> None:
         print("align: nothing to train (prompts: [] or only the baseline arm)")
     if distributed.is_main():
         paths.ALIGN_METRICS.write_text(json.dumps(metrics, indent=1) + "\n")
+        shutil.rmtree(ctx["checkpoints"], ignore_errors=True)  # the stage's outputs are whole
     distributed.teardown()
 
 

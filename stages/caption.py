@@ -8,6 +8,7 @@ import json
 from fourtier.captioning import AnswerCache, build_requests, joint_requests, run_captions, write_captions
 from fourtier import paths
 from fourtier.errors import exits_cleanly
+from fourtier.launch import extra_rank
 from fourtier.params import load_params
 from fourtier.vlm import make_backend
 
@@ -18,6 +19,8 @@ def main() -> None:
     parser.add_argument("dataset", help="a pretraining dataset, already tiled in data/tiles/<dataset>")
     parser.add_argument("--dry-run", action="store_true", help="print what the run would ask and cost, then stop")
     args = parser.parse_args()
+    if extra_rank(f"caption {args.dataset}"):
+        return
     params = load_params()
     params.dataset(args.dataset)
     cap = params.caption

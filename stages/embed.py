@@ -6,6 +6,7 @@ import torch
 
 from fourtier import paths
 from fourtier.errors import exits_cleanly
+from fourtier.launch import extra_rank
 from fourtier.params import load_params
 from fourtier.runtime import resolve_device
 from fourtier.text import embed_captions, make_encoder, read_captions
@@ -16,6 +17,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("dataset", help="a captioned pretraining dataset (data/captions/<dataset>)")
     args = parser.parse_args()
+    if extra_rank(f"embed {args.dataset}"):
+        return
     params = load_params()
     params.dataset(args.dataset)
     torch.set_num_threads(params.workers)

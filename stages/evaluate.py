@@ -4,7 +4,9 @@ features and the per-class change as plots.
 
 metrics.json holds scalars only (mean, sample std, paired gains with ci95_low / ci95_high), which is what
 `dvc metrics show/diff` and `dvc exp show` display; runs.json holds every seed's numbers. The CPU latency depends
-on the machine, so it goes to data/timings/evaluate-<ds>.json, outside the stage's outputs and dvc.lock."""
+on the machine, so it goes to data/timings/evaluate-<ds>.json, outside the stage's outputs and dvc.lock.
+With runtime.nproc_per_node x nnodes above 1 the validation clips are dealt out to the ranks in the chunks one
+process uses, and gathered (the same bytes); rank 0 writes everything."""
 import argparse
 import csv
 import json
@@ -12,10 +14,11 @@ import json
 import numpy as np
 import torch
 
-from fourtier import paths
+from fourtier import distributed, paths
 from fourtier.errors import DataError, exits_cleanly
 from fourtier.evaluation import accuracy_metrics, latency_ms, load_classifier, overhead, paired_gain, summarise
 from fourtier.features import open_features
+from fourtier.launch import relaunch, threads_per_process
 from fourtier.models.backbone import load_backbone
 from fourtier.params import load_params
 from fourtier.runtime import loader_workers, resolve_device
@@ -30,14 +33,18 @@ def arm_and_seed(path) -> tuple[str, int]:
 
 
 @exits_cleanly
+@distributed.names_rank
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("dataset")
     args = parser.parse_args()
     params = load_params()
     params.dataset(args.dataset)
-    torch.set_num_threads(params.workers)
+    relaunch(params.runtime, f"evaluate {args.dataset}")
+    torch.set_num_threads(threads_per_process(params.workers))
     device = resolve_device(params.runtime.device)
+    distributed.setup(device, params.runtime.timeout_s)
+    main_rank = distributed.is_main()
     workers = loader_workers(params.runtime.loader_workers, device)
     source = open_features(paths.features(args.dataset), paths.raw(args.dataset), paths.BACKBONE, device)
     idx = source.split("val")
@@ -50,18 +57,24 @@ def main() -> None:
     results: dict[str, list[dict]] = {}
     models = {}
     for arm in ("ftp", "baseline"):  # declared outputs exist even when finetune.arms leaves an arm out
-        (out / f"confusion_{arm}.csv").write_text("actual,predicted\n")
+        if main_rank:
+            (out / f"confusion_{arm}.csv").write_text("actual,predicted\n")
     for path in runs:
         arm, seed = arm_and_seed(path)
         model = load_classifier(path.with_suffix(""), source.classes).to(device)
         models.setdefault(arm, model)
         probs = predict(model, source, idx, workers=workers)
         results.setdefault(arm, []).append(accuracy_metrics(probs, labels, source.classes))
-        if seed == 0 and arm in ("ftp", "baseline"):  # the two declared confusion plots
+        if seed == 0 and arm in ("ftp", "baseline") and main_rank:  # the two declared confusion plots
             with open(out / f"confusion_{arm}.csv", "w", newline="") as fh:
                 writer = csv.writer(fh)
                 writer.writerow(["actual", "predicted"])
                 writer.writerows((source.classes[a], source.classes[p]) for a, p in zip(labels, probs.argmax(1)))
+    if "ftp" in models and "baseline" in models:  # every rank computes its share of the t-SNE's features
+        features = {arm: classifier_features(models[arm], source, idx, workers=workers) for arm in ("baseline", "ftp")}
+    distributed.teardown()
+    if not main_rank:  # rank 0 writes what was gathered
+        return
     seeds = sorted({arm_and_seed(path)[1] for path in runs})
     metrics = {"val_clips": int(len(idx)), "classes": len(source.classes), "seeds": len(seeds),
                "views": {"temporal": source.meta["temporal_views"], "spatial": source.meta["spatial_views"]}}
@@ -89,8 +102,7 @@ def main() -> None:
                                     f"{', '.join(sorted(models))}")
     else:
         title = f"{args.dataset}: validation clips, seed 0"
-        plot_tsne({arm: classifier_features(models[arm], source, idx, workers=workers) for arm in ("baseline", "ftp")}, labels,
-                  source.classes, out / "tsne.png", f"t-SNE of classifier features, {title}")
+        plot_tsne(features, labels, source.classes, out / "tsne.png", f"t-SNE of classifier features, {title}")
         plot_class_gain(per_class["ftp"], per_class["baseline"], out / "per_class_gain.png",
                         f"{args.dataset}: per-class top-1 change (mean of seeds)")
     models = {arm: model.cpu() for arm, model in models.items()}  # overhead and latency are CPU figures

@@ -6,22 +6,24 @@ Every arm in finetune.arms is trained for every seed in finetune.seeds:
   ftp       processors from stage 1 on the real captions
   random    the same processors untrained: the gain from capacity alone
   shuffled  processors from stage 1 on captions permuted across videos: the gain without their meaning
-A crash loses at most one epoch: each run checkpoints every epoch and resumes from there. On the CPU the runs go
-side by side, one per core (fourtier.parallel.run_slots); each run's numbers do not depend on which process runs it.
-Data parallel under `torchrun --nproc_per_node N stages/finetune.py DATASET` (see fourtier.distributed).
+A crash loses at most one epoch: each run checkpoints every epoch and resumes from there (fourtier.checkpoints).
+On the CPU the runs go side by side, one per core (fourtier.parallel.run_slots); each run's numbers do not depend
+on which process runs it. With runtime.nproc_per_node x nnodes above 1 (fourtier.launch) the runs are spread over
+the ranks, one per GPU at a time (runtime.stage2_parallel: runs, the same bytes as one process), or each run is
+data parallel over all of them (ddp; the same experiment at any world size, up to float rounding).
 """
 import argparse
 import functools
 import hashlib
-import json
 import shutil
 import time
 from pathlib import Path
 
-from fourtier import distributed, paths
+from fourtier import checkpoints, distributed, paths
 from fourtier.errors import exits_cleanly
 from fourtier.features import open_features
 from fourtier.fewshot import few_shot_subset
+from fourtier.launch import relaunch, threads_per_process
 from fourtier.params import load_params
 from fourtier.runtime import loader_workers, resolve_device
 from fourtier.parallel import run_parallel, run_slots
@@ -79,40 +81,50 @@ def train_run(job: tuple[str, str, int, str], step) -> tuple[str, float]:
 
 
 @exits_cleanly
+@distributed.names_rank
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("dataset")
     args = parser.parse_args()
     params = load_params()
     params.dataset(args.dataset)
+    relaunch(params.runtime, f"finetune {args.dataset}")
     device = resolve_device(params.runtime.device)
-    distributed.setup(device)
+    distributed.setup(device, params.runtime.timeout_s)
     cfg = params.finetune
     ctx = _context(args.dataset)
     source = ctx["source"]
-    if cfg.shots:
+    if cfg.shots and distributed.is_main():
         print(f"finetune {args.dataset}: few-shot, {cfg.shots} labelled clips per class ({len(ctx['train_idx'])} in all)")
     prompts = list(params.prompts)
     out = paths.finetune_dir(args.dataset)
     out.mkdir(parents=True, exist_ok=True)
     # resumable runs are keyed by everything that shapes them, including stage 1's saved weights
     align_files = sorted(paths.ALIGN.glob("*.safetensors")) + sorted(paths.ALIGN.glob("*.json"))
-    run_key = hashlib.sha256(json.dumps(["checkpoint v4", args.dataset, device.type, repr(cfg), prompts,
-                                         source.meta["shape"],
-                                         [hashlib.sha256(path.read_bytes()).hexdigest() for path in align_files]],
-                                        sort_keys=True).encode()).hexdigest()[:16]
-    checkpoints = paths.cache_dir() / "checkpoints" / run_key
-    checkpoints.mkdir(parents=True, exist_ok=True)
+    key = ["checkpoint v5", args.dataset, device.type, repr(cfg), prompts, source.meta["shape"],
+           [hashlib.sha256(path.read_bytes()).hexdigest() for path in align_files]]
+    run_dir = checkpoints.run_directory(params.runtime.checkpoint_dir, "finetune", key)
     skipped = [arm for arm in cfg.arms if arm != "baseline" and not prompts]
     for arm in skipped:
-        print(f"finetune {args.dataset}: arm {arm} skipped (prompts: [] leaves only the baseline)")
-    jobs = [(args.dataset, arm, seed, str(checkpoints)) for arm in cfg.arms if arm not in skipped for seed in cfg.seeds]
-    processes, threads = run_slots(len(jobs), params.workers, device.type, distributed.world())
-    run_parallel(train_run, jobs, processes, threads, f"finetune {args.dataset}: {len(jobs)} runs, {processes} at a time",
-                 cfg.optim.epochs, show=distributed.is_main())
+        if distributed.is_main():
+            print(f"finetune {args.dataset}: arm {arm} skipped (prompts: [] leaves only the baseline)")
+    jobs = [(args.dataset, arm, seed, str(run_dir)) for arm in cfg.arms if arm not in skipped for seed in cfg.seeds]
+    if distributed.world() > 1 and params.runtime.stage2_parallel == "runs":
+        # each rank its own runs, as one process trains them (no DDP): rank r takes runs r, r + W, ...
+        world, main_rank = distributed.world(), distributed.is_main()
+        mine = jobs[distributed.rank()::world]
+        with distributed.solo():
+            run_parallel(train_run, mine, 1, threads_per_process(params.workers),
+                         f"finetune {args.dataset}: {len(jobs)} runs over {world} ranks "
+                         f"(rank 0's {len(mine)} shown)", cfg.optim.epochs, show=main_rank)
+    else:
+        processes, threads = run_slots(len(jobs), params.workers, device.type, distributed.world())
+        run_parallel(train_run, jobs, processes, min(threads, threads_per_process(params.workers)),
+                     f"finetune {args.dataset}: {len(jobs)} runs, {processes} at a time", cfg.optim.epochs,
+                     show=distributed.is_main())
     distributed.barrier()
     if distributed.is_main():
-        shutil.rmtree(checkpoints, ignore_errors=True)
+        shutil.rmtree(run_dir, ignore_errors=True)
     distributed.teardown()
 
 

@@ -1,8 +1,11 @@
 """Stage 1 and stage 2 on small in-memory data; run as one process or under torchrun (tests/test_distributed.py).
 
 Rank 0 saves the trained weights, the trained model's outputs, the retrieval metrics and the loss history
-to argv[1]. Dropout is off, so
-one process and N processes must take the same optimiser steps up to float rounding.
+to argv[1]. Dropout and mixup are on: their draws are of the global batch, so one process and N processes must
+take the same optimiser steps up to float rounding.
+
+argv[2], the mode: `full` trains both stages to the end; with argv[3], both checkpoint there and resume from
+there; `crash-align` / `crash-finetune` stop after epoch 2 of that stage, as a crash would.
 """
 import sys
 
@@ -46,7 +49,13 @@ def one_step_gradients(model, source, pooled, labels) -> dict:
     return grads
 
 
-def main(out: str) -> None:
+class Crash(Exception):
+    pass
+
+
+def main(out: str, mode: str = "full", checkpoints: str = "") -> None:
+    from pathlib import Path
+
     distributed.setup(torch.device("cpu"))
     torch.set_num_threads(1)
     rng = np.random.default_rng(0)
@@ -55,19 +64,38 @@ def main(out: str) -> None:
     labels = rng.integers(0, 3, 40)
     torch.manual_seed(0)
     model = FTP(FTPConfig(D, (T, H, W), ["A", "B"], n_classes=3, text_dim=6))
-    for module in model.modules():
-        if isinstance(module, torch.nn.Dropout):
-            module.p = 0.0
     source = ArraySource(m)
-    gradients = one_step_gradients(model, source, pooled, labels)
-    # 27 training clips in batches of 8: the last batch (3) splits unevenly across 2 ranks
-    retrieval = train_alignment(model, source, np.arange(27), np.arange(27, 40), pooled,
-                                OptimSettings(3, 8, 1e-2, 0.05, (0.9, 0.95), 1), seed=0)
-    # 25 clips in batches of 8: the last batch (1) leaves one rank with nothing to do
-    # mixup pairs clips within each rank's shard (as data-parallel training does), so mixup is off here:
-    # with it on, 2 processes mix other pairs than 1 and the runs are not comparable step for step
-    history = train_classifier(model, source, np.arange(25), labels, OptimSettings(3, 8, 1e-2, 0.05, (0.9, 0.999), 1),
-                               seed=0, label_smoothing=0.1, mixup_alpha=0.8, mixup_prob=0.0)
+    gradients = one_step_gradients(model, source, pooled, labels) if mode == "full" else {}
+    if checkpoints:
+        Path(checkpoints).mkdir(exist_ok=True)
+    kept = {"align": Path(checkpoints) / "align.pt", "finetune": Path(checkpoints) / "finetune.pt"} if checkpoints else {}
+    epochs_seen = []
+
+    def crash_after_two(stage):
+        def step():
+            epochs_seen.append(1)
+            if mode == f"crash-{stage}" and len(epochs_seen) == 2:
+                raise Crash
+        return step
+
+    try:
+        # 27 training clips in batches of 8: the last batch (3) splits unevenly across 2 ranks
+        retrieval = train_alignment(model, source, np.arange(27), np.arange(27, 40), pooled,
+                                    OptimSettings(3, 8, 1e-2, 0.05, (0.9, 0.95), 1), seed=0,
+                                    checkpoint=kept.get("align"), on_epoch=crash_after_two("align"))
+    except Crash:
+        distributed.teardown()
+        return
+    epochs_seen.clear()
+    try:
+        # 25 clips in batches of 8: the last batch (1) leaves one rank with nothing to do; mixup on, dropout on
+        history = train_classifier(model, source, np.arange(25), labels,
+                                   OptimSettings(3, 8, 1e-2, 0.05, (0.9, 0.999), 1), seed=0, label_smoothing=0.1,
+                                   mixup_alpha=0.8, mixup_prob=0.5, checkpoint=kept.get("finetune"),
+                                   on_epoch=crash_after_two("finetune"))
+    except Crash:
+        distributed.teardown()
+        return
     model.eval()
     with torch.no_grad():
         every = torch.from_numpy(m[:, 0])
@@ -79,4 +107,4 @@ def main(out: str) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1])
+    main(*sys.argv[1:])

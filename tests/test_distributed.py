@@ -9,13 +9,25 @@ import torch
 WORKER = Path(__file__).with_name("ddp_worker.py")
 
 
-def run(out: Path, nproc: int) -> dict:
+def run(out: Path, nproc: int, *mode: str) -> dict | None:
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}"] \
         if nproc > 1 else [sys.executable]
-    done = subprocess.run([*launcher, str(WORKER), str(out)], env=env, capture_output=True, text=True, timeout=300)
+    done = subprocess.run([*launcher, str(WORKER), str(out), *mode], env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
-    return torch.load(out, weights_only=False)
+    return torch.load(out, weights_only=False) if out.exists() else None
+
+
+def assert_same_training(a: dict, b: dict) -> None:
+    """The trained models compute the same function and the losses agree. (Single weights may still differ: a
+    bias that only shifts softmax scores has a zero true gradient, and Adam turns its rounding noise into
+    lr-sized steps.)"""
+    for key, value in a["outputs"].items():
+        assert torch.allclose(b["outputs"][key], value, atol=1e-4), key
+    assert b["retrieval"] == a["retrieval"]
+    assert len(b["history"]) == len(a["history"]) == 3
+    for x, y in zip(a["history"], b["history"]):
+        assert abs(x["loss"] - y["loss"]) < 1e-5
 
 
 def test_two_processes_train_like_one(tmp_path):
@@ -28,17 +40,28 @@ def test_two_processes_train_like_one(tmp_path):
     assert any(k.startswith("classify.integration.") for k in single["gradients"])
     for key, value in single["gradients"].items():
         assert torch.allclose(ddp["gradients"][key], value, atol=1e-6, rtol=1e-4), key
-    # The trained models compute the same function. (Single weights may still differ: a bias that only shifts
-    # softmax scores has a zero true gradient, and Adam turns its rounding noise into lr-sized steps.)
-    for key, value in single["outputs"].items():
-        assert torch.allclose(ddp["outputs"][key], value, atol=1e-4), key
-    assert ddp["retrieval"] == single["retrieval"]
-    assert len(ddp["history"]) == len(single["history"]) == 3
-    for a, b in zip(single["history"], ddp["history"]):
-        assert abs(a["loss"] - b["loss"]) < 1e-5
+    # with mixup and dropout on: their draws are of the global batch, so 2 ranks train the experiment of 1
+    assert_same_training(single, ddp)
     # the weights did move: the comparison is not between two untouched models
     torch.manual_seed(0)
     from ddp_worker import FTP, FTPConfig, D, H, T, W
     untouched = FTP(FTPConfig(D, (T, H, W), ["A", "B"], n_classes=3, text_dim=6)).state_dict()
     assert not torch.allclose(untouched["classifier.head.weight"], single["state"]["classifier.head.weight"])
     assert not torch.allclose(untouched["processors.A.proj_s.net.1.weight"], single["state"]["processors.A.proj_s.net.1.weight"])
+
+
+def test_a_resume_on_another_world_size_continues_the_same_run(tmp_path):
+    """Both stages checkpoint every epoch. 2 ranks crash after epoch 2 of stage 1; one process resumes it,
+    finishes it and crashes after epoch 2 of stage 2; 2 ranks resume that. The result is the uninterrupted
+    one-process run's."""
+    single = run(tmp_path / "single.pt", 1)
+    kept = str(tmp_path / "ckpt")
+    assert run(tmp_path / "a.pt", 2, "crash-align", kept) is None
+    assert torch.load(tmp_path / "ckpt" / "align.pt", weights_only=True)["epoch"] == 2
+    assert not (tmp_path / "ckpt" / "finetune.pt").exists()
+    assert run(tmp_path / "b.pt", 1, "crash-finetune", kept) is None
+    assert torch.load(tmp_path / "ckpt" / "align.pt", weights_only=True)["epoch"] == 3
+    assert torch.load(tmp_path / "ckpt" / "finetune.pt", weights_only=True)["epoch"] == 2
+    resumed = run(tmp_path / "resumed.pt", 2, "resume", kept)
+    assert resumed["world"] == 2
+    assert_same_training(single, resumed)

@@ -113,17 +113,17 @@ f.compute_features(load_backbone(Path(sys.argv[1])), Path(sys.argv[2]), Path(sys
 def test_a_killed_run_resumes_and_writes_the_same_bytes(dataset, backbone, backbone_dir, tmp_path):
     compute_features(backbone, dataset, tmp_path / "whole", 2, 1, batch_size=1, workers=0)
     out = tmp_path / "killed"
-    progress = tmp_path / ".killed.partial" / "progress.json"
+    progress = tmp_path / ".killed.partial" / "progress-0.json"
     proc = subprocess.Popen([sys.executable, "-c", KILLABLE, str(backbone_dir), str(dataset), str(out)],
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     deadline = time.time() + 60
     while time.time() < deadline:
-        if progress.exists() and json.loads(progress.read_text())["next_batch"] >= 2:
+        if progress.exists() and json.loads(progress.read_text())["done"] >= 2:
             break
         time.sleep(0.05)
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
-    done_before = json.loads(progress.read_text())["next_batch"]
+    done_before = json.loads(progress.read_text())["done"]
     assert 2 <= done_before < 6 and not out.exists()
     meta = compute_features(backbone, dataset, out, 2, 1, batch_size=1, workers=0)
     assert meta["shape"][0] == 5
@@ -217,3 +217,57 @@ def test_loader_workers_feed_training_the_same_batches(dataset, backbone, tmp_pa
                          seed=0, label_smoothing=0.1, mixup_alpha=0.8, mixup_prob=0.5, workers=workers)
         states.append(model.state_dict())
     assert all(torch.equal(states[0][k], states[1][k]) for k in states[0])
+
+
+RANKED = """
+import os, sys, time
+from pathlib import Path
+import torch
+from fourtier import distributed
+import fourtier.features as f
+from fourtier.models.backbone import load_backbone
+distributed.setup(torch.device("cpu"))
+if sys.argv[4] == "slow":  # slow enough to be killed part-way; says which process is which rank
+    slow = f.frames_to_m
+    def frames_to_m(*args):
+        time.sleep(0.4)
+        return slow(*args)
+    f.frames_to_m = frames_to_m
+    Path(sys.argv[3] + f".pid{distributed.rank()}").write_text(str(os.getpid()))
+f.compute_features(load_backbone(Path(sys.argv[1])), Path(sys.argv[2]), Path(sys.argv[3]), 2, 1, 1, 0)
+distributed.teardown()
+"""
+
+
+def test_two_ranks_write_the_bytes_of_one_and_survive_a_killed_rank(dataset, backbone, backbone_dir, tmp_path):
+    """Rank r of 2 takes every other batch: the cache is byte for byte one process's. One rank SIGKILLed
+    part-way takes the run down (torchrun stops the other); a re-run, here on one process, resumes."""
+    script = tmp_path / "ranked.py"
+    script.write_text(RANKED)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2", "--max-restarts=0",
+                str(script), str(backbone_dir), str(dataset)]
+    compute_features(backbone, dataset, tmp_path / "whole", 2, 1, batch_size=1, workers=0)
+    done = subprocess.run([*torchrun, str(tmp_path / "two"), "fast"], env=env, capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert files(tmp_path / "two") == files(tmp_path / "whole")
+
+    out = tmp_path / "killed"
+    work = tmp_path / ".killed.partial"
+    proc = subprocess.Popen([*torchrun, str(out), "slow"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.time() + 120
+    while time.time() < deadline:  # both ranks have finished a batch
+        states = [json.loads(p.read_text()) for p in work.glob("progress-*.json")] if work.exists() else []
+        if len(states) == 2 and all(state["done"] >= 1 for state in states):
+            break
+        time.sleep(0.05)
+    os.kill(int(Path(f"{out}.pid1").read_text()), signal.SIGKILL)
+    assert proc.wait(timeout=120) != 0
+    assert not out.exists()
+    done_before = {json.loads(p.read_text())["rank"]: json.loads(p.read_text())["done"] for p in work.glob("progress-*.json")}
+    assert min(done_before.values()) >= 1 and sum(done_before.values()) < 6
+    meta = compute_features(backbone, dataset, out, 2, 1, batch_size=1, workers=0)
+    assert meta["shape"][0] == 5 and len(meta["skipped"]) == 1
+    assert files(out) == files(tmp_path / "whole")
+    assert not work.exists()

@@ -135,6 +135,18 @@ class RuntimeParams:
     workers: int  # processes for per-video work (decoding, tiling, SynthAct)
     device: str  # auto | cpu | cuda (see fourtier.runtime)
     loader_workers: int | str  # training/evaluation data-loading processes, or auto
+    # several processes (fourtier.launch): ranks per node and nodes, how they are started and find each other
+    nproc_per_node: int = 1
+    nnodes: int = 1
+    launcher: str = "torchrun"  # torchrun | srun (SLURM: one torchrun per node of the allocation)
+    rdzv_endpoint: str = ""  # host:port of the rendezvous; "" = this host (standalone on one node)
+    stage2_parallel: str = "runs"  # runs: stage-2 runs spread over the ranks | ddp: every run over all ranks
+    timeout_s: int = 1800  # a collective that waits longer is an error naming the rank
+    checkpoint_dir: str = ""  # resumable state; "" = the cache dir; several nodes: a directory all of them share
+
+    @property
+    def world(self) -> int:
+        return self.nproc_per_node * self.nnodes
 
 
 @dataclass(frozen=True)
@@ -257,6 +269,15 @@ def _number(mapping: dict, key: str, where: str, low: float, high: float | None 
     if value < low or (low_open and value == low) or (high is not None and value > high) or value != value:
         bound = f"{'>' if low_open else '>='} {low}" + (f" and <= {high}" if high is not None else "")
         raise ParamsError(f"params.yaml: '{where}.{key}' must be {bound}, got {value}")
+    return value
+
+
+def _endpoint(value: str) -> str:
+    """host:port of a torch rendezvous, or "" for this host."""
+    host, _, port = value.rpartition(":")
+    if value and not (host and port.isdigit() and 0 < int(port) < 65536):
+        raise ParamsError(f"params.yaml: 'runtime.rdzv_endpoint' must be host:port (e.g. node001:29500), "
+                          f"got {value!r}")
     return value
 
 
@@ -523,14 +544,28 @@ def parse_params(raw: Any) -> Params:
                                      shots=_int_at_least(finetune, "shots", "finetune", 0, 0),
                                      shots_seed=_int_at_least(finetune, "shots_seed", "finetune", 0, 0))
     runtime = _get(raw, "runtime", "", dict, {})
-    _known_keys(runtime, ("device", "workers", "loader_workers"), "runtime")
+    _known_keys(runtime, ("device", "workers", "loader_workers", "nproc_per_node", "nnodes", "launcher",
+                          "rdzv_endpoint", "stage2_parallel", "timeout_s", "checkpoint_dir"), "runtime")
     loader = runtime.get("loader_workers", "auto")
     if loader != "auto" and (not isinstance(loader, int) or isinstance(loader, bool) or loader < 0):
         raise ParamsError(f"params.yaml: 'runtime.loader_workers' must be auto or a whole number >= 0, got {loader!r}")
     runtime_params = RuntimeParams(workers=_int_at_least(runtime, "workers", "runtime", 1, 2),
                                    device=_choice(_get(runtime, "device", "runtime", str, "auto"), ("auto", "cpu", "cuda"),
                                                   "runtime.device"),
-                                   loader_workers=loader)
+                                   loader_workers=loader,
+                                   nproc_per_node=_int_at_least(runtime, "nproc_per_node", "runtime", 1, 1),
+                                   nnodes=_int_at_least(runtime, "nnodes", "runtime", 1, 1),
+                                   launcher=_choice(_get(runtime, "launcher", "runtime", str, "torchrun"),
+                                                    ("torchrun", "srun"), "runtime.launcher"),
+                                   rdzv_endpoint=_endpoint(_get(runtime, "rdzv_endpoint", "runtime", str, "")),
+                                   stage2_parallel=_choice(_get(runtime, "stage2_parallel", "runtime", str, "runs"),
+                                                           ("runs", "ddp"), "runtime.stage2_parallel"),
+                                   timeout_s=_int_at_least(runtime, "timeout_s", "runtime", 10, 1800),
+                                   checkpoint_dir=_get(runtime, "checkpoint_dir", "runtime", str, ""))
+    if runtime_params.nnodes > 1 and runtime_params.launcher == "torchrun" and not runtime_params.rdzv_endpoint:
+        raise ParamsError("params.yaml: 'runtime.nnodes' is above 1 with launcher torchrun, so the nodes need a "
+                          "meeting point: set 'runtime.rdzv_endpoint' to host:port of the first node (or use "
+                          "launcher: srun inside a SLURM allocation)")
     return Params(
         vlm=_selector(raw, "vlm", vlms, "vlms"),
         K=K,

@@ -13,7 +13,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from fourtier import distributed
+from fourtier import checkpoints, distributed
 from fourtier.features import batch_loader
 from fourtier.optim import make_optimizer, seed_everything
 from fourtier.params import PROMPT_IDS, OptimSettings
@@ -150,11 +150,13 @@ class AlignmentModel(nn.Module):
 
 def train_alignment(model, source, train_idx: np.ndarray, val_idx: np.ndarray, pooled: np.ndarray, s: OptimSettings,
                     seed: int, live=None, tag: str = "", device: torch.device = torch.device("cpu"),
-                    workers: int = 0, on_epoch=None, tokens: TokenTargets | None = None) -> dict:
+                    workers: int = 0, on_epoch=None, tokens: TokenTargets | None = None, checkpoint=None) -> dict:
     """Stage 1: only processors and alignment heads train. pooled (N, 4, P) aligned with source rows (with
     objective `tokens` it still says which answers are identical). tokens: the token-level e_i, required by
     objective `tokens`. Returns per-prompt retrieval on val_idx. on_epoch: called after every epoch instead of
-    this run's own progress bar (a stage's bar shared by its runs)."""
+    this run's own progress bar (a stage's bar shared by its runs). `checkpoint` (a Path) is written after
+    every epoch and resumed from if present: the batches of an epoch come from (seed, epoch) alone and nothing
+    else draws at random, so a resumed run, at any world size, takes the steps an uninterrupted one takes."""
 
     from fourtier.errors import DataError
 
@@ -179,8 +181,21 @@ def train_alignment(model, source, train_idx: np.ndarray, val_idx: np.ndarray, p
     trained = distributed.wrap(stage1, device)
     plan = EpochPlan(train_idx, source.n_views, s.batch_size, seed, min_batch=2)
     opt, sched = make_optimizer(list(stage1.parameters()), s, plan.steps)
-    batches = iter(batch_loader(source, plan.keys(0, s.epochs), workers, device))
-    bar = tqdm(range(s.epochs), desc=f"align {tag}".strip(), unit="epoch", dynamic_ncols=True, mininterval=1.0,
+    start_epoch = 0
+    state = checkpoints.load(checkpoint, device) if checkpoint is not None else None
+    if state is not None:
+        stage1.load_state_dict(state["model"])
+        opt.load_state_dict(state["optimizer"])
+        sched.load_state_dict(state["scheduler"])
+        start_epoch = state["epoch"]
+        if distributed.is_main():
+            print(f"  resuming align {tag} from epoch {start_epoch}", flush=True)
+        for _ in range(start_epoch):
+            if on_epoch is not None:
+                on_epoch()
+    batches = iter(batch_loader(source, plan.keys(start_epoch, s.epochs), workers, device))
+    bar = tqdm(range(start_epoch, s.epochs), desc=f"align {tag}".strip(), unit="epoch", dynamic_ncols=True,
+               mininterval=1.0, initial=start_epoch, total=s.epochs,
                disable=on_epoch is not None or not distributed.is_main())
     for epoch in bar:
         trained.train()
@@ -195,6 +210,9 @@ def train_alignment(model, source, train_idx: np.ndarray, val_idx: np.ndarray, p
             sched.step()
         log_epoch(live, "align/loss", total / plan.steps)
         bar.set_postfix(loss=f"{total / plan.steps:.3f}")
+        if checkpoint is not None:
+            checkpoints.save({"model": stage1.state_dict(), "optimizer": opt.state_dict(),
+                              "scheduler": sched.state_dict(), "epoch": epoch + 1}, checkpoint)
         if on_epoch is not None:
             on_epoch()
     return evaluate_alignment(model, source, val_idx, pooled, device=device, workers=workers, tokens=tokens)
@@ -256,9 +274,10 @@ def token_scores_chunked(z: np.ndarray, tokens: TokenTargets, idx: np.ndarray, c
                       for start in range(0, len(idx), chunk)], 1).cpu().numpy()
 
 
-def eval_keys(idx: np.ndarray, n_views: int, batch_size: int):
-    """Multi-view testing order: each chunk of clips once per view, view 0 first."""
-    for start in range(0, len(idx), batch_size):
+def eval_keys(idx: np.ndarray, n_views: int, batch_size: int, starts=None):
+    """Multi-view testing order: each chunk of clips once per view, view 0 first; `starts`: only the chunks
+    that begin there (default: all)."""
+    for start in (range(0, len(idx), batch_size) if starts is None else starts):
         chunk = np.asarray(idx[start:start + batch_size])
         for v in range(n_views):
             yield chunk, np.full(len(chunk), v)
@@ -290,15 +309,42 @@ def stage2_model(arm: str, prompts: list[str], dim: int, grid: tuple[int, int, i
     return model
 
 
+def mixup_draw(gen: torch.Generator, n: int, alpha: float, prob: float) -> tuple[float, torch.Tensor] | None:
+    """Mixup of a global batch of n clips: (lambda, partner of each clip), or None for a batch left unmixed."""
+    if alpha > 0 and torch.rand(1, generator=gen).item() < prob:
+        lam = float(np.random.default_rng(int(torch.randint(2 ** 31, (1,), generator=gen))).beta(alpha, alpha))
+        return lam, torch.randperm(n, generator=gen)
+    return None
+
+
+def stage2_keys(plan: EpochPlan, first_epoch: int, epochs: int, gen_state: torch.Tensor, alpha: float, prob: float):
+    """This rank's loads for every stage-2 batch from `first_epoch` on: its shard of the batch, then (for a
+    mixed batch) the mixup partners of that shard, wherever they sit in the global batch. The mixup draws
+    come from a copy of the training loop's generator, drawn in the same order, so both see the same ones."""
+    gen = torch.Generator()
+    gen.set_state(gen_state)
+    for epoch in range(first_epoch, epochs):
+        for idx, views in plan.epoch(epoch):
+            part = distributed.shard(len(idx))
+            draw = mixup_draw(gen, len(idx), alpha, prob)
+            if draw is None:
+                yield idx[part], views[part]
+            else:
+                partners = draw[1][part].numpy()
+                yield np.concatenate([idx[part], idx[partners]]), np.concatenate([views[part], views[partners]])
+
+
 def train_classifier(model, source, train_idx: np.ndarray, labels: np.ndarray, s: OptimSettings, seed: int,
                      label_smoothing: float, mixup_alpha: float, mixup_prob: float, checkpoint=None,
                      live=None, tag: str = "", desc: str = "finetune", device: torch.device = torch.device("cpu"),
                      workers: int = 0, on_epoch=None) -> list[dict]:
     """Stage 2 on clips `train_idx`; `labels` holds the class of every clip of the source (indexed like it).
-    Mixup mixes feature maps m (the frozen backbone's output) and their labels, within each rank's shard.
-    `checkpoint` (a Path) is written after every epoch and resumed from if present. on_epoch: called after
-    every epoch (and once per epoch a resumed run skips) instead of this run's own progress bar."""
-    gen = seed_everything(seed + 1000 * distributed.rank())  # mixup and dropout: each rank its own draws
+    Mixup mixes feature maps m (the frozen backbone's output) and their labels across the global batch, and
+    dropout draws the global batch's mask, from generators every rank shares: 1 or N ranks train the same
+    experiment. `checkpoint` (a Path) is written after every epoch and resumed from if present, at any world
+    size. on_epoch: called after every epoch (and once per epoch a resumed run skips) instead of this run's own
+    progress bar."""
+    gen = seed_everything(seed)  # mixup (gen) and dropout (the global generator): the same draws on every rank
     model.to(device)
     model.requires_grad_(False)
     trainable = model.stage2_parameters()
@@ -310,20 +356,22 @@ def train_classifier(model, source, train_idx: np.ndarray, labels: np.ndarray, s
     n_classes = model.config.n_classes
     y = torch.from_numpy(labels).long()
     start_epoch, history = 0, []
-    if checkpoint is not None and checkpoint.exists():
-        state = torch.load(checkpoint, weights_only=True, map_location=device)  # tensors and numbers only
+    state = checkpoints.load(checkpoint, device) if checkpoint is not None else None
+    if state is not None:
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
         sched.load_state_dict(state["scheduler"])
-        gen.set_state(state["generator"][distributed.rank()].cpu())
-        torch.set_rng_state(state["torch_rng"][distributed.rank()].cpu())  # dropout draws from the global generator
+        gen.set_state(state["generator"].cpu())
+        torch.set_rng_state(state["torch_rng"].cpu())  # dropout draws from the global generator
         start_epoch, history = state["epoch"], state["history"]
-        print(f"  resuming {tag} from epoch {start_epoch}")
+        if distributed.is_main():
+            print(f"  resuming {tag} from epoch {start_epoch}", flush=True)
         for past in history:  # the curve stays whole across the crash
             log_epoch(live, f"{tag}/loss", past["loss"])
             if on_epoch is not None:
                 on_epoch()
-    batches = iter(batch_loader(source, plan.keys(start_epoch, s.epochs), workers, device))
+    keys = stage2_keys(plan, start_epoch, s.epochs, gen.get_state(), mixup_alpha, mixup_prob)
+    batches = iter(batch_loader(source, keys, workers, device))
     bar = tqdm(range(start_epoch, s.epochs), desc=desc, unit="epoch", dynamic_ncols=True,
                mininterval=1.0, initial=start_epoch, total=s.epochs,
                disable=on_epoch is not None or not distributed.is_main())
@@ -333,13 +381,15 @@ def train_classifier(model, source, train_idx: np.ndarray, labels: np.ndarray, s
         total = 0.0
         for idx, _ in plan.epoch(epoch):
             part = distributed.shard(len(idx))
-            m = source.to_m(next(batches), device)  # this rank's shard
+            m = source.to_m(next(batches), device)  # this rank's shard (and its mixup partners)
             target = F_one_hot(y[idx[part]], n_classes) * (1 - label_smoothing) + label_smoothing / n_classes
-            if mixup_alpha > 0 and torch.rand(1, generator=gen).item() < mixup_prob:
-                lam = float(np.random.default_rng(int(torch.randint(2 ** 31, (1,), generator=gen))).beta(mixup_alpha, mixup_alpha))
-                perm = torch.randperm(len(m), generator=gen)
-                m = lam * m + (1 - lam) * m[perm]
-                target = lam * target + (1 - lam) * target[perm]
+            draw = mixup_draw(gen, len(idx), mixup_alpha, mixup_prob)
+            if draw is not None:
+                lam, perm = draw
+                k = len(target)
+                partner = F_one_hot(y[idx[perm[part]]], n_classes) * (1 - label_smoothing) + label_smoothing / n_classes
+                m = lam * m[:k] + (1 - lam) * m[k:]
+                target = lam * target + (1 - lam) * partner
             opt.zero_grad()
             total += classifier_backward(trained, m, target.to(device), len(idx), device)
             opt.step()
@@ -348,15 +398,10 @@ def train_classifier(model, source, train_idx: np.ndarray, labels: np.ndarray, s
         log_epoch(live, f"{tag}/loss", total / plan.steps)
         bar.set_postfix(loss=f"{total / plan.steps:.3f}")
         if checkpoint is not None:
-            torch_rng = distributed.gather_state(torch.get_rng_state())  # every rank's dropout generator
-            generators = distributed.gather_state(gen.get_state())  # and mixup generator
-            if distributed.is_main():
-                tmp = checkpoint.with_suffix(".tmp")
-                torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
-                            "generator": generators, "torch_rng": torch_rng, "epoch": epoch + 1,
-                            "history": history}, tmp)
-                tmp.replace(checkpoint)  # atomic: a crash never leaves a half-written checkpoint
-            distributed.barrier()
+            checkpoints.save({"model": model.state_dict(), "optimizer": opt.state_dict(),
+                              "scheduler": sched.state_dict(), "generator": gen.get_state(),
+                              "torch_rng": torch.get_rng_state(), "epoch": epoch + 1, "history": history},
+                             checkpoint)
         if on_epoch is not None:
             on_epoch()
     return history
@@ -365,8 +410,9 @@ def train_classifier(model, source, train_idx: np.ndarray, labels: np.ndarray, s
 def classifier_backward(model, m_part: torch.Tensor, target_part: torch.Tensor, n: int,
                         device: torch.device = torch.device("cpu")) -> float:
     """Soft-target cross-entropy of a batch of n clips, of which this rank holds m_part; leaves the full batch's
-    mean gradient on every rank. Returns the batch's mean loss."""
-    shard_sum = torch.sum(-target_part * model(m_part).log_softmax(-1))
+    mean gradient on every rank. Returns the batch's mean loss. Dropout draws the global batch's mask."""
+    with distributed.global_batch(n):
+        shard_sum = torch.sum(-target_part * model(m_part).log_softmax(-1))
     # DistributedDataParallel averages the ranks' gradients: scale the shard's sum so the average is the mean
     (shard_sum * distributed.world() / n).backward()
     return distributed.sum_value(shard_sum.item() / n, device)
@@ -396,12 +442,16 @@ def classifier_features(model, source, idx: np.ndarray, batch_size: int = 128, w
 
 
 def over_views(fn, model, source, idx: np.ndarray, batch_size: int, workers: int) -> np.ndarray:
+    """fn over the views of clips idx, averaged. Under torchrun the chunks of batch_size clips are dealt out to
+    the ranks and gathered: every chunk is computed as one process computes it (the same bytes), and every rank
+    returns the whole result."""
     model.eval()
     dev = next(model.parameters()).device
-    batches = iter(batch_loader(source, eval_keys(idx, source.n_views, batch_size), workers, dev))
-    out = []
-    for _ in range(0, len(idx), batch_size):
+    starts = list(range(0, len(idx), batch_size))[distributed.rank()::distributed.world()]
+    batches = iter(batch_loader(source, eval_keys(idx, source.n_views, batch_size, starts), workers, dev))
+    out = {}
+    for start in starts:
         total = sum(fn(source.to_m(next(batches), dev)) for _ in range(source.n_views))
-        out.append((total / source.n_views).cpu().numpy())
-    return np.concatenate(out)
-
+        out[start] = (total / source.n_views).cpu().numpy()
+    parts = {start: value for shard in distributed.gather_objects(out) for start, value in shard.items()}
+    return np.concatenate([parts[start] for start in sorted(parts)])

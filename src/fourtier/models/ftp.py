@@ -30,6 +30,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from fourtier import distributed
 from fourtier.errors import DataError
 from fourtier.params import OBJECTIVES, PROCESSORS
 
@@ -170,6 +171,14 @@ class Integration(nn.Module):
         return f.reshape(b, t, h, w, d)
 
 
+class GlobalBatchDropout(nn.Dropout):
+    """nn.Dropout whose mask is drawn for the global batch under DDP (fourtier.distributed.dropout), so the
+    world size does not change the experiment."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return distributed.dropout(x, self.p, self.training)
+
+
 class Block(nn.Module):
     """A pre-norm transformer block (MHSA + FFN). Dropout on the residual branches only, not on the attention
     map (as in ViT): attention-map dropout more than doubled the CPU step time."""
@@ -182,7 +191,7 @@ class Block(nn.Module):
         self.out = nn.Linear(dim, dim)
         self.norm2 = nn.LayerNorm(dim)
         self.ffn = nn.Sequential(nn.Linear(dim, hidden), nn.GELU(), nn.Linear(hidden, dim))
-        self.drop = nn.Dropout(dropout)
+        self.drop = GlobalBatchDropout(dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, n, d = x.shape
