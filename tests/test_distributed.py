@@ -65,3 +65,32 @@ def test_a_resume_on_another_world_size_continues_the_same_run(tmp_path):
     resumed = run(tmp_path / "resumed.pt", 2, "resume", kept)
     assert resumed["world"] == 2
     assert_same_training(single, resumed)
+
+
+HANGS = """
+import sys, time
+import torch
+from fourtier import distributed
+from fourtier.errors import exits_cleanly
+
+@exits_cleanly
+@distributed.names_rank
+def main():
+    distributed.setup(torch.device("cpu"), timeout_s=3)
+    if distributed.rank() == 1:
+        time.sleep(30)  # a rank that hangs
+    distributed.barrier()
+
+main()
+"""
+
+
+def test_a_hung_rank_becomes_an_error_that_names_the_waiting_rank(tmp_path):
+    script = tmp_path / "hangs.py"
+    script.write_text(HANGS)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                           "--max-restarts=0", str(script)], env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode != 0
+    assert "error: rank 0 of 2 on " in done.stderr and "runtime.timeout_s" in done.stderr, done.stderr[-3000:]
+    assert "[rank0]: Traceback" not in done.stderr  # the waiting rank's own error, not torch's internals

@@ -191,6 +191,13 @@ DOWNSTREAM_OF_ALIGN = ["align", "finetune@synth-scenes", "finetune@synth-motion"
     ({"runtime.device": "cpu"}, ["embed@synth-pretrain", "features-pretrain@synth-pretrain", "features-target@synth-scenes",
                                  "features-target@synth-motion", *DOWNSTREAM_OF_ALIGN]),
     ({"features.batch_size": 16, "runtime.loader_workers": 2, "runtime.workers": 1}, []),
+    # how processes start and wait, and where checkpoints live, change no number
+    ({"runtime.launcher": "srun", "runtime.timeout_s": 60, "runtime.checkpoint_dir": "/shared/ckpt",
+      "runtime.rdzv_endpoint": "node1:29500"}, []),
+    # features and evaluate give the same bytes at any world size; DDP rounds differently
+    ({"runtime.nproc_per_node": 2}, DOWNSTREAM_OF_ALIGN),
+    ({"runtime.stage2_parallel": "ddp"}, ["finetune@synth-scenes", "finetune@synth-motion", "evaluate@synth-scenes",
+                                          "evaluate@synth-motion"]),
     # the stage-1 corpus is captioned again, but the frozen encoder is not retrained on it
     ({"datasets.synth-pretrain.clips": 28}, ["download-pretrain@synth-pretrain", "tile@synth-pretrain",
                                             "caption@synth-pretrain", "embed@synth-pretrain",
@@ -200,7 +207,7 @@ DOWNSTREAM_OF_ALIGN = ["align", "finetune@synth-scenes", "finetune@synth-motion"
                                             "features-target@synth-scenes", "features-target@synth-motion",
                                             *DOWNSTREAM_OF_ALIGN]),
 ], ids=["vlm", "K", "backbone", "prompts", "finetune.lr", "finetune.arms", "align-variant", "one-dataset", "device",
-    "speed-only", "stage-1-corpus", "backbone-corpus"])
+    "speed-only", "launch-only", "world-size", "stage2-parallel", "stage-1-corpus", "backbone-corpus"])
 def test_each_selector_reruns_exactly_its_stages(repo, params_file, change, expected):
     raw = yaml.safe_load(params_file.read_text())
     for dotted, value in change.items():
@@ -364,3 +371,112 @@ def test_attention_processor_with_the_token_wise_objective_runs_from_embed_to_ze
     assert 0 <= zeroshot["template"]["ftp"]["combined"]["top1"] <= 1
     metrics = json.loads((dst / "data/eval/synth-scenes/metrics.json").read_text())
     assert {"baseline", "ftp", "shuffled"} <= set(metrics)
+
+
+def test_dvc_repro_on_two_processes_gives_the_bytes_and_metrics_of_one(repo, tmp_path):
+    """runtime.nproc_per_node: 2 from `dvc repro` itself: features on 2 ranks writes the bytes of one process;
+    align (DDP) and finetune (runs spread over the ranks) give the metrics of one process within one clip per
+    arm (DDP's all-reduce rounds differently, and the tiny profile has few validation clips)."""
+    import json
+
+    dst, _ = repo
+    two = tmp_path / "two"
+    shutil.copytree(dst, two, symlinks=True)
+    raw = yaml.safe_load((two / "params.yaml").read_text())
+    raw["runtime"]["nproc_per_node"] = 2
+    (two / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
+    proc = run(["dvc", "repro", "-f", "-s", "features-target@synth-scenes"], two)
+    assert "2 processes (1 node x 2) through torchrun" in proc.stdout
+    feature_files = lambda root: {p.name: p.read_bytes() for p in sorted((root / "data/features/synth-scenes").iterdir())}
+    assert feature_files(two) == feature_files(dst)
+    proc = run(["dvc", "repro", "evaluate@synth-scenes"], two)
+    assert "align: 2 processes" in proc.stdout and "finetune synth-scenes: 2 processes" in proc.stdout
+    one = json.loads((dst / "data/eval/synth-scenes/metrics.json").read_text())
+    both = json.loads((two / "data/eval/synth-scenes/metrics.json").read_text())
+    assert both["val_clips"] == one["val_clips"]
+    for arm in ("baseline", "ftp", "random", "shuffled"):
+        assert abs(both[arm]["top1"]["mean"] - one[arm]["top1"]["mean"]) <= 1 / one["val_clips"] + 1e-9, arm
+    # the baseline has no stage-1 part: its runs are trained exactly as one process trains them
+    runs_one = json.loads((dst / "data/eval/synth-scenes/runs.json").read_text())
+    runs_two = json.loads((two / "data/eval/synth-scenes/runs.json").read_text())
+    assert runs_two["baseline"] == runs_one["baseline"]
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_finetune_on_two_nodes_meets_at_the_rendezvous_and_needs_a_shared_checkpoint_dir(repo, tmp_path):
+    """The plain two-launcher form: the same stage command on two "nodes" (processes on 127.0.0.1 with their
+    own home, hence their own cache dir), which meet at runtime.rdzv_endpoint. A checkpoint directory in each
+    home is not shared: both stop before any work, naming the rank that cannot see rank 0's. A shared one
+    trains, data parallel over both, the metrics of one process within one clip per arm."""
+    import json
+
+    dst, _ = repo
+    work = tmp_path / "work"
+    shutil.copytree(dst, work, symlinks=True)
+    raw = yaml.safe_load((work / "params.yaml").read_text())
+
+    def both_nodes(checkpoint_dir: str):
+        raw["runtime"].update(nnodes=2, nproc_per_node=1, rdzv_endpoint=f"127.0.0.1:{free_port()}",
+                              stage2_parallel="ddp", checkpoint_dir=checkpoint_dir, timeout_s=120)
+        (work / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
+        nodes = []
+        for name in ("node-a", "node-b"):
+            home = tmp_path / name
+            home.mkdir(exist_ok=True)
+            env = {**os.environ, "HOME": str(home), "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}",
+                   "OMP_NUM_THREADS": "1"}
+            env.pop("FOURTIER_CACHE", None)
+            nodes.append(subprocess.Popen(["python", "stages/finetune.py", "synth-scenes"], cwd=work, env=env,
+                                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+        return [(node.wait(timeout=600), *node.communicate()) for node in nodes]
+
+    results = both_nodes("")
+    assert all(code != 0 for code, _, _ in results)
+    errors = "".join(err for _, _, err in results)
+    assert "is not shared: rank 1 on" in errors and "runtime.checkpoint_dir" in errors, errors[-3000:]
+
+    results = both_nodes(str(tmp_path / "shared"))
+    assert all(code == 0 for code, _, _ in results), [err[-2000:] for _, _, err in results]
+    assert all("2 processes (2 nodes x 1) through torchrun" in out for _, out, _ in results)
+    raw["runtime"].update(nnodes=1, rdzv_endpoint="", stage2_parallel="runs", checkpoint_dir="")
+    (work / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
+    run(["python", "stages/evaluate.py", "synth-scenes"], work)
+    one = json.loads((dst / "data/eval/synth-scenes/metrics.json").read_text())
+    two = json.loads((work / "data/eval/synth-scenes/metrics.json").read_text())
+    for arm in ("baseline", "ftp", "random", "shuffled"):
+        assert abs(two[arm]["top1"]["mean"] - one[arm]["top1"]["mean"]) <= 1 / one["val_clips"] + 1e-9, arm
+
+
+def test_the_sbatch_script_runs_the_pipeline_on_two_nodes_through_srun(repo, tmp_path):
+    """cluster/fourtier.sbatch as SLURM would run it on a 2-node allocation: `dvc exp run` on the first node,
+    each splitting stage through `srun` (here tests/fake_srun.py: one process per "node", each with its own
+    home) and torchrun's c10d rendezvous. The experiment's metrics are one process's within one clip per arm."""
+    import json
+
+    dst, _ = repo
+    work = tmp_path / "work"
+    shutil.copytree(dst, work, symlinks=True)
+    fake_bin = tmp_path / "bin"
+    fake_bin.mkdir()
+    (fake_bin / "srun").write_text(f"#!/bin/sh\nexec {sys.executable} {REPO / 'tests/fake_srun.py'} \"$@\"\n")
+    (fake_bin / "srun").chmod(0o755)
+    env = {**os.environ, "PATH": f"{fake_bin}{os.pathsep}{BIN}{os.pathsep}{os.environ['PATH']}",
+           "DVC_NO_ANALYTICS": "1", "OMP_NUM_THREADS": "1", "SLURM_JOB_ID": "4242", "SLURM_NNODES": "2",
+           "SLURM_GPUS_ON_NODE": "1", "SLURM_SUBMIT_DIR": str(work), "FAKE_SRUN_HOMES": str(tmp_path / "homes")}
+    proc = subprocess.run(["bash", str(REPO / "cluster/fourtier.sbatch"), "-S", f"runtime.rdzv_endpoint=127.0.0.1:{free_port()}"],
+                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "align: 2 processes (2 nodes x 1) through srun + torchrun" in proc.stdout
+    assert sorted(p.name for p in (tmp_path / "homes").iterdir()) == ["node-0", "node-1"]
+    for name in ("synth-scenes", "synth-motion"):
+        one = json.loads((dst / f"data/eval/{name}/metrics.json").read_text())
+        two = json.loads((work / f"data/eval/{name}/metrics.json").read_text())
+        for arm in ("baseline", "ftp", "random", "shuffled"):
+            assert abs(two[arm]["top1"]["mean"] - one[arm]["top1"]["mean"]) <= 1 / one["val_clips"] + 1e-9, (name, arm)

@@ -45,3 +45,19 @@ def test_plan_reads_a_local_models_shape_from_its_config(tmp_path, monkeypatch):
     text = plan(params(backbone=str(tmp_path / "mae")), REPO)
     assert "(2, 2, 2, 16)" in text and "(videomae)" in text  # 4 frames / tubelet 2, 32 / 16 px, 16 channels
     assert "512 B per clip" in text  # 2 views x (2 x 2 x 2 x 16) x 2 bytes
+
+
+def test_plan_takes_the_world_size_into_account(tmp_path, monkeypatch):
+    """With 2 nodes x 8 GPUs the GPU times of the stages that split their work are divided by 16, and the plan
+    says that this is ideal scaling, not a measurement."""
+    monkeypatch.chdir(tmp_path)
+    raw = yaml.safe_load((REPO / "params.yaml").read_text())
+    raw.update(pretrain=["k710"], backbone="videomae")
+    one = plan(parse_params(raw), REPO)
+    raw["runtime"].update(nproc_per_node=8, nnodes=2, launcher="srun")
+    many = plan(parse_params(raw), REPO)
+    assert "16 x H100" not in one and "runtime: 16 processes (2 nodes x 8)" in many
+    row = next(line for line in many.splitlines() if line.startswith("| features |"))
+    one_gpu, sixteen = row.split(" | ")[2:4]
+    hours = lambda cell: float(cell.split(" h")[0]) if " h" in cell else float(cell.split(" min")[0]) / 60
+    assert abs(hours(one_gpu) / hours(sixteen.rstrip(" |")) - 16) < 16 * 0.1, row

@@ -156,10 +156,17 @@ def plan(params, root: Path = Path(".")) -> str:
               f"{feats.batch_size} clips x {views} views x {frames}x{size}x{size}x3) plus the backbone",
               f"- align/finetune: {_size(train_mem)} of m batches at most (8 loader workers x prefetch 4, batch "
               f"{params.align.optim.batch_size}); the index of clips grows by bytes per clip, the data does not"]
+    world = rt.world
     lines += ["", "Time per stage for the pretraining corpus (" + f"{pretrain_clips:,} clips):"]
+    if world > 1:
+        lines.append(f"runtime: {world} processes ({rt.nnodes} node{'s' if rt.nnodes > 1 else ''} x {rt.nproc_per_node}); "
+                     "features, align, finetune, evaluate and zeroshot split their work over them, caption and embed "
+                     "run as one process. The last column divides the one-GPU time by the number of GPUs: ideal "
+                     "scaling, not measured beyond one GPU (benchmarks/world_size.py measures it on yours)")
     if cpu_rates:
-        lines.append("| stage | this machine's CPU (measured rate) | one H100 (measured, ViT-B) |")
-        lines.append("|---|---|---|")
+        gpus = f" | {world} x H100 (ideal scaling)" if world > 1 else ""
+        lines.append(f"| stage | this machine's CPU (measured rate) | one H100 (measured, ViT-B){gpus} |")
+        lines.append("|---|---|---|" + ("---|" if world > 1 else ""))
         for stage in ("download", "tile", "caption", "embed", "features", "align"):
             cpu = cpu_rates.get(stage)
             same_backbone = stage not in ("features", "align") or backbone_kind == "tiny"
@@ -168,7 +175,9 @@ def plan(params, root: Path = Path(".")) -> str:
             g = gpu_rates.get(stage)
             gpu_text = f"{_duration(pretrain_clips / g)} at {g:g} clips/s" + (" per epoch" if stage == "align" else "") \
                 if g and stage in ("features", "align") else "-"
-            lines.append(f"| {stage}{' (one epoch)' if stage == 'align' else ''} | {cpu_text} | {gpu_text} |")
+            split = stage in ("features", "align") and g
+            many = (f" | {_duration(pretrain_clips / (g * world))}" if split else " | -") if world > 1 else ""
+            lines.append(f"| {stage}{' (one epoch)' if stage == 'align' else ''} | {cpu_text} | {gpu_text}{many} |")
         lines.append("CPU rates: benchmarks/results/scale.jsonl (SynthAct, tiny backbone, 2 cores); captions with the "
                      "builtin VLM (a real VLM's rate is its own: `python stages/caption.py DATASET --dry-run` counts the calls).")
     else:
