@@ -1,32 +1,46 @@
 """caption stage: the four prompts for every tile of a pretraining dataset (data/captions/<ds>).
 
+With an `hf` VLM and runtime.nproc_per_node x nnodes above 1 it runs under torchrun: a model per GPU, each rank
+its share of the missing answers, one answer cache and one output, the same as one process writes. Other
+backends run as one process (the server does the parallel work).
+
     python stages/caption.py synth-pretrain --dry-run   # calls, tokens and cost it would spend; spends nothing
 """
 import argparse
 import json
+import os
+import shutil
 
-from fourtier.captioning import AnswerCache, build_requests, joint_requests, run_captions, write_captions
-from fourtier import paths
+from fourtier.captioning import AnswerCache, build_requests, joint_requests, run_captions_ranked, write_captions
+from fourtier import distributed, paths
 from fourtier.errors import exits_cleanly
-from fourtier.launch import extra_rank
+from fourtier.launch import extra_rank, relaunch
 from fourtier.params import load_params
 from fourtier.vlm import make_backend
 
 
 @exits_cleanly
+@distributed.names_rank
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("dataset", help="a pretraining dataset, already tiled in data/tiles/<dataset>")
     parser.add_argument("--dry-run", action="store_true", help="print what the run would ask and cost, then stop")
     args = parser.parse_args()
-    if extra_rank(f"caption {args.dataset}"):
-        return
     params = load_params()
     params.dataset(args.dataset)
     cap = params.caption
     backend = make_backend(params.vlm, params.vlms, {"max_new_tokens": cap.max_new_tokens,
                                                      "temperature": cap.temperature,
                                                      "device": params.runtime.device}, params.workers)
+    ranked = getattr(backend, "splits_across_ranks", False) and not backend.joint and not args.dry_run
+    if not ranked and extra_rank(f"caption {args.dataset}"):
+        return
+    if ranked:
+        relaunch(params.runtime, f"caption {args.dataset}")
+        from fourtier.runtime import resolve_device
+
+        distributed.setup(resolve_device(params.runtime.device), params.runtime.timeout_s)
+    main_rank = distributed.is_main()
     settings = {**backend.settings, "K": params.K}
     chunks = build_requests(paths.tiles(args.dataset), params.K, cap.prompts, backend.model_id, settings)
     cache = AnswerCache()
@@ -48,12 +62,18 @@ def main() -> None:
     stats = {"cached": 0, "called": 0, "failed": 0, "seconds": 0.0}
     totals: dict = {}
     # a chunk of tiles at a time: each chunk's answers are cached as they arrive (max_failures per chunk)
+    private = paths.cache_dir() / "answers-ranks" / f"{args.dataset}-{os.environ.get('TORCHELASTIC_RUN_ID', 'one')}"
     for n, requests in enumerate(chunks):
-        chunk_stats = run_captions(backend, requests, cache, cap.max_failures)
-        chunk_totals = write_captions(out, requests, cache, params.vlm, backend.model_id, settings, append=n > 0)
+        chunk_stats = run_captions_ranked(backend, requests, cache, cap.max_failures, private)
         for key in stats:
             stats[key] += chunk_stats[key]
-        totals = {k: totals.get(k, 0) + v for k, v in chunk_totals.items()}
+        if main_rank:
+            chunk_totals = write_captions(out, requests, cache, params.vlm, backend.model_id, settings, append=n > 0)
+            totals = {k: totals.get(k, 0) + v for k, v in chunk_totals.items()}
+    distributed.teardown()
+    shutil.rmtree(private, ignore_errors=True)
+    if not main_rank:
+        return
     cost = backend.cost(totals["input_tokens"], totals["output_tokens"]) if hasattr(backend, "cost") else 0.0
     metrics = {"vlm": params.vlm, "model": backend.model_id, "answers": totals["answers"],
                "missing": totals["missing"], "input_tokens": totals["input_tokens"],

@@ -94,3 +94,47 @@ def test_a_hung_rank_becomes_an_error_that_names_the_waiting_rank(tmp_path):
     assert done.returncode != 0
     assert "error: rank 0 of 2 on " in done.stderr and "runtime.timeout_s" in done.stderr, done.stderr[-3000:]
     assert "[rank0]: Traceback" not in done.stderr  # the waiting rank's own error, not torch's internals
+
+
+EMBEDS = """
+import json, sys
+from pathlib import Path
+import torch
+from fourtier import distributed
+from fourtier.params import load_params
+from fourtier.text import embed_captions, make_encoder
+
+distributed.setup(torch.device("cpu"))
+torch.set_num_threads(1)
+params = load_params(sys.argv[3])
+encoder = make_encoder(params.text_encoder, params.text_encoders, params.embed.max_length, "cpu")
+captions = [json.loads(line) for line in Path(sys.argv[1]).read_text().splitlines()]
+embed_captions(captions, Path(sys.argv[2]), encoder, batch_size=3, max_tokens=8)
+distributed.teardown()
+"""
+
+
+def test_embed_on_two_ranks_writes_the_bytes_of_one(tmp_path):
+    """Rank r of 2 encodes every other batch of distinct answers and writes its rows in place."""
+    import json
+
+    from helpers import REPO
+
+    words = ["a red ball rolls left", "someone waves", "a blue square", "the scene is a kitchen", "jumping", ""]
+    rows = [{"video_id": f"v{i}", "prompt_id": p, "answer": words[(i * 3 + j) % len(words)] * (1 + i % 3)}
+            for i in range(7) for j, p in enumerate("ABCD")]
+    (tmp_path / "captions.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    script = tmp_path / "embeds.py"
+    script.write_text(EMBEDS)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    for nproc, out in ((1, "one"), (2, "two")):
+        launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}"] \
+            if nproc > 1 else [sys.executable]
+        done = subprocess.run([*launcher, str(script), str(tmp_path / "captions.jsonl"), str(tmp_path / out),
+                               str(REPO / "params.yaml")], env=env, capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stderr[-3000:]
+    one = {p.name: p.read_bytes() for p in sorted((tmp_path / "one").iterdir())}
+    two = {p.name: p.read_bytes() for p in sorted((tmp_path / "two").iterdir())}
+    assert sorted(one) == ["mask.npy", "meta.json", "pooled.npy", "tokens.npy", "videos.txt"]
+    assert two == one
+    assert json.loads(one["meta.json"])["distinct_texts"] > 2 * 3  # more than one batch per rank

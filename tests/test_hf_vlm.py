@@ -181,3 +181,47 @@ def test_openai_backend_against_transformers_serve(served, tiny_llava):
     records = collect(backend, requests_for(2))
     assert len(records) == 8 and all(r.ok for r in records.values()), records
     assert {pid for _, pid in records} == set(PROMPT_IDS)
+
+
+def test_the_caption_stage_on_two_ranks_writes_one_processs_captions_and_one_cache(tiny_llava, tmp_path):
+    """An hf VLM with runtime.nproc_per_node: 2: the stage re-launches under torchrun, each rank generates its
+    share of the backend's batches into a private cache, rank 0 gathers every answer into the one answer
+    cache and writes the file one process writes. A second run on 2 ranks asks nothing."""
+    import os
+    import subprocess
+    import sys
+
+    import yaml
+
+    from helpers import REPO
+    from test_caption_stage import make_project
+
+    def project(root, nproc):
+        root.mkdir()
+        make_project(root, "http://127.0.0.1:9")  # tiles and params; the openai preset is not used
+        raw = yaml.safe_load((root / "params.yaml").read_text())
+        raw["vlms"]["tiny"] = {"type": "hf", "model": str(tiny_llava), "batch_size": 2, "offline": True}
+        raw["vlm"] = "tiny"
+        raw["caption"]["max_new_tokens"] = 8
+        raw["runtime"].update(nproc_per_node=nproc, workers=2)
+        (root / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
+        return root
+
+    def caption(root):
+        env = {**os.environ, "FOURTIER_CACHE": str(root / "cache"), "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+        done = subprocess.run([sys.executable, str(REPO / "stages/caption.py"), "synth-pretrain"], cwd=root, env=env,
+                              capture_output=True, text=True, timeout=600)
+        assert done.returncode == 0, done.stderr[-3000:]
+        return done.stdout
+
+    one = project(tmp_path / "one", 1)
+    caption(one)
+    two = project(tmp_path / "two", 2)
+    out = caption(two)
+    assert "caption synth-pretrain: 2 processes (1 node x 2) through torchrun" in out
+    assert "24 answers (0 from cache, 24 asked now" in out
+    path = "data/captions/synth-pretrain/captions.jsonl"
+    assert (two / path).read_bytes() == (one / path).read_bytes()
+    assert "24 answers (24 from cache, 0 asked now" in caption(two)
+    assert not (two / "cache" / "answers-ranks" / "synth-pretrain").exists() or \
+        not any((two / "cache" / "answers-ranks").iterdir())

@@ -118,6 +118,46 @@ def run_captions(backend, requests: list[Request], cache: AnswerCache, max_failu
     return stats
 
 
+def run_captions_ranked(backend, requests: list[Request], cache: AnswerCache, max_failures: float,
+                        private_dir: Path) -> dict:
+    """run_captions across the ranks of a torchrun group (a model per GPU, the `hf` backend): rank 0's cache
+    decides what is missing; the missing requests go out in the backend's own batches, batch j to rank
+    j mod W, so every batch is the one a single process would generate; each rank asks its batches into a
+    private cache (private_dir) and rank 0 puts every answer into the one answer cache. Rank 0 then writes the
+    chunk from that cache, as one process does. Returns the summed counts (on every rank)."""
+    from fourtier import distributed
+
+    if distributed.world() == 1:
+        return run_captions(backend, requests, cache, max_failures)
+    missing = None
+    if distributed.is_main():
+        cached = cache.get_many([r.key for r in requests])
+        missing = [i for i, r in enumerate(requests) if r.key not in cached or not _usable(cached[r.key])]
+    missing = distributed.broadcast_object(missing)
+    size = int(getattr(backend, "batch_size", 1))
+    batches = [missing[start:start + size] for start in range(0, len(missing), size)]
+    mine = [requests[i] for batch in batches[distributed.rank()::distributed.world()] for i in batch]
+    private_dir.mkdir(parents=True, exist_ok=True)
+    private = AnswerCache(private_dir / f"rank-{distributed.rank()}.sqlite")
+    try:
+        stats = run_captions(backend, mine, private, max_failures) if mine else \
+            {"requests": 0, "cached": 0, "called": 0, "failed": 0, "first_errors": [], "seconds": 0.0}
+        answers = private.get_many([r.key for r in mine])
+    finally:
+        private.close()
+    gathered = distributed.gather_objects((answers, stats))
+    if distributed.is_main():
+        for rank_answers, _ in gathered:
+            for key, record in rank_answers.items():
+                cache.put(key, record)
+    total = {"requests": len(requests), "cached": len(requests) - len(missing),
+             "called": sum(s["called"] for _, s in gathered), "failed": sum(s["failed"] for _, s in gathered),
+             "first_errors": [e for _, s in gathered for e in s["first_errors"]][:5],
+             "seconds": max(s["seconds"] for _, s in gathered)}
+    distributed.barrier()
+    return total
+
+
 def joint_requests(requests: list[Request]) -> tuple[list[Request], dict[str, list[Request]]]:
     """One joint request per tile for `requests` (per-prompt requests), and each tile's per-prompt requests."""
     by_video: dict[str, list[Request]] = {}

@@ -45,7 +45,9 @@ def names_rank(main):
         try:
             return main(*args, **kwargs)
         except (dist.DistError, RuntimeError) as exc:
-            if not dist.is_initialized() or isinstance(exc, FourtierError):
+            collective = isinstance(exc, dist.DistError) or any(
+                word in str(exc) for word in ("gloo", "NCCL", "Timed out", "timed out", "Connection closed"))
+            if not dist.is_initialized() or not collective:
                 raise
             first = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
             raise FourtierError(

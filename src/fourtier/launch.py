@@ -1,12 +1,13 @@
 """Several processes from one stage command: with `runtime.nproc_per_node` x `runtime.nnodes` above 1, a
-stage that splits its work (features, align, finetune, evaluate, zeroshot) runs itself again under torchrun
-(`torch.distributed.run`), so `dvc repro`, `dvc exp run` and the queue launch it as they launch any stage.
+stage that splits its work (features, embed, caption with an hf VLM, align, finetune, evaluate, zeroshot) runs
+itself again under torchrun (`torch.distributed.run`), so `dvc repro`, `dvc exp run` and the queue launch it as
+they launch any stage.
 
 - one node: `torchrun --standalone --nproc-per-node N` (a free local port, so stages never collide);
 - several nodes, `launcher: srun`: inside a SLURM allocation, `srun` starts one torchrun per node, which meet
   at the first node (c10d rendezvous, id = the job id): `dvc repro` itself runs once, on the first node;
 - several nodes, `launcher: torchrun`: this node joins `rdzv_endpoint`; every other node runs the same stage
-  script under torchrun by hand (README, "On several GPUs and nodes").
+  command at the same time (README, "On several GPUs and nodes").
 
 A stage already under a launcher (LOCAL_RANK set, e.g. started by hand with torchrun) runs as it is.
 """

@@ -160,8 +160,8 @@ def plan(params, root: Path = Path(".")) -> str:
     lines += ["", "Time per stage for the pretraining corpus (" + f"{pretrain_clips:,} clips):"]
     if world > 1:
         lines.append(f"runtime: {world} processes ({rt.nnodes} node{'s' if rt.nnodes > 1 else ''} x {rt.nproc_per_node}); "
-                     "features, align, finetune, evaluate and zeroshot split their work over them, caption and embed "
-                     "run as one process. The last column divides the one-GPU time by the number of GPUs: ideal "
+                     "every stage that runs a network splits its work over them (caption only with an hf VLM). "
+                     "The last column divides the one-GPU time by the number of GPUs: ideal "
                      "scaling, not measured beyond one GPU (benchmarks/world_size.py measures it on yours)")
     if cpu_rates:
         gpus = f" | {world} x H100 (ideal scaling)" if world > 1 else ""

@@ -122,15 +122,31 @@ def make_encoder(name: str, presets: dict, max_length: int = 256, device: str = 
 # ---------------------------------------------------------------------------------------------
 # the embed stage's output: data/embeddings/<ds>/
 
-def embed_captions(captions: list[dict], out_dir: Path, encoder: TextEncoder, batch_size: int, max_tokens: int) -> dict:
+def _open_in_place(path: Path, shape: tuple[int, ...], dtype):
+    """The NpyFile that rank 0 created, opened by another rank to write its rows in place (not re-created)."""
+    import os
+
+    from fourtier.shards import NpyFile, _header
+
+    array = NpyFile.__new__(NpyFile)
+    array.path, array.shape, array.dtype = Path(path), tuple(int(s) for s in shape), np.dtype(dtype)
+    array.offset = len(_header(array.shape, array.dtype))
+    array.fd = os.open(path, os.O_RDWR)
+    return array
+
+
+def embed_captions(captions: list[dict], out_dir: Path, encoder: TextEncoder, batch_size: int, max_tokens: int) -> dict | None:
     """Encode every answer; write tokens.npy (N,4,L,D), mask.npy (N,4,L), pooled.npy (N,4,P) in float16.
 
     Token-level embeddings are kept for the first `max_tokens` tokens; the pooled vector is computed over
     the whole answer (up to the encoder's max length). Videos are in caption order, prompts in A-D order.
+    Under torchrun rank r encodes batches r, r + W, ... of the batches one process encodes, and writes its rows
+    in place: the same bytes. Rank 0 writes the metadata and returns it; the other ranks return None.
     """
 
     from tqdm import tqdm
 
+    from fourtier import distributed
     from fourtier.shards import NpyFile
     from fourtier.params import PROMPT_IDS
 
@@ -140,9 +156,14 @@ def embed_captions(captions: list[dict], out_dir: Path, encoder: TextEncoder, ba
     position = {v: i for i, v in enumerate(videos)}
     n, d, p = len(videos), encoder.token_dim, encoder.pooled_dim
     # written in place, row by row: memory stays bounded by the batch (zeros where nothing is written)
-    tokens = NpyFile(out_dir / "tokens.npy", (n, len(PROMPT_IDS), max_tokens, d), np.float16)
-    mask = NpyFile(out_dir / "mask.npy", (n, len(PROMPT_IDS), max_tokens), np.bool_)
-    pooled = NpyFile(out_dir / "pooled.npy", (n, len(PROMPT_IDS), p), np.float16)
+    shapes = {"tokens": ((n, len(PROMPT_IDS), max_tokens, d), np.float16), "mask": ((n, len(PROMPT_IDS), max_tokens), np.bool_),
+              "pooled": ((n, len(PROMPT_IDS), p), np.float16)}
+    if distributed.is_main():
+        arrays = {name: NpyFile(out_dir / f"{name}.npy", *spec) for name, spec in shapes.items()}
+    distributed.barrier()
+    if not distributed.is_main():
+        arrays = {name: _open_in_place(out_dir / f"{name}.npy", *spec) for name, spec in shapes.items()}
+    tokens, mask, pooled = arrays["tokens"], arrays["mask"], arrays["pooled"]
     todo = [r for r in captions if r["answer"].strip()]
     # templated answers repeat (a third of the default corpus): encode each distinct text once
     rows_of: dict[str, list[dict]] = {}
@@ -151,8 +172,10 @@ def embed_captions(captions: list[dict], out_dir: Path, encoder: TextEncoder, ba
     texts = sorted(rows_of, key=len)  # similar lengths per batch: less padding
     truncated = 0  # answers longer than max_tokens: their token-level e_i lose the end
     lengths = {p: [] for p in PROMPT_IDS}  # tokens per answer (up to the encoder's max length), per prompt
-    with tqdm(total=len(texts), desc="embed", unit="text", dynamic_ncols=True, mininterval=1.0) as bar:
-        for start in range(0, len(texts), batch_size):
+    rank, world = distributed.rank(), distributed.world()
+    with tqdm(total=len(texts), desc="embed", unit="text", dynamic_ncols=True, mininterval=1.0,
+              disable=not distributed.is_main()) as bar:
+        for start in range(rank * batch_size, len(texts), world * batch_size):
             batch = texts[start:start + batch_size]
             enc = encoder.encode(batch)
             length = min(max_tokens, enc.tokens.shape[1])
@@ -164,9 +187,16 @@ def embed_captions(captions: list[dict], out_dir: Path, encoder: TextEncoder, ba
                     tokens.write((i, k), enc.tokens[j, :length])
                     mask.write((i, k), enc.mask[j, :length])
                     pooled.write((i, k), enc.pooled[j])
-            bar.update(len(batch))
+            bar.update(len(batch) * world)
     for array in (tokens, mask, pooled):
         array.close()
+    gathered = distributed.gather_objects((truncated, lengths))
+    distributed.barrier()
+    if not distributed.is_main():
+        return None
+    truncated = sum(t for t, _ in gathered)
+    # every rank's answer lengths per prompt (their medians and maxima do not depend on the order)
+    lengths = {p: [x for _, rank_lengths in gathered for x in rank_lengths[p]] for p in PROMPT_IDS}
     (out_dir / "videos.txt").write_text("".join(f"{v}\n" for v in videos))
     meta = {"encoder": encoder.name, "model": encoder.model_id, "token_dim": d, "pooled_dim": p,
             "max_tokens": max_tokens, "truncated_answers": truncated,

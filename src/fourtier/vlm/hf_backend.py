@@ -82,6 +82,8 @@ def without_video(cls):
 
 
 class HFBackend:
+    splits_across_ranks = True  # a model per GPU: under torchrun each rank answers its share (fourtier.captioning)
+
     def __init__(self, name: str, preset: dict, generation: dict):
         if not preset.get("model"):
             raise VLMError(f"vlms.{name} needs a 'model': a Hugging Face model id or a local directory")
