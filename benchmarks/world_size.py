@@ -4,9 +4,9 @@ benchmarks/results/world_size.jsonl.
 
 It runs the stage scripts themselves (`python stages/X.py`, which re-launch under torchrun as `dvc repro` does)
 in a scratch copy of the workspace, after a full `dvc repro`, with a fresh cache dir per run so nothing resumes.
-On a 2-core machine one process already uses both cores (threads, decoding workers, runs side by side), so a
-ratio near 1 is the expected result here: the figure shows what the split costs (process start, rendezvous,
-gloo), not what 8 GPUs gain. On a GPU node, `--device cuda --nproc 1 8` measures the latter.
+On a 2-core machine one process already uses both cores (threads, decoding workers, runs side by side), so
+2 processes cannot be faster here: the figure shows what the split costs (process start, rendezvous, gloo),
+not what 8 GPUs gain. On a GPU node, `--device cuda --nproc 1 8` measures the latter.
 
     python benchmarks/world_size.py [--dataset synth-scenes] [--seeds 2] [--nproc 1 2] [--stages ...]
 """
