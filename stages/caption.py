@@ -8,7 +8,6 @@ backends run as one process (the server does the parallel work).
 """
 import argparse
 import json
-import os
 import shutil
 
 from fourtier.captioning import AnswerCache, build_requests, joint_requests, run_captions_ranked, write_captions
@@ -62,7 +61,7 @@ def main() -> None:
     stats = {"cached": 0, "called": 0, "failed": 0, "seconds": 0.0}
     totals: dict = {}
     # a chunk of tiles at a time: each chunk's answers are cached as they arrive (max_failures per chunk)
-    private = paths.cache_dir() / "answers-ranks" / f"{args.dataset}-{os.environ.get('TORCHELASTIC_RUN_ID', 'one')}"
+    private = paths.cache_dir() / "answers-ranks" / args.dataset  # each rank's answers until rank 0 has them
     for n, requests in enumerate(chunks):
         chunk_stats = run_captions_ranked(backend, requests, cache, cap.max_failures, private)
         for key in stats:

@@ -104,6 +104,8 @@ def main() -> None:
     key = ["checkpoint v5", args.dataset, device.type, repr(cfg), prompts, source.meta["shape"],
            [hashlib.sha256(path.read_bytes()).hexdigest() for path in align_files]]
     run_dir = checkpoints.run_directory(params.runtime.checkpoint_dir, "finetune", key)
+    (run_dir / f"done-{distributed.group_rank()}").unlink(missing_ok=True)  # from a run that crashed elsewhere
+    distributed.barrier()
     skipped = [arm for arm in cfg.arms if arm != "baseline" and not prompts]
     for arm in skipped:
         if distributed.is_main():
@@ -122,8 +124,11 @@ def main() -> None:
         run_parallel(train_run, jobs, processes, min(threads, threads_per_process(params.workers)),
                      f"finetune {args.dataset}: {len(jobs)} runs, {processes} at a time", cfg.optim.epochs,
                      show=distributed.is_main())
-    distributed.barrier()
-    if distributed.is_main():
+    # the checkpoints go once every rank is done. Not with a barrier: with runs spread over the ranks, a rank
+    # with one run fewer would wait a whole run in it, past runtime.timeout_s. The last rank to finish removes
+    # them (several may see that at once: rmtree tolerates it).
+    (run_dir / f"done-{distributed.group_rank()}").write_text("")
+    if all((run_dir / f"done-{r}").exists() for r in range(distributed.group_world())):
         shutil.rmtree(run_dir, ignore_errors=True)
     distributed.teardown()
 

@@ -138,3 +138,17 @@ def test_embed_on_two_ranks_writes_the_bytes_of_one(tmp_path):
     assert sorted(one) == ["mask.npy", "meta.json", "pooled.npy", "tokens.npy", "videos.txt"]
     assert two == one
     assert json.loads(one["meta.json"])["distinct_texts"] > 2 * 3  # more than one batch per rank
+
+
+def test_a_crashed_run_resumed_on_the_same_world_size_is_bit_identical(tmp_path):
+    """One process crashes after epoch 2 of stage 1 and resumes: every weight of the result is the uninterrupted
+    run's, bit for bit (both stages' checkpoints hold all the state a run draws from)."""
+    single = run(tmp_path / "single.pt", 1, "resume", str(tmp_path / "fresh"))  # checkpointed, never interrupted
+    kept = str(tmp_path / "ckpt")
+    assert run(tmp_path / "a.pt", 1, "crash-align", kept) is None
+    assert run(tmp_path / "b.pt", 1, "crash-finetune", kept) is None
+    resumed = run(tmp_path / "resumed.pt", 1, "resume", kept)
+    assert resumed["state"].keys() == single["state"].keys()
+    for key, value in single["state"].items():
+        assert torch.equal(resumed["state"][key], value), key
+    assert resumed["history"] == single["history"]

@@ -373,6 +373,17 @@ def test_attention_processor_with_the_token_wise_objective_runs_from_embed_to_ze
     assert {"baseline", "ftp", "shuffled"} <= set(metrics)
 
 
+def default_copy(dst: Path, work: Path) -> Path:
+    """A copy of the tiny repository (cache and run-cache included) back on the tiny profile's params, its
+    outputs brought back to them by `dvc repro` (mostly restored from the run-cache): other tests of this module
+    leave the fixture's workspace on their own outputs."""
+    shutil.copytree(dst, work, symlinks=True)
+    shutil.copy2(REPO / "params.yaml", work / "params.yaml")
+    tiny_params(work / "params.yaml")
+    run(["dvc", "repro"], work)
+    return work
+
+
 def test_dvc_repro_on_two_processes_gives_the_bytes_and_metrics_of_one(repo, tmp_path):
     """runtime.nproc_per_node: 2 from `dvc repro` itself: features on 2 ranks writes the bytes of one process;
     align (DDP) and finetune (runs spread over the ranks) give the metrics of one process within one clip per
@@ -380,26 +391,34 @@ def test_dvc_repro_on_two_processes_gives_the_bytes_and_metrics_of_one(repo, tmp
     import json
 
     dst, _ = repo
-    two = tmp_path / "two"
-    shutil.copytree(dst, two, symlinks=True)
+    two = default_copy(dst, tmp_path / "two")
+    feature_files = lambda: {p.name: p.read_bytes() for p in sorted((two / "data/features/synth-scenes").iterdir())}
+    features_one = feature_files()
+    one = json.loads((two / "data/eval/synth-scenes/metrics.json").read_text())
+    runs_one = json.loads((two / "data/eval/synth-scenes/runs.json").read_text())
     raw = yaml.safe_load((two / "params.yaml").read_text())
     raw["runtime"]["nproc_per_node"] = 2
     (two / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
     proc = run(["dvc", "repro", "-f", "-s", "features-target@synth-scenes"], two)
     assert "2 processes (1 node x 2) through torchrun" in proc.stdout
-    feature_files = lambda root: {p.name: p.read_bytes() for p in sorted((root / "data/features/synth-scenes").iterdir())}
-    assert feature_files(two) == feature_files(dst)
+    assert feature_files() == features_one
     proc = run(["dvc", "repro", "evaluate@synth-scenes"], two)
     assert "align: 2 processes" in proc.stdout and "finetune synth-scenes: 2 processes" in proc.stdout
-    one = json.loads((dst / "data/eval/synth-scenes/metrics.json").read_text())
     both = json.loads((two / "data/eval/synth-scenes/metrics.json").read_text())
     assert both["val_clips"] == one["val_clips"]
     for arm in ("baseline", "ftp", "random", "shuffled"):
         assert abs(both[arm]["top1"]["mean"] - one[arm]["top1"]["mean"]) <= 1 / one["val_clips"] + 1e-9, arm
     # the baseline has no stage-1 part: its runs are trained exactly as one process trains them
-    runs_one = json.loads((dst / "data/eval/synth-scenes/runs.json").read_text())
     runs_two = json.loads((two / "data/eval/synth-scenes/runs.json").read_text())
     assert runs_two["baseline"] == runs_one["baseline"]
+    # zeroshot deals the clips out and gathers them: on the same stage-1 models, 2 ranks write 1 process's bytes
+    zeroshot = two / "data/eval/synth-scenes/zeroshot.json"
+    assert "zeroshot synth-scenes: 2 processes" in run(["python", "stages/zeroshot.py", "synth-scenes"], two).stdout
+    on_two = zeroshot.read_bytes()
+    raw["runtime"]["nproc_per_node"] = 1
+    (two / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
+    run(["python", "stages/zeroshot.py", "synth-scenes"], two)
+    assert zeroshot.read_bytes() == on_two
 
 
 def free_port() -> int:
@@ -418,8 +437,8 @@ def test_finetune_on_two_nodes_meets_at_the_rendezvous_and_needs_a_shared_checkp
     import json
 
     dst, _ = repo
-    work = tmp_path / "work"
-    shutil.copytree(dst, work, symlinks=True)
+    work = default_copy(dst, tmp_path / "work")
+    one = json.loads((work / "data/eval/synth-scenes/metrics.json").read_text())
     raw = yaml.safe_load((work / "params.yaml").read_text())
 
     def both_nodes(checkpoint_dir: str):
@@ -435,7 +454,8 @@ def test_finetune_on_two_nodes_meets_at_the_rendezvous_and_needs_a_shared_checkp
             env.pop("FOURTIER_CACHE", None)
             nodes.append(subprocess.Popen(["python", "stages/finetune.py", "synth-scenes"], cwd=work, env=env,
                                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
-        return [(node.wait(timeout=600), *node.communicate()) for node in nodes]
+        outputs = [node.communicate(timeout=600) for node in nodes]
+        return [(node.returncode, out, err) for node, (out, err) in zip(nodes, outputs)]
 
     results = both_nodes("")
     assert all(code != 0 for code, _, _ in results)
@@ -448,7 +468,6 @@ def test_finetune_on_two_nodes_meets_at_the_rendezvous_and_needs_a_shared_checkp
     raw["runtime"].update(nnodes=1, rdzv_endpoint="", stage2_parallel="runs", checkpoint_dir="")
     (work / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
     run(["python", "stages/evaluate.py", "synth-scenes"], work)
-    one = json.loads((dst / "data/eval/synth-scenes/metrics.json").read_text())
     two = json.loads((work / "data/eval/synth-scenes/metrics.json").read_text())
     for arm in ("baseline", "ftp", "random", "shuffled"):
         assert abs(two[arm]["top1"]["mean"] - one[arm]["top1"]["mean"]) <= 1 / one["val_clips"] + 1e-9, arm
@@ -461,8 +480,8 @@ def test_the_sbatch_script_runs_the_pipeline_on_two_nodes_through_srun(repo, tmp
     import json
 
     dst, _ = repo
-    work = tmp_path / "work"
-    shutil.copytree(dst, work, symlinks=True)
+    work = default_copy(dst, tmp_path / "work")
+    one = {name: json.loads((work / f"data/eval/{name}/metrics.json").read_text()) for name in ("synth-scenes", "synth-motion")}
     fake_bin = tmp_path / "bin"
     fake_bin.mkdir()
     (fake_bin / "srun").write_text(f"#!/bin/sh\nexec {sys.executable} {REPO / 'tests/fake_srun.py'} \"$@\"\n")
@@ -476,7 +495,7 @@ def test_the_sbatch_script_runs_the_pipeline_on_two_nodes_through_srun(repo, tmp
     assert "align: 2 processes (2 nodes x 1) through srun + torchrun" in proc.stdout
     assert sorted(p.name for p in (tmp_path / "homes").iterdir()) == ["node-0", "node-1"]
     for name in ("synth-scenes", "synth-motion"):
-        one = json.loads((dst / f"data/eval/{name}/metrics.json").read_text())
         two = json.loads((work / f"data/eval/{name}/metrics.json").read_text())
         for arm in ("baseline", "ftp", "random", "shuffled"):
-            assert abs(two[arm]["top1"]["mean"] - one[arm]["top1"]["mean"]) <= 1 / one["val_clips"] + 1e-9, (name, arm)
+            assert abs(two[arm]["top1"]["mean"] - one[name][arm]["top1"]["mean"]) <= 1 / one[name]["val_clips"] + 1e-9, \
+                (name, arm)

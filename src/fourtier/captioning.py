@@ -138,9 +138,10 @@ def run_captions_ranked(backend, requests: list[Request], cache: AnswerCache, ma
     batches = [missing[start:start + size] for start in range(0, len(missing), size)]
     mine = [requests[i] for batch in batches[distributed.rank()::distributed.world()] for i in batch]
     private_dir.mkdir(parents=True, exist_ok=True)
+    # kept across a crash (named by rank, not by run): a rank that is dealt the same batch again finds it there
     private = AnswerCache(private_dir / f"rank-{distributed.rank()}.sqlite")
-    try:
-        stats = run_captions(backend, mine, private, max_failures) if mine else \
+    try:  # failures are counted over the whole chunk below, as one process counts them
+        stats = run_captions(backend, mine, private, 1.0) if mine else \
             {"requests": 0, "cached": 0, "called": 0, "failed": 0, "first_errors": [], "seconds": 0.0}
         answers = private.get_many([r.key for r in mine])
     finally:
@@ -155,6 +156,11 @@ def run_captions_ranked(backend, requests: list[Request], cache: AnswerCache, ma
              "first_errors": [e for _, s in gathered for e in s["first_errors"]][:5],
              "seconds": max(s["seconds"] for _, s in gathered)}
     distributed.barrier()
+    allowed = int(max_failures * len(requests))
+    if total["failed"] > allowed:  # on every rank alike, after the answers are safe in the cache
+        raise DataError(f"{total['failed']} of {len(missing)} caption requests failed after retries "
+                        f"(caption.max_failures allows {allowed}); answers received so far are cached, so a "
+                        f"re-run asks only for the rest. First errors: " + "; ".join(total["first_errors"]))
     return total
 
 

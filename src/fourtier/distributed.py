@@ -173,7 +173,9 @@ def dropout(x: torch.Tensor, p: float, training: bool) -> torch.Tensor:
         return x
     n, part = _batch if _batch is not None else (len(x), slice(0, len(x)))
     noise = x.new_empty((n, *x.shape[1:])).bernoulli_(1 - p).div_(1 - p)
-    return x * noise[part]
+    if part != slice(0, n):
+        noise = noise[part].clone()  # not a view: autograd would keep the whole batch's mask alive
+    return x * noise
 
 
 def teardown() -> None:

@@ -202,10 +202,12 @@ def compute_features(backbone, ds_dir: Path, out_dir: Path, temporal_views: int,
             work.mkdir(parents=True)
             if cache:
                 store.create()
-        for old in work.glob("progress-*.json"):
-            old.unlink()
+        # the new progress first (atomically), then the old ranks' files: a kill in between loses no skipped clip
         _write_json(work / "progress-0.json", {"key": key, "world": world, "rank": 0, "first": first, "done": 0,
                                                "skipped": skipped})
+        for old in work.glob("progress-*.json"):
+            if old.name != "progress-0.json":
+                old.unlink()
     distributed.barrier()
     first = json.loads((work / "progress-0.json").read_text())["first"]
     progress_path = work / f"progress-{rank}.json"

@@ -44,8 +44,10 @@ def torchrun_command(rt: RuntimeParams, argv: list[str]) -> list[str]:
         if shutil.which("srun") is None:
             raise ParamsError("params.yaml: 'runtime.launcher' is srun, but there is no srun command on this host")
         endpoint = rt.rdzv_endpoint or f"{socket.gethostname()}:{DEFAULT_PORT}"
+        # newer SLURM no longer passes the allocation's --cpus-per-task on to srun: say it again
+        cpus = [f"--cpus-per-task={os.environ['SLURM_CPUS_PER_TASK']}"] if os.environ.get("SLURM_CPUS_PER_TASK") else []
         return ["srun", f"--nodes={rt.nnodes}", f"--ntasks={rt.nnodes}", "--ntasks-per-node=1", "--kill-on-bad-exit=1",
-                *torchrun, f"--nnodes={rt.nnodes}", "--rdzv-backend=c10d", f"--rdzv-endpoint={endpoint}",
+                *cpus, *torchrun, f"--nnodes={rt.nnodes}", "--rdzv-backend=c10d", f"--rdzv-endpoint={endpoint}",
                 f"--rdzv-id=fourtier-{job}", *argv]
     run_id = os.environ.get("FOURTIER_RDZV_ID", "fourtier")
     return [*torchrun, f"--nnodes={rt.nnodes}", "--rdzv-backend=c10d", f"--rdzv-endpoint={rt.rdzv_endpoint}",

@@ -319,7 +319,7 @@ def mixup_draw(gen: torch.Generator, n: int, alpha: float, prob: float) -> tuple
 
 def stage2_keys(plan: EpochPlan, first_epoch: int, epochs: int, gen_state: torch.Tensor, alpha: float, prob: float):
     """This rank's loads for every stage-2 batch from `first_epoch` on: its shard of the batch, then (for a
-    mixed batch) the mixup partners of that shard, wherever they sit in the global batch. The mixup draws
+    mixed batch, with several ranks) the mixup partners of that shard, wherever they sit in the global batch. The mixup draws
     come from a copy of the training loop's generator, drawn in the same order, so both see the same ones."""
     gen = torch.Generator()
     gen.set_state(gen_state)
@@ -327,7 +327,7 @@ def stage2_keys(plan: EpochPlan, first_epoch: int, epochs: int, gen_state: torch
         for idx, views in plan.epoch(epoch):
             part = distributed.shard(len(idx))
             draw = mixup_draw(gen, len(idx), alpha, prob)
-            if draw is None:
+            if draw is None or distributed.world() == 1:  # one process has every partner in its batch already
                 yield idx[part], views[part]
             else:
                 partners = draw[1][part].numpy()
@@ -363,6 +363,8 @@ def train_classifier(model, source, train_idx: np.ndarray, labels: np.ndarray, s
         sched.load_state_dict(state["scheduler"])
         gen.set_state(state["generator"].cpu())
         torch.set_rng_state(state["torch_rng"].cpu())  # dropout draws from the global generator
+        if device.type == "cuda" and "cuda_rng" in state:  # or, on a GPU, from the device's
+            torch.cuda.set_rng_state(state["cuda_rng"].cpu(), device)
         start_epoch, history = state["epoch"], state["history"]
         if distributed.is_main():
             print(f"  resuming {tag} from epoch {start_epoch}", flush=True)
@@ -388,7 +390,8 @@ def train_classifier(model, source, train_idx: np.ndarray, labels: np.ndarray, s
                 lam, perm = draw
                 k = len(target)
                 partner = F_one_hot(y[idx[perm[part]]], n_classes) * (1 - label_smoothing) + label_smoothing / n_classes
-                m = lam * m[:k] + (1 - lam) * m[k:]
+                partner_m = m[perm] if distributed.world() == 1 else m[k:]  # under DDP: loaded after the shard
+                m = lam * m[:k] + (1 - lam) * partner_m
                 target = lam * target + (1 - lam) * partner
             opt.zero_grad()
             total += classifier_backward(trained, m, target.to(device), len(idx), device)
@@ -400,7 +403,8 @@ def train_classifier(model, source, train_idx: np.ndarray, labels: np.ndarray, s
         if checkpoint is not None:
             checkpoints.save({"model": model.state_dict(), "optimizer": opt.state_dict(),
                               "scheduler": sched.state_dict(), "generator": gen.get_state(),
-                              "torch_rng": torch.get_rng_state(), "epoch": epoch + 1, "history": history},
+                              "torch_rng": torch.get_rng_state(), "epoch": epoch + 1, "history": history,
+                              **({"cuda_rng": torch.cuda.get_rng_state(device)} if device.type == "cuda" else {})},
                              checkpoint)
         if on_epoch is not None:
             on_epoch()
