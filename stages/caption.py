@@ -43,19 +43,21 @@ def main() -> None:
     settings = {**backend.settings, "K": params.K}
     chunks = build_requests(paths.tiles(args.dataset), params.K, cap.prompts, backend.model_id, settings)
     cache = AnswerCache()
-    if args.dry_run:
-        needed, missing = 0, []
+    if args.dry_run:  # a chunk at a time, as the run itself: memory bounded by the chunk, whatever the corpus
+        needed = cached_n = calls_n = tokens_in = tokens_out = 0
         for requests in chunks:
             cached = cache.get_many([r.key for r in requests])
-            needed += len(requests)
-            missing += [r for r in requests if r.key not in cached]
-        calls = joint_requests(missing)[0] if backend.joint else missing  # what would be sent
+            missing = [r for r in requests if r.key not in cached]
+            calls = joint_requests(missing)[0] if backend.joint else missing  # what would be sent
+            needed, cached_n, calls_n = needed + len(requests), cached_n + len(requests) - len(missing), calls_n + len(calls)
+            if hasattr(backend, "estimate") and calls:
+                part = backend.estimate(calls)  # additive over requests
+                tokens_in, tokens_out = tokens_in + part["input_tokens"], tokens_out + part["output_tokens"]
         print(f"caption {args.dataset} with {params.vlm} ({backend.model_id}): {needed} answers needed, "
-              f"{needed - len(missing)} cached, {len(calls)} calls to make" + (" (joint: one per tile)" if backend.joint else ""))
-        if hasattr(backend, "estimate") and calls:
-            est = backend.estimate(calls)
-            print(f"  estimated: {est['input_tokens']:,} input + up to {est['output_tokens']:,} output tokens, "
-                  f"about ${est['cost_usd']:.2f} (prices from vlms.{params.vlm})")
+              f"{cached_n} cached, {calls_n} calls to make" + (" (joint: one per tile)" if backend.joint else ""))
+        if hasattr(backend, "estimate") and calls_n:
+            print(f"  estimated: {tokens_in:,} input + up to {tokens_out:,} output tokens, "
+                  f"about ${backend.cost(tokens_in, tokens_out):.2f} (prices from vlms.{params.vlm})")
         return
     out = paths.captions(args.dataset)
     stats = {"cached": 0, "called": 0, "failed": 0, "seconds": 0.0}
