@@ -110,12 +110,17 @@ def run_captions(backend, requests: list[Request], cache: AnswerCache, max_failu
     if missing:
         backend.run(missing, on_record)
     stats["seconds"] = time.perf_counter() - start
-    allowed = int(max_failures * len(requests))
+    check_failures(stats, len(missing), len(requests), max_failures)
+    return stats
+
+
+def check_failures(stats: dict, asked: int, requests: int, max_failures: float) -> None:
+    """Stop when more of a chunk's requests failed than caption.max_failures allows (a fraction of the chunk)."""
+    allowed = int(max_failures * requests)
     if stats["failed"] > allowed:
-        raise DataError(f"{stats['failed']} of {len(missing)} caption requests failed after retries "
+        raise DataError(f"{stats['failed']} of {asked} caption requests failed after retries "
                         f"(caption.max_failures allows {allowed}); answers received so far are cached, so a "
                         f"re-run asks only for the rest. First errors: " + "; ".join(stats["first_errors"]))
-    return stats
 
 
 def run_captions_ranked(backend, requests: list[Request], cache: AnswerCache, max_failures: float,
@@ -156,11 +161,7 @@ def run_captions_ranked(backend, requests: list[Request], cache: AnswerCache, ma
              "first_errors": [e for _, s in gathered for e in s["first_errors"]][:5],
              "seconds": max(s["seconds"] for _, s in gathered)}
     distributed.barrier()
-    allowed = int(max_failures * len(requests))
-    if total["failed"] > allowed:  # on every rank alike, after the answers are safe in the cache
-        raise DataError(f"{total['failed']} of {len(missing)} caption requests failed after retries "
-                        f"(caption.max_failures allows {allowed}); answers received so far are cached, so a "
-                        f"re-run asks only for the rest. First errors: " + "; ".join(total["first_errors"]))
+    check_failures(total, len(missing), len(requests), max_failures)  # every rank alike, the answers safe in the cache
     return total
 
 
