@@ -148,6 +148,15 @@ class NpyFile:
         self.offset = len(header)
         self.fd = os.open(self.path, os.O_RDWR)
 
+    @classmethod
+    def open(cls, path: Path, shape: tuple[int, ...], dtype) -> "NpyFile":
+        """The file another process created, opened to write in place (not re-created)."""
+        array = cls.__new__(cls)
+        array.path, array.shape, array.dtype = Path(path), tuple(int(s) for s in shape), np.dtype(dtype)
+        array.offset = len(_header(array.shape, array.dtype))
+        array.fd = os.open(array.path, os.O_RDWR)
+        return array
+
     def write(self, prefix: tuple[int, ...], values: np.ndarray) -> None:
         inner = int(np.prod(self.shape[len(prefix):], dtype=np.int64))
         start = int(np.ravel_multi_index(prefix, self.shape[:len(prefix)])) * inner if prefix else 0

@@ -122,19 +122,6 @@ def make_encoder(name: str, presets: dict, max_length: int = 256, device: str = 
 # ---------------------------------------------------------------------------------------------
 # the embed stage's output: data/embeddings/<ds>/
 
-def _open_in_place(path: Path, shape: tuple[int, ...], dtype):
-    """The NpyFile that rank 0 created, opened by another rank to write its rows in place (not re-created)."""
-    import os
-
-    from fourtier.shards import NpyFile, _header
-
-    array = NpyFile.__new__(NpyFile)
-    array.path, array.shape, array.dtype = Path(path), tuple(int(s) for s in shape), np.dtype(dtype)
-    array.offset = len(_header(array.shape, array.dtype))
-    array.fd = os.open(path, os.O_RDWR)
-    return array
-
-
 def embed_captions(captions: list[dict], out_dir: Path, encoder: TextEncoder, batch_size: int, max_tokens: int) -> dict | None:
     """Encode every answer; write tokens.npy (N,4,L,D), mask.npy (N,4,L), pooled.npy (N,4,P) in float16.
 
@@ -162,7 +149,7 @@ def embed_captions(captions: list[dict], out_dir: Path, encoder: TextEncoder, ba
         arrays = {name: NpyFile(out_dir / f"{name}.npy", *spec) for name, spec in shapes.items()}
     distributed.barrier()
     if not distributed.is_main():
-        arrays = {name: _open_in_place(out_dir / f"{name}.npy", *spec) for name, spec in shapes.items()}
+        arrays = {name: NpyFile.open(out_dir / f"{name}.npy", *spec) for name, spec in shapes.items()}
     tokens, mask, pooled = arrays["tokens"], arrays["mask"], arrays["pooled"]
     todo = [r for r in captions if r["answer"].strip()]
     # templated answers repeat (a third of the default corpus): encode each distinct text once
