@@ -56,6 +56,8 @@ def names_rank(main):
                 "again to resume from the last checkpoint") from None
 
     return wrapper
+
+
 def world() -> int:
     return dist.get_world_size() if dist.is_initialized() and not _solo else 1
 
