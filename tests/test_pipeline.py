@@ -499,3 +499,57 @@ def test_the_sbatch_script_runs_the_pipeline_on_two_nodes_through_srun(repo, tmp
         for arm in ("baseline", "ftp", "random", "shuffled"):
             assert abs(two[arm]["top1"]["mean"] - one[name][arm]["top1"]["mean"]) <= 1 / one[name]["val_clips"] + 1e-9, \
                 (name, arm)
+
+
+def test_a_sharded_corpus_gives_the_tiles_and_m_of_one_file_per_clip(repo, tmp_path):
+    """download.shard_above below the corpus: its videos go into zip shards (24 clips, 7 per shard: 4 shards, the
+    last one short) and annotations.csv gives each clip's member. Tiling and the feature cache read the clips
+    from there, and write the very bytes they write from one file per clip."""
+    import json
+    import zipfile
+
+    dst, _ = repo
+    work = default_copy(dst, tmp_path / "work")
+    ds = work / "data/raw/synth-pretrain"
+    outputs = lambda: {p.relative_to(work).as_posix(): p.read_bytes() for d in ("data/tiles/synth-pretrain",
+                       "data/features/synth-pretrain") for p in sorted((work / d).rglob("*")) if p.is_file()}
+    files_before = outputs()
+    videos_before = {p.name: p.read_bytes() for p in (ds / "videos").iterdir()}
+    manifest_before = json.loads((ds / "manifest.json").read_text())
+    raw = yaml.safe_load((work / "params.yaml").read_text())
+    raw["download"].update(shard_above=10, shard_size=7)
+    (work / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
+    proc = run(["dvc", "repro", "tile@synth-pretrain", "features-pretrain@synth-pretrain"], work)
+    assert "in 4 shards" in proc.stdout
+    assert sorted(p.name for p in ds.iterdir()) == ["annotations.csv", "attributes.csv", "classes.txt",
+                                                    "manifest.json", "shards"]
+    with open(ds / "annotations.csv", newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    assert [r["path"].split(":")[0] for r in rows] == [f"shards/shard-{i // 7:05d}.zip" for i in range(24)]
+    for r in rows:  # each location holds that clip's own bytes
+        shard, member = r["path"].split(":")
+        with zipfile.ZipFile(ds / shard) as zf:
+            assert zf.getinfo(member).compress_type == zipfile.ZIP_STORED
+            assert zf.read(member) == videos_before[f"{r['video_id']}.mp4"]
+    manifest = json.loads((ds / "manifest.json").read_text())
+    assert list(manifest["checksums"].values()) == list(manifest_before["checksums"].values())
+    assert manifest["shards"] == {"clips_per_shard": 7, "count": 4}
+    assert outputs() == files_before
+
+
+def test_outputs_are_links_into_the_cache_and_reruns_leave_the_cache_intact(repo):
+    """.dvc/config's cache.type links outputs to the cache (hardlinks on one filesystem): a tracked file is its
+    cache object, read-only. After the re-runs of the tests above (params changed, stages re-run, outputs
+    replaced), every cache object still holds the bytes its name (their md5) says: no stage wrote into a linked
+    output."""
+    import hashlib
+
+    dst, _ = repo
+    tile_index = dst / "data/tiles/synth-pretrain/index.csv"
+    digest = hashlib.md5(tile_index.read_bytes()).hexdigest()
+    assert os.path.samefile(tile_index, dst / ".dvc/cache/files/md5" / digest[:2] / digest[2:])
+    assert not os.access(tile_index, os.W_OK)
+    objects = [p for p in (dst / ".dvc/cache/files/md5").rglob("*") if p.is_file() and p.suffix != ".dir"]
+    assert len(objects) > 100
+    for obj in objects:
+        assert hashlib.md5(obj.read_bytes()).hexdigest() == obj.parent.name + obj.name, obj

@@ -34,6 +34,7 @@ from fourtier.data.contract import read_annotations, read_classes
 from fourtier.errors import DataError, VideoError
 from fourtier.runtime import frozen_autocast
 from fourtier.shards import ShardedArray, rows_per_shard
+from fourtier.store import local_file
 
 # ---------------------------------------------------------------------------------------------
 # decoding in DataLoader workers
@@ -50,10 +51,11 @@ class ClipViews(torch.utils.data.Dataset):
         return len(self.paths)
 
     def __getitem__(self, i: int):
-        try:
-            return i, load_views(str(self.ds_dir / self.paths[i]), self.pre, self.tv, self.sv), ""
-        except VideoError as exc:
-            return i, None, str(exc)
+        with local_file(self.ds_dir, self.paths[i]) as path:  # a video in a shard is copied out first
+            try:
+                return i, load_views(str(path), self.pre, self.tv, self.sv), ""
+            except VideoError as exc:
+                return i, None, str(exc).replace(str(path), self.paths[i])
 
 
 def collate_clips(items):

@@ -34,7 +34,7 @@ DATASET_KEYS = {
     "ssv2": ("type", "root", "short_side"),
 }
 TOP_LEVEL_KEYS = ("vlm", "K", "backbone", "text_encoder", "prompts", "pretrain", "targets", "datasets", "vlms",
-                  "backbones", "text_encoders", "tile", "caption", "embed", "backbone_train", "features", "align",
+                  "backbones", "text_encoders", "download", "tile", "caption", "embed", "backbone_train", "features", "align",
                   "finetune", "runtime")
 
 
@@ -96,6 +96,13 @@ class SSv2Spec:
     name: str
     root: Path
     short_side: int
+
+
+@dataclass(frozen=True)
+class DownloadParams:
+    shard_above: int  # more clips than this: the videos go into zip shards (one DVC file per shard, not per clip)
+    shard_size: int  # clips per shard
+    parallel: int  # archives (e.g. Kinetics parts) fetched and unpacked at once: speed only
 
 
 @dataclass(frozen=True)
@@ -203,6 +210,7 @@ class Params:
     vlms: dict[str, dict]
     backbones: dict[str, dict]
     text_encoders: dict[str, dict]
+    download: DownloadParams
     tile: TileParams
     caption: CaptionParams
     embed: EmbedParams
@@ -477,6 +485,10 @@ def parse_params(raw: Any) -> Params:
         raise ParamsError(f"params.yaml: {both} is listed in both 'pretrain' and 'targets'; "
                           "a dataset is either the captioned pretraining corpus or a target")
 
+    download = _section(raw, "download", ("shard_above", "shard_size", "parallel"))
+    download_params = DownloadParams(shard_above=_int_at_least(download, "shard_above", "download", 0),
+                                     shard_size=_int_at_least(download, "shard_size", "download", 1),
+                                     parallel=_int_at_least(download, "parallel", "download", 1))
     tile = _section(raw, "tile", ("height", "jpeg_quality", "shard_above", "shard_size"))
     quality = _int_at_least(tile, "jpeg_quality", "tile", 1)
     if quality > 100:
@@ -578,6 +590,7 @@ def parse_params(raw: Any) -> Params:
         vlms=vlms,
         backbones=backbones,
         text_encoders=text_encoders,
+        download=download_params,
         tile=tile_params,
         caption=caption_params,
         embed=embed_params,

@@ -21,7 +21,7 @@ from fourtier.data.contract import read_annotations
 from fourtier.errors import DataError, VideoError
 from fourtier.parallel import map_progress
 from fourtier.params import TileParams
-from fourtier.store import ItemReader, ItemWriter
+from fourtier.store import ItemReader, ItemWriter, local_file
 from fourtier import video
 
 INDEX_COLUMNS = ("video_id", "status", "location", "frame_indices", "timestamps", "n_frames", "reader",
@@ -78,8 +78,11 @@ def tile_video(path: str | Path, k: int, height: int, quality: int, video_id: st
 
 
 def _tile_job(job) -> TileResult:
-    video_id, path, k, height, quality = job
-    return tile_video(path, k, height, quality, video_id)
+    video_id, ds_dir, location, k, height, quality = job
+    with local_file(ds_dir, location) as path:
+        result = tile_video(path, k, height, quality, video_id)
+    result.row["reason"] = result.row["reason"].replace(str(path), location)  # never a temporary file's name
+    return result
 
 
 def tile_dataset(ds_dir: Path, out_dir: Path, k: int, params: TileParams, workers: int) -> dict:
@@ -89,7 +92,7 @@ def tile_dataset(ds_dir: Path, out_dir: Path, k: int, params: TileParams, worker
     if not annotations:
         raise DataError(f"{ds_dir}/annotations.csv lists no videos")
     out_dir.mkdir(parents=True, exist_ok=True)
-    jobs = [(a.video_id, str(ds_dir / a.path), k, params.height, params.jpeg_quality) for a in annotations]
+    jobs = [(a.video_id, ds_dir, a.path, k, params.height, params.jpeg_quality) for a in annotations]
     start = time.perf_counter()
     rows = []
     with ItemWriter(out_dir, len(jobs), params.shard_above, params.shard_size) as writer:

@@ -1,8 +1,9 @@
 """The `download` output contract, shared by every dataset kind.
 
 data/raw/<ds>/
-  videos/...         the videos
-  annotations.csv    video_id, path (relative to the dataset folder), label, split
+  videos/...         the videos; above download.shard_above clips, shards/shard-NNNNN.zip instead (`pack_videos`)
+  annotations.csv    video_id, path (relative to the dataset folder, or shards/shard-NNNNN.zip:videos/<file> for a
+                     video in a shard: a location of fourtier.store), label, split
   classes.txt        line i = class i (the class index map, versioned with the data)
   manifest.json      counts per split and class, skipped items with reasons, source, version, checksums
 """
@@ -12,10 +13,11 @@ import csv
 import hashlib
 import json
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from fourtier.errors import DataError
+from fourtier.store import ItemWriter, open_item
 
 ANNOTATION_COLUMNS = ("video_id", "path", "label", "split")
 SPLITS = ("train", "val", "test")
@@ -30,11 +32,21 @@ class Annotation:
 
 
 def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
     with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
+        return _sha256(fh)
+
+
+def _sha256(fh) -> str:
+    digest = hashlib.sha256()
+    for block in iter(lambda: fh.read(1 << 20), b""):
+        digest.update(block)
     return digest.hexdigest()
+
+
+def sha256_item(ds_dir: Path, location: str) -> str:
+    """sha256 of a video's bytes, in a file or in a shard."""
+    with open_item(ds_dir, location) as fh:
+        return _sha256(fh)
 
 
 def write_dataset(out_dir: Path, rows: list[Annotation], classes: list[str], source: dict,
@@ -46,11 +58,7 @@ def write_dataset(out_dir: Path, rows: list[Annotation], classes: list[str], sou
     unknown = sorted({r.label for r in rows} - set(classes))
     if unknown:
         raise DataError(f"labels not in classes.txt: {unknown[:5]}")
-    with open(out_dir / "annotations.csv", "w", newline="", encoding="utf-8") as fh:
-        writer = csv.writer(fh)
-        writer.writerow(ANNOTATION_COLUMNS)
-        for r in rows:
-            writer.writerow([r.video_id, r.path, r.label, r.split])
+    _write_annotations(out_dir, rows)
     (out_dir / "classes.txt").write_text("".join(f"{c}\n" for c in classes), encoding="utf-8")
     counts: dict[str, dict[str, int]] = {}
     for (split, label), n in sorted(Counter((r.split, r.label) for r in rows).items()):
@@ -62,11 +70,71 @@ def write_dataset(out_dir: Path, rows: list[Annotation], classes: list[str], sou
         "num_classes": len(classes),
         "counts": counts,
         "skipped": skipped,
-        "checksums": {r.path: sha256_file(out_dir / r.path) for r in rows},
+        "checksums": {r.path: sha256_item(out_dir, r.path) for r in rows},
         **(extra or {}),
     }
     (out_dir / "manifest.json").write_text(json.dumps(manifest, indent=1) + "\n", encoding="utf-8")
     return manifest
+
+
+def _write_annotations(out_dir: Path, rows: list[Annotation]) -> None:
+    with open(out_dir / "annotations.csv", "w", newline="", encoding="utf-8") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(ANNOTATION_COLUMNS)
+        for r in rows:
+            writer.writerow([r.video_id, r.path, r.label, r.split])
+
+
+def prune_videos(ds_dir: Path) -> int:
+    """Delete files under videos/ that annotations.csv does not list (left by a killed run whose inputs have
+    changed since), and empty folders. Returns how many files went."""
+    listed = {r.path for r in read_annotations(ds_dir)}
+    gone = 0
+    videos = Path(ds_dir) / "videos"
+    for path in sorted(videos.rglob("*"), reverse=True) if videos.exists() else []:
+        if path.is_dir():
+            if not any(path.iterdir()):
+                path.rmdir()
+        elif path.relative_to(ds_dir).as_posix() not in listed:
+            path.unlink()
+            gone += 1
+    if videos.exists() and not any(videos.iterdir()):
+        videos.rmdir()
+    return gone
+
+
+def pack_videos(ds_dir: Path, shard_above: int, shard_size: int) -> int:
+    """Above `shard_above` clips, move the videos into zip shards of `shard_size` clips (stored members, in
+    annotation order), so DVC hashes, checks and pushes a few large files instead of one per clip. The
+    annotations' paths become the members' locations (shards/shard-00000.zip:videos/<file>) and manifest.json's
+    checksums follow them (the bytes are the same). Each shard is whole on disk before its clips' files are
+    deleted: the disk holds at most one shard twice. Returns the number of shards (0: left as files)."""
+    from tqdm import tqdm
+
+    ds_dir = Path(ds_dir)
+    rows = read_annotations(ds_dir)
+    if len(rows) <= shard_above:
+        return 0
+    located: list[Annotation] = []
+    writer = ItemWriter(ds_dir, len(rows), shard_above, shard_size)
+    with tqdm(total=len(rows), desc=f"shard {ds_dir.name}", unit="clip", dynamic_ncols=True, mininterval=1.0) as bar:
+        for start in range(0, len(rows), shard_size):
+            group = rows[start:start + shard_size]
+            for r in group:
+                located.append(replace(r, path=writer.put_file(r.path, ds_dir / r.path)))
+                bar.update()
+            writer.close()  # the shard is complete before its clips' files go
+            for r in group:
+                (ds_dir / r.path).unlink()
+    _write_annotations(ds_dir, located)
+    manifest_path = ds_dir / "manifest.json"
+    manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+    old = manifest["checksums"]
+    manifest["checksums"] = {new.path: old[r.path] for r, new in zip(rows, located)}
+    manifest["shards"] = {"clips_per_shard": shard_size, "count": -(-len(rows) // shard_size)}
+    manifest_path.write_text(json.dumps(manifest, indent=1) + "\n", encoding="utf-8")
+    prune_videos(ds_dir)
+    return manifest["shards"]["count"]
 
 
 def read_annotations(ds_dir: Path) -> list[Annotation]:
