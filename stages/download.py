@@ -37,7 +37,7 @@ def main() -> None:
     work.mkdir(parents=True, exist_ok=True)
     key_file.write_text(key)
     start = time.perf_counter()
-    manifest = registry.download(spec, work, params.workers)
+    manifest = registry.download(spec, work, params.workers, parallel=params.download.parallel)
     prune_videos(work)  # files a killed run of other inputs left
     shards = pack_videos(work, params.download.shard_above, params.download.shard_size)
     shutil.rmtree(out, ignore_errors=True)

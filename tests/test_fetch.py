@@ -10,7 +10,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from fourtier.data.fetch import extract, fetch
+from fourtier.data.fetch import extract, extract_once, fetch
 from fourtier.errors import DataError
 
 PAYLOAD = bytes(range(256)) * 4096  # 1 MiB
@@ -207,3 +207,32 @@ def test_archive_type_comes_from_the_container_not_a_member(tmp_path):
     assert zipfile.is_zipfile(archive)  # the trap: a zip directory near the end
     extract(archive, tmp_path / "out")
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["first.txt", "last.zip"]
+
+
+def test_a_half_extracted_archive_is_extracted_again_not_taken_as_done(tmp_path):
+    archive = _tar(tmp_path / "part_0.tar.gz", ["part_0/a.mp4", "part_0/b.mp4"])
+    dest = tmp_path / "videos" / "part_0"
+    # what a kill leaves: the work folder with some members, and (from code before the work folder) a dest
+    # with files but no marker
+    (tmp_path / "videos" / ".part_0.partial" / "part_0").mkdir(parents=True)
+    (tmp_path / "videos" / ".part_0.partial" / "part_0" / "a.mp4").write_bytes(b"a")
+    (dest / "part_0").mkdir(parents=True)
+    (dest / "part_0" / "a.mp4").write_bytes(b"half")
+    (dest / "part_0" / "stale.mp4").write_bytes(b"x")
+    extract_once(archive, dest)
+    files = sorted(p.relative_to(dest).as_posix() for p in dest.rglob("*") if p.is_file())
+    assert files == [".extracted", "part_0/a.mp4", "part_0/b.mp4"]
+    assert (dest / "part_0" / "a.mp4").read_bytes() == b"abc"
+    assert sorted(p.name for p in (tmp_path / "videos").iterdir()) == ["part_0"]  # no work folder left
+    (dest / "part_0" / "a.mp4").write_bytes(b"mine")
+    extract_once(archive, dest)  # done: not extracted again
+    assert (dest / "part_0" / "a.mp4").read_bytes() == b"mine"
+
+
+def test_a_set_cancel_event_stops_a_download_and_keeps_what_it_wrote(server, tmp_path):
+    cancel = threading.Event()
+    cancel.set()
+    with pytest.raises(DataError, match="another download failed or the run was interrupted; re-running resumes"):
+        fetch(f"{server}/data.bin", tmp_path / "data.bin", cancel=cancel, progress=False)
+    assert (tmp_path / "data.bin.part").exists() and not (tmp_path / "data.bin").exists()
+    assert fetch(f"{server}/data.bin", tmp_path / "data.bin", progress=False).read_bytes() == PAYLOAD

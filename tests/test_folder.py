@@ -215,3 +215,132 @@ def test_symlink_loops_and_broken_symlinks_are_skipped_with_what_they_are(tmp_pa
     assert reasons["absent.mp4"] == "file not found"
     assert manifest["missing_ids"] == sorted(reasons)
     assert manifest["accounting"]["train"]["x"] == {"expected": 6, "present": 2, "missing": 4, "unreadable": 0}
+
+
+# --- resuming a killed ingest, and conforming clips that are never re-encoded ---------------------------------
+
+KILL_AFTER = """
+import os, signal, sys
+from pathlib import Path
+from fourtier.data import folder
+from fourtier.params import FolderSpec
+
+done, original = [0], folder.ingest_one
+
+def ingest_one_then_die(job):
+    if done[0] == int(sys.argv[4]):  # SIGKILL while the next clip is half-written, as a kill -9 would
+        Path(job[1]).with_name(folder.PARTIAL_PREFIX + Path(job[1]).name + ".mp4").write_bytes(b"half a clip")
+        os.kill(os.getpid(), signal.SIGKILL)
+    done[0] += 1
+    return original(job)
+
+folder.ingest_one = ingest_one_then_die
+spec = FolderSpec(name="mine", root=Path(sys.argv[1]), csv=Path(sys.argv[2]), val_fraction=0.0, short_side=32, seed=0)
+folder.download(spec, Path(sys.argv[3]), workers=1)
+"""
+
+
+def resumable_folder(tmp_path, n=8):
+    """n clips: the even ones need normalising to short side 32, the odd ones already conform."""
+    root = tmp_path / "videos"
+    root.mkdir()
+    for i in range(n):
+        write_video(root / f"c{i}.mp4", index_frames(4 + i, 48, 64) if i % 2 == 0 else index_frames(4 + i, 32, 48))
+    write_video(root / "broken.mp4", index_frames(4))
+    (root / "broken.mp4").write_bytes((root / "broken.mp4").read_bytes()[:300])  # skipped: its result is kept too
+    rows = [["broken.mp4", "x"]] + [[f"c{i}.mp4", "xy"[i % 2]] for i in range(n)]
+    return root, write_csv(tmp_path / "labels.csv", rows)
+
+
+def kill_ingest_after(root, csv_path, out_dir, clips):
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, "-c", KILL_AFTER, str(root), str(csv_path), str(out_dir), str(clips)],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == -9, proc.stderr[-2000:]
+
+
+def counting_ingest_one(monkeypatch):
+    calls = []
+
+    def counted(job):
+        calls.append(job[1].name)
+        return original(job)
+
+    original = folder.ingest_one
+    monkeypatch.setattr(folder, "ingest_one", counted)
+    return calls
+
+
+def dataset_files(out_dir):
+    return {p.relative_to(out_dir).as_posix(): p.read_bytes() for p in sorted(out_dir.rglob("*")) if p.is_file()}
+
+
+def test_a_killed_ingest_resumes_without_redoing_finished_clips(tmp_path, monkeypatch):
+    root, csv_path = resumable_folder(tmp_path)
+    out = tmp_path / "killed" / "mine"
+    kill_ingest_after(root, csv_path, out, clips=4)
+    journal = out / folder.JOURNAL
+    assert len(journal.read_text().splitlines()) == 4 and not (out / "annotations.csv").exists()
+    with open(journal, "ab") as fh:
+        fh.write(b'{"v": 1, "id": "c4", "sou')  # a line cut short by the kill
+    finished = {p.name: p.stat().st_mtime_ns for p in (out / "videos").iterdir() if not p.name.startswith(".")}
+    assert sorted(finished) == ["c0.mp4", "c1.mp4", "c2.mp4"]  # broken.mp4 was the first of the four
+
+    calls = counting_ingest_one(monkeypatch)
+    manifest = folder.download(spec_for(root, csv_path, short_side=32), out, workers=1)
+    assert calls == ["c3", "c4", "c5", "c6", "c7"]  # only the clips the killed run had not finished
+    assert {n: (out / "videos" / n).stat().st_mtime_ns for n in finished} == finished  # not written again
+    assert manifest["normalised"] == 4 and manifest["remuxed"] == 0 and len(manifest["skipped"]) == 1
+
+    calls.clear()
+    whole = tmp_path / "whole" / "mine"
+    folder.download(spec_for(root, csv_path, short_side=32), whole, workers=1)
+    assert len(calls) == 9
+    assert dataset_files(out) == dataset_files(whole)  # same annotations, manifest and videos; no journal left
+    assert not journal.exists() and "annotations.csv" in dataset_files(out)
+
+
+def test_a_resumed_ingest_redoes_clips_whose_source_or_stored_file_changed(tmp_path, monkeypatch):
+    root, csv_path = resumable_folder(tmp_path)
+    out = tmp_path / "raw"
+    kill_ingest_after(root, csv_path, out, clips=6)  # broken, c0 ... c4 done
+    write_video(root / "c1.mp4", index_frames(12, 32, 48))  # replaced since: other size and mtime
+    (out / "videos" / "c2.mp4").write_bytes(b"damaged")  # the stored file no longer matches its journal line
+    calls = counting_ingest_one(monkeypatch)
+    manifest = folder.download(spec_for(root, csv_path, short_side=32), out, workers=1)
+    assert calls == ["c1", "c2", "c5", "c6", "c7"]
+    assert (out / "videos" / "c1.mp4").read_bytes() == (root / "c1.mp4").read_bytes()
+    assert manifest["num_videos"] == 8 and video.decode_check(out / "videos" / "c2.mp4").frames == 6
+
+    kill_ingest_after(root, csv_path, out, clips=3)  # the same clips, another short side: nothing is reused
+    calls.clear()
+    folder.download(spec_for(root, csv_path, short_side=24), out, workers=1)
+    assert len(calls) == 9
+
+
+def packet_hashes(path):
+    """MD5 of every coded video packet: equal for a stream copy, different after any re-encode."""
+    proc = run_ffmpeg(["-i", str(path), "-map", "0:v:0", "-c", "copy", "-f", "framemd5", "-"])
+    assert proc.returncode == 0, proc.stderr.decode()[-300:]
+    return [line.rsplit(",", 1)[1].strip() for line in proc.stdout.decode().splitlines() if not line.startswith("#")]
+
+
+def test_a_conforming_clip_that_decord_cannot_open_is_stream_copied_not_reencoded(tmp_path):
+    root = tmp_path / "videos"
+    root.mkdir()
+    # VP9 WebM written to a pipe, so its header has no duration, as SSv2's clips: decord cannot open it
+    proc = run_ffmpeg(["-f", "lavfi", "-i", "testsrc=size=64x48:rate=10:duration=1", "-c:v", "libvpx-vp9",
+                       "-b:v", "100k", "-f", "webm", "pipe:1"])
+    assert proc.returncode == 0, proc.stderr.decode()[-300:]
+    (root / "ssv2like.webm").write_bytes(proc.stdout)
+    assert not folder.decord_opens(root / "ssv2like.webm")
+    write_video(root / "small.mp4", index_frames(6, 40, 56))
+    csv_path = write_csv(tmp_path / "labels.csv", [["ssv2like.webm", "x"], ["small.mp4", "y"]])
+    manifest = folder.download(spec_for(root, csv_path, short_side=48), tmp_path / "raw", workers=1)
+    assert manifest["normalised"] == 1 and manifest["remuxed"] == 1 and manifest["skipped"] == []
+    stored = {a.video_id: tmp_path / "raw" / a.path for a in read_annotations(tmp_path / "raw")}
+    assert stored["ssv2like"].suffix == ".mp4" and folder.decord_opens(stored["ssv2like"])
+    assert packet_hashes(stored["ssv2like"]) == packet_hashes(root / "ssv2like.webm")  # the same coded frames
+    assert stored["small"].read_bytes() == (root / "small.mp4").read_bytes()  # short side 40 <= 48: kept

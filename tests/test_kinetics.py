@@ -1,5 +1,6 @@
 """Kinetics from a local CVDF-style mirror on 127.0.0.1, and K710's list logic, offline."""
 import tarfile
+from pathlib import Path
 
 import pytest
 
@@ -88,3 +89,89 @@ def test_kinetics_from_a_local_mirror(tmp_path):
     assert manifest["accounting"]["val"]["abseiling"]["present"] == 1
     ids = (tmp_path / "raw/k400/annotations.csv").read_text()
     assert "yt1_000000_000010,videos/yt1_000000_000010.mp4,abseiling,train" in ids
+
+
+def _cvdf_version(www, build, url, folder, clips):
+    """One version's CVDF layout under www/<folder>: per split an annotation CSV, a path list and one tar.gz
+    part per clip."""
+    from helpers import index_frames, write_video
+
+    (www / folder / "annotations").mkdir(parents=True, exist_ok=True)
+    for split, items in clips.items():
+        (www / folder / split).mkdir(parents=True)
+        lines = ["label,youtube_id,time_start,time_end,split"] + [f"{label},{y},0,10,{split}" for y, label in items]
+        (www / folder / "annotations" / f"{split}.csv").write_text("\n".join(lines) + "\n")
+        parts = []
+        for p, (y, _) in enumerate(items):
+            src = build / folder / split / f"part_{p}"
+            src.mkdir(parents=True)
+            write_video(src / f"{clip_name(y, 0, 10)}.mp4", index_frames(6, 32, 48))
+            with tarfile.open(www / folder / split / f"part_{p}.tar.gz", "w:gz") as tf:
+                tf.add(src, arcname=f"part_{p}")
+            parts.append(f"{url}/{folder}/{split}/part_{p}.tar.gz")
+        (www / folder / split / f"k{folder}_{split}_path.txt").write_text("\n".join(parts) + "\n")
+
+
+def test_k710_parts_of_three_versions_download_in_parallel(tmp_path):
+    """Every part of K400, K600 and K700 in one pool: with download.parallel 3, three archive requests are in
+    flight at once (each is held 0.3 s by the server), and the result is the K710 of the merged lists."""
+    import functools
+    import threading
+    import time
+    from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+
+    from fourtier.data.registry import download
+
+    in_flight, most = [0], [0]
+    lock = threading.Lock()
+
+    class SlowArchives(SimpleHTTPRequestHandler):
+        def log_message(self, *args):
+            pass
+
+        def do_GET(self):
+            if not self.path.endswith(".tar.gz"):
+                return super().do_GET()
+            with lock:
+                in_flight[0] += 1
+                most[0] = max(most[0], in_flight[0])
+            time.sleep(0.3)
+            try:
+                return super().do_GET()
+            finally:
+                with lock:
+                    in_flight[0] -= 1
+
+    www = tmp_path / "www"
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(SlowArchives, directory=str(www)))
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{httpd.server_address[1]}"
+    try:
+        versions = {"400": {"train": [("a", "abseiling"), ("b", "archery")], "val": [("v1", "archery")]},
+                    "600": {"train": [("a", "abseiling"), ("c", "arm wrestling")], "val": [("v2", "abseiling")]},
+                    "700_2020": {"train": [("v1", "archery"), ("d", "baking cookies")],
+                                 "val": [("v3", "baking cookies")]}}
+        for folder, clips in versions.items():
+            _cvdf_version(www, tmp_path / "build", url, folder, clips)
+        spec = _dataset_spec("k710", {"type": "k710", "short_side": 32, "base_url": url,
+                                      "cache_dir": str(tmp_path / "cache")})
+        manifest = download(spec, tmp_path / "raw" / "k710", workers=1, parallel=3)
+    finally:
+        httpd.shutdown()
+    assert most[0] == 3  # 9 parts, three at a time (one at a time: never more than one in flight)
+    assert manifest["num_videos"] == 7 and manifest["skipped"] == []  # a (twice) and v1 (a val clip) once each
+    train = {r.split(",")[0] for r in (tmp_path / "raw/k710/annotations.csv").read_text().splitlines() if ",train" in r}
+    assert train == {"a_000000_000010", "b_000000_000010", "c_000000_000010", "d_000000_000010"}
+    assert not list((tmp_path / "cache").rglob("*.partial"))  # every work folder renamed into place
+
+
+def test_a_part_that_does_not_unpack_is_named_with_the_fix(tmp_path):
+    from fourtier.data.kinetics import fetch_parts
+    from fourtier.errors import DataError
+
+    archive = tmp_path / "part_0.tar.gz"
+    with tarfile.open(archive, "w:gz") as tf:
+        tf.add(Path(__file__), arcname="part_0/a.mp4")
+    archive.write_bytes(archive.read_bytes()[:400])  # whole as far as HTTP knew, but cut: the tar ends early
+    with pytest.raises(DataError, match=r"part_0.tar.gz: .*delete it and re-run to download it again"):
+        fetch_parts([("http://127.0.0.1:9/part_0.tar.gz", archive, tmp_path / "videos" / "part_0")], parallel=2)

@@ -78,10 +78,10 @@ def test_every_readable_clip_is_tiled_with_display_geometry(ingested):
         assert indices == sorted(indices) and max(indices) < frames
 
 
-def test_webm_without_duration_is_reencoded_at_ingest_and_tiled_through_ffmpeg_directly(ingested, testvideos):
+def test_webm_without_duration_is_stream_copied_at_ingest_and_tiled_through_ffmpeg_directly(ingested, testvideos):
     tmp, manifest, _ = ingested
-    # decord cannot open it, so the folder ingest stores an H.264 copy that every stage can read
-    assert manifest["normalised"] == 1
+    # decord cannot open it, so the folder ingest stores its stream in MP4 (no re-encode), which every stage reads
+    assert manifest["normalised"] == 1 and manifest["remuxed"] == 1
     row = next(r for r in read_tile_index(tmp / "tiles") if r["video_id"] == "imageio_test")
     assert row["reader"] == "decord" and row["status"] == "ok"
     # the original file itself still tiles, through the ffmpeg reader

@@ -6,6 +6,8 @@
     fourtier info                                                  resolved params, presets, artifacts present
     fourtier ablate {prompts,K,vlm,backbone,shots} [VALUES...]     queue ablations as DVC experiments
     fourtier report [--json exp_show.json] [--out report.md]      paper-style tables from `dvc exp show --json`
+    fourtier plan                                                  the bill before a run: disk, DVC files and
+                                                                   cache, captioning requests and price, time
 
 Bad input (missing file, unreadable video, no trained model yet) gets a message and exit code 2.
 """
@@ -30,7 +32,7 @@ def _video(path: str) -> str:
 
 def _decodable(path: str, tmp: Path) -> str:
     """The video as the folder ingest stores it, at its own size: pixels made square (the feature pipeline
-    reads frames as stored) and re-encoded when decord cannot open the container. Corrupt or truncated files
+    reads frames as stored) and its stream copied into MP4 when decord cannot open the container. Corrupt or truncated files
     get a clear error instead."""
     from fourtier.data.folder import ingest_one
 
@@ -290,7 +292,8 @@ def main(argv=None) -> None:
                    help="an extra -S for every experiment, e.g. --set finetune.seeds=[0]")
     a.add_argument("--dry-run", action="store_true", help="print the dvc commands without queueing")
     a.set_defaults(run=ablate)
-    pl = sub.add_parser("plan", help="clips, disk per stage, memory bound and time per stage before a run")
+    pl = sub.add_parser("plan", help="the bill before a run: clips, disk and DVC files per output, the DVC cache, "
+                                     "memory bound, captioning requests, tokens and price, time per stage")
     pl.set_defaults(run=plan_command)
     r = sub.add_parser("report", help="Markdown tables shaped like the paper's from `dvc exp show --json`")
     r.add_argument("--json", help="a saved `dvc exp show --json` output (default: run it)")

@@ -85,10 +85,11 @@ def _write_annotations(out_dir: Path, rows: list[Annotation]) -> None:
             writer.writerow([r.video_id, r.path, r.label, r.split])
 
 
-def prune_videos(ds_dir: Path) -> int:
-    """Delete files under videos/ that annotations.csv does not list (left by a killed run whose inputs have
-    changed since), and empty folders. Returns how many files went."""
-    listed = {r.path for r in read_annotations(ds_dir)}
+def prune_videos(ds_dir: Path, listed: set[str] | None = None) -> int:
+    """Delete files under videos/ that the annotations do not list (`listed`: their paths; default those of
+    annotations.csv): half-written files of a killed run, or clips of inputs that have changed since. Empty
+    folders go too. Returns how many files went."""
+    listed = {r.path for r in read_annotations(ds_dir)} if listed is None else listed
     gone = 0
     videos = Path(ds_dir) / "videos"
     for path in sorted(videos.rglob("*"), reverse=True) if videos.exists() else []:

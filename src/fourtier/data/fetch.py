@@ -6,11 +6,14 @@ guarded by If-Range (the ETag or Last-Modified the server gave when the download
 being spliced),
 retries transient errors (connection resets, timeouts, 5xx) with back-off, and verifies the result against a
 known size and/or sha256. A mismatch is an error and the bad file is moved aside (`<name>.bad`), never used.
-A dead link (404, 410, 403) fails at once with the URL in the message.
+A dead link (404, 410, 403) fails at once with the URL in the message. Several fetches may run at once in
+threads (distinct destinations); then `progress=False` leaves the bar to the caller, and a `cancel` event set by
+it stops the others within one block (what they wrote is kept for the resume).
 
 `extract` unpacks tar (with the `data` filter), zip and rar archives, refusing absolute paths, `..`
 traversal and links that leave the destination. The type comes from the container's own first bytes
-(never from a member: a tar whose last member is a zip is a tar).
+(never from a member: a tar whose last member is a zip is a tar). `extract_once` unpacks into a work folder
+beside the destination and renames it into place when complete, so a killed extraction is never taken as done.
 """
 from __future__ import annotations
 
@@ -18,6 +21,7 @@ import json
 import shutil
 import socket
 import tarfile
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -64,7 +68,8 @@ def _resumable(url: str, part: Path, retry: bool) -> tuple[bool, str]:
     return bool(validator) or retry, validator
 
 
-def _stream(url: str, part: Path, timeout: float, desc: str, retry: bool = False) -> None:
+def _stream(url: str, part: Path, timeout: float, desc: str, retry: bool = False, progress: bool = True,
+            cancel: threading.Event | None = None) -> None:
     """Append the rest of `url` to `part`, starting from its current size when the server's file is unchanged."""
     from tqdm import tqdm
 
@@ -93,8 +98,11 @@ def _stream(url: str, part: Path, timeout: float, desc: str, retry: bool = False
         total = int(total) if total.isdigit() else (int(response.headers.get("Content-Length") or 0) + have) or None
         with open(part, "ab" if have else "wb") as fh, \
                 tqdm(total=total, initial=have, unit="B", unit_scale=True, desc=desc, dynamic_ncols=True,
-                     mininterval=1.0) as bar:
+                     mininterval=1.0, disable=not progress) as bar:
             while True:
+                if cancel is not None and cancel.is_set():
+                    raise DataError(f"{url}: stopped, as another download failed or the run was interrupted; "
+                                    f"re-running resumes from the {fh.tell()} bytes in {part}")
                 block = response.read(CHUNK)
                 if not block:
                     break
@@ -105,8 +113,10 @@ def _stream(url: str, part: Path, timeout: float, desc: str, retry: bool = False
 
 
 def fetch(url: str, dest: Path, sha256: str | None = None, size: int | None = None, retries: int = 4,
-          timeout: float = 30.0, backoff: float = 2.0) -> Path:
-    """Download url to dest (resumable, verified). Returns dest; a verified dest is not downloaded again."""
+          timeout: float = 30.0, backoff: float = 2.0, progress: bool = True,
+          cancel: threading.Event | None = None) -> Path:
+    """Download url to dest (resumable, verified). Returns dest; a verified dest is not downloaded again.
+    progress: a byte bar for this file; cancel: stop when it is set (module doc)."""
     dest = Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
     if dest.exists() and not _check(dest, sha256, size):
@@ -114,7 +124,7 @@ def fetch(url: str, dest: Path, sha256: str | None = None, size: int | None = No
     part = dest.with_name(dest.name + ".part")
     for attempt in range(retries + 1):
         try:
-            _stream(url, part, timeout, dest.name, retry=attempt > 0)
+            _stream(url, part, timeout, dest.name, retry=attempt > 0, progress=progress, cancel=cancel)
             break
         except urllib.error.HTTPError as exc:
             if exc.code in PERMANENT_HTTP:
@@ -171,7 +181,8 @@ def archive_kind(archive: Path) -> str:
         return "zip"
     if tarfile.is_tarfile(archive):  # plain, gzip, bzip2 or xz: the first member's header must parse
         return "tar"
-    raise DataError(f"{archive} is not a zip, tar or rar archive")
+    raise DataError(f"{archive} is not a zip, tar or rar archive (damaged, or not the file expected); delete it "
+                    "and re-run to download it again")
 
 
 def extract(archive: Path, dest: Path) -> None:
@@ -203,15 +214,24 @@ ARCHIVE_SUFFIXES = (".rar", ".zip", ".tar", ".tar.gz", ".tgz")
 
 def extract_once(archive: Path, dest: Path) -> None:
     """Extract into dest unless a previous run finished it (a marker names the archive); nested archives
-    (HMDB51 ships one rar per class) are extracted where they lie."""
+    (HMDB51 ships one rar per class) are extracted where they lie. The work happens in `.<dest>.partial` beside
+    dest, renamed to dest when complete: a kill leaves no dest that looks done, and the next run starts the
+    work folder afresh. Archives with distinct destinations may be extracted at once."""
+    archive, dest = Path(archive), Path(dest)
     done = dest / ".extracted"
     if done.exists() and done.read_text() == archive.name:
         return
-    extract(archive, dest)
-    for inner in sorted(p for p in dest.rglob("*") if p.name.lower().endswith(ARCHIVE_SUFFIXES)):
+    work = dest.with_name(f".{dest.name}.partial")
+    if work.exists():  # left by a killed run
+        shutil.rmtree(work)
+    extract(archive, work)
+    for inner in sorted(p for p in work.rglob("*") if p.name.lower().endswith(ARCHIVE_SUFFIXES)):
         extract(inner, inner.parent)
         inner.unlink()
-    done.write_text(archive.name)
+    (work / ".extracted").write_text(archive.name)
+    if dest.exists():  # an extraction of an older run that never finished, or of another archive
+        shutil.rmtree(dest)
+    work.rename(dest)
 
 
 def _extract_rar(archive: Path, dest: Path) -> None:

@@ -12,7 +12,17 @@ script are kept, so `日本語.mp4` is `日本語` and `café`/`cafè` stay apar
 Paths outside `root` (absolute, or leading out with `..`) are read, said on the console and listed in the manifest under
 `outside_root`, since moving `root` alone then does not move the dataset. With `short_side` > 0, videos are normalised with
 ffmpeg: rotation metadata applied, pixels made square, rescaled so the short side is at most
-`short_side` (never upscaled), keeping the aspect ratio. Videos that already conform are copied as they are.
+`short_side` (never upscaled), keeping the aspect ratio. Videos that already conform are never re-encoded: they
+are copied as they are, or, when decord (the feature pipeline's reader) cannot open their container (e.g. a WebM
+without a duration), their video stream is copied into an MP4 (else Matroska) container (`-c copy`). Only a
+conforming clip whose stream decord cannot read in either container is re-encoded; `normalised` in the manifest
+counts the stored files that are not the source bytes, `remuxed` those of them that are stream copies.
+
+Ingest resumes after a kill at clip granularity: each finished clip's result (stored file, or skipped with the
+reason) is appended as one JSON line to `<out_dir>/.ingest.jsonl`; a re-run into the same out_dir reuses the
+results of clips whose stored file is still there (same size) and whose source (path, size, mtime) and short_side
+are unchanged, and does the rest. Files are written under a temporary name and renamed when complete, so a
+stored file is never half-written. The journal is deleted once the dataset is written.
 """
 from __future__ import annotations
 
@@ -20,6 +30,7 @@ import csv
 import errno
 import hashlib
 import io
+import json
 import os
 import shutil
 import stat
@@ -27,7 +38,7 @@ import unicodedata
 from itertools import groupby
 from pathlib import Path
 
-from fourtier.data.contract import SPLITS, Annotation, write_dataset
+from fourtier.data.contract import SPLITS, Annotation, prune_videos, write_dataset
 from fourtier.errors import DataError, VideoError
 from fourtier.parallel import map_progress
 from fourtier import video
@@ -146,7 +157,35 @@ def decord_opens(path: Path) -> bool:
         return False
 
 
+PARTIAL_PREFIX = ".partial-"  # a file being written; no video id starts with '.', so no stored file does either
+
+
+def _partial(dst: Path) -> Path:
+    return dst.with_name(PARTIAL_PREFIX + dst.name)
+
+
+def _store_copy(src: Path, dst: Path) -> None:
+    shutil.copyfile(src, _partial(dst))
+    os.replace(_partial(dst), dst)  # complete or absent, never half-written
+
+
+def _remux(src: Path, dst_stem: Path) -> Path | None:
+    """The video stream copied as it is (no re-encode) into a container decord opens: MP4, else Matroska (which
+    takes any codec). None when decord opens neither. The stream is the one ffmpeg and decord pick by default."""
+    for suffix in (".mp4", ".mkv"):
+        dst = dst_stem.parent / stored_name(dst_stem.name, suffix)
+        partial = _partial(dst)
+        proc = video.run_ffmpeg(["-y", "-i", str(src), "-an", "-sn", "-dn", "-c:v", "copy", "-map_metadata", "-1",
+                                 str(partial)])
+        if proc.returncode == 0 and decord_opens(partial):
+            os.replace(partial, dst)
+            return dst
+        partial.unlink(missing_ok=True)
+    return None
+
+
 def ingest_one(job) -> dict:
+    """(src, dst_stem, short_side) -> {ok, file, normalised, remuxed} or {ok: False, reason}."""
     src, dst_stem, short_side = job
     try:
         info = video.probe(src)
@@ -154,22 +193,85 @@ def ingest_one(job) -> dict:
         if problem:
             return {"ok": False, "reason": problem}
         target = normalised_size(info.main_stream, short_side) if short_side else None
-        if target is None and decord_opens(src):
-            dst = dst_stem.parent / stored_name(dst_stem.name, src.suffix.lower())
-            shutil.copyfile(src, dst)
-            return {"ok": True, "file": dst.name, "normalised": False}
-        # re-encoded: to normalise, or because the feature pipeline's reader (decord) cannot open the
-        # container (e.g. WebM without a duration); the size is then kept as displayed
+        if target is None:  # conforming: never re-encoded when a copy or a stream copy will do
+            if decord_opens(src):
+                dst = dst_stem.parent / stored_name(dst_stem.name, src.suffix.lower())
+                _store_copy(src, dst)
+                return {"ok": True, "file": dst.name, "normalised": False, "remuxed": False}
+            # only the container is the problem for decord, the feature pipeline's reader (e.g. a WebM
+            # without a duration): the same coded frames in another container
+            dst = _remux(src, dst_stem)
+            if dst is not None:
+                return {"ok": True, "file": dst.name, "normalised": True, "remuxed": True}
+        # re-encoded: to normalise, or (last resort) because decord reads the stream in no container; the size
+        # is then kept as displayed
         dst = dst_stem.parent / stored_name(dst_stem.name, ".mp4")
         w, h = target or [max(2, round(v / 2) * 2) for v in info.main_stream.display_size]  # yuv420p: even
         proc = video.run_ffmpeg(["-y", "-i", str(src), "-an", "-sn", "-dn", "-vf", f"scale={w}:{h},setsar=1",
                                  "-c:v", "libx264", "-crf", "18", "-preset", "fast", "-pix_fmt", "yuv420p",
-                                 "-threads", "1", "-map_metadata", "-1", str(dst)])
+                                 "-threads", "1", "-map_metadata", "-1", str(_partial(dst))])
         if proc.returncode != 0:
+            _partial(dst).unlink(missing_ok=True)
             return {"ok": False, "reason": "normalisation failed: " + proc.stderr.decode(errors="replace").strip()[-200:]}
-        return {"ok": True, "file": dst.name, "normalised": True}
+        os.replace(_partial(dst), dst)
+        return {"ok": True, "file": dst.name, "normalised": True, "remuxed": False}
     except VideoError as exc:
         return {"ok": False, "reason": str(exc)}
+
+
+JOURNAL = ".ingest.jsonl"
+JOURNAL_VERSION = 1  # bump when ingest_one stores something else for the same input: old results are then redone
+
+
+def source_key(src: Path, short_side: int) -> list:
+    """What a journaled result depends on: the source file (path, size, mtime) and the target short side."""
+    st = os.stat(src)
+    return [os.path.abspath(src), st.st_size, st.st_mtime_ns, short_side]
+
+
+class IngestJournal:
+    """Results of finished clips in out_dir/.ingest.jsonl, one JSON line per clip, appended as each one finishes
+    (one write per line, so a kill cuts at most the last line, which the next run drops)."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.entries: dict[str, dict] = {}  # video id -> its last journaled entry
+        if path.exists():
+            data = path.read_bytes()
+            end = data.rfind(b"\n") + 1
+            if end < len(data):  # a line cut short by a kill
+                os.truncate(path, end)
+            for line in data[:end].splitlines():
+                try:
+                    entry = json.loads(line)
+                except ValueError:
+                    continue
+                if isinstance(entry, dict) and entry.get("v") == JOURNAL_VERSION:
+                    self.entries[entry["id"]] = entry
+        self._fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+
+    def reusable(self, vid: str, key: list, videos: Path) -> dict | None:
+        """The journaled result of vid if its source and short_side are unchanged and its stored file is intact."""
+        entry = self.entries.get(vid)
+        if entry is None or entry["source"] != key:
+            return None
+        result = entry["result"]
+        if result["ok"]:
+            try:
+                if os.stat(videos / result["file"]).st_size != entry["stored_size"]:
+                    return None
+            except OSError:
+                return None
+        return result
+
+    def append(self, vid: str, key: list, result: dict, videos: Path) -> None:
+        stored = os.stat(videos / result["file"]).st_size if result["ok"] else None
+        line = json.dumps({"v": JOURNAL_VERSION, "id": vid, "source": key, "result": result, "stored_size": stored},
+                          ensure_ascii=False) + "\n"
+        os.write(self._fd, line.encode("utf-8"))
+
+    def close(self) -> None:
+        os.close(self._fd)
 
 
 def download(spec, out_dir, workers: int) -> dict:
@@ -198,9 +300,9 @@ def ingest(name: str, root: Path, rows: list[dict], classes: list[str], short_si
     """Validate (and with short_side > 0 normalise) every listed video into the download contract.
 
     rows: path (relative to root, or absolute), label, split, and optionally video_id (else derived from the
-    path) and where (for messages). The
-    manifest accounts for every listed video: expected, present, missing and unreadable per split and class,
-    with the ids of the missing ones."""
+    path) and where (for messages). The manifest accounts for every listed video: expected, present, missing
+    and unreadable per split and class, with the ids of the missing ones. A re-run into the out_dir of a killed
+    run resumes it (the journal, module doc); files in videos/ that no annotation names are removed."""
     videos = out_dir / "videos"
     videos.mkdir(parents=True, exist_ok=True)
     jobs, meta, seen, outside, missing = [], [], {}, [], []
@@ -221,13 +323,16 @@ def ingest(name: str, root: Path, rows: list[dict], classes: list[str], short_si
         jobs.append((src, videos / vid, short_side))
         meta.append((vid, row["label"], row["split"], item))
     skipped = list(missing)  # no file there: listed first, then the files that did not read
-    annotations, normalised = [], 0
-    for (vid, label, split, rel), result in zip(meta, map_progress(ingest_one, jobs, workers, desc=f"ingest {name}")):
+    results = _run_or_resume(name, jobs, meta, workers, out_dir)
+    annotations, normalised, remuxed = [], 0, 0
+    for (vid, label, split, rel), result in zip(meta, results):
         if not result["ok"]:
             skipped.append({"item": rel, "reason": result["reason"], "split": split, "label": label})
             continue
         normalised += result["normalised"]
+        remuxed += result["remuxed"]
         annotations.append(Annotation(vid, f"videos/{result['file']}", label, split))
+    prune_videos(out_dir, {a.path for a in annotations})
     accounting: dict[str, dict[str, dict[str, int]]] = {}
     for row in rows:
         entry = accounting.setdefault(row["split"], {}).setdefault(
@@ -241,9 +346,31 @@ def ingest(name: str, root: Path, rows: list[dict], classes: list[str], short_si
     if outside:
         print(f"{name}: {len(outside)} listed file(s) lie outside {root} (e.g. {outside[0]!r}); read from there "
               "and listed in manifest.json under outside_root")
-    return write_dataset(out_dir, annotations, classes, source, skipped,
-                         extra={"normalised": normalised, "expected": len(rows), "accounting": accounting,
-                                "missing_ids": missing_ids, "outside_root": outside})
+    manifest = write_dataset(out_dir, annotations, classes, source, skipped,
+                             extra={"normalised": normalised, "remuxed": remuxed, "expected": len(rows),
+                                    "accounting": accounting, "missing_ids": missing_ids, "outside_root": outside})
+    (out_dir / JOURNAL).unlink(missing_ok=True)  # written: not part of the dataset
+    return manifest
+
+
+def _run_or_resume(name: str, jobs: list, meta: list, workers: int, out_dir: Path) -> list[dict]:
+    """ingest_one's result for every job, in order: from the journal where still valid, else computed (and
+    journaled as each one finishes)."""
+    videos = out_dir / "videos"
+    journal = IngestJournal(out_dir / JOURNAL)
+    try:
+        keys = [source_key(src, short_side) for src, _, short_side in jobs]
+        results = [journal.reusable(vid, key, videos) for (vid, *_), key in zip(meta, keys)]
+        todo = [i for i, r in enumerate(results) if r is None]
+        if len(todo) < len(jobs):
+            print(f"ingest {name}: resuming, {len(jobs) - len(todo)} of {len(jobs)} clips already done in {out_dir}")
+        computed = map_progress(ingest_one, [jobs[i] for i in todo], workers, desc=f"ingest {name}")
+        for i, result in zip(todo, computed):
+            journal.append(meta[i][0], keys[i], result, videos)
+            results[i] = result
+    finally:
+        journal.close()
+    return results
 
 
 def _inside(path: Path, root: Path) -> bool:

@@ -3,7 +3,10 @@
 The CVDF hosts each split as many tar.gz parts, listed in `k<version>_<split>_path.txt`, with one annotation
 CSV per split (label, youtube_id, time_start, time_end, split). Clips are named
 `<youtube_id>_<start:06d>_<end:06d>.mp4`. Parts are downloaded (resumable, retried) and extracted into the
-download cache; `parts: N` takes only the first N parts of each split, for a quick subset.
+download cache, `parallel` of them at once (`download.parallel` in params.yaml; every part of every split and,
+for K710, of every version, share one pool and one progress bar); `parts: N` takes only the first N parts of
+each split, for a quick subset. A part that is downloaded and extracted is not fetched again; a killed run
+resumes each unfinished download where it stopped and extracts unfinished parts again from the start.
 
 K710: the train and validation lists of K400, K600 and K700 merged by class name, duplicates (same YouTube
 id) removed, and every video that is in any of the three validation sets removed from training, so no K710
@@ -13,6 +16,10 @@ training clip is a validation clip of K400/600/700. Its classes are the union of
 from __future__ import annotations
 
 import csv
+import tarfile
+import threading
+import zlib
+from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from pathlib import Path
 
 from fourtier.data.contract import sha256_file
@@ -56,11 +63,11 @@ def k710_rows(lists: dict[str, dict[str, list[dict]]]) -> tuple[list[dict], list
     return rows, classes
 
 
-def _fetch_version(spec, version: str, cache: Path) -> tuple[dict[str, list[dict]], dict[str, Path]]:
-    """Annotations of every split of one version, and an index clip name -> extracted file."""
+def _version_lists(spec, version: str, cache: Path) -> tuple[dict[str, list[dict]], list[tuple[str, Path, Path]]]:
+    """Annotations of every split of one version, and its parts as (url, archive file, extraction folder)."""
     folder = FOLDERS[version]
     base = spec.base_url or CVDF
-    lists, files = {}, {}
+    lists, parts = {}, []
     for split in spec.splits:
         remote = SPLIT_NAMES[split]
         ann = fetch(f"{base}/{folder}/annotations/{remote}.csv", cache / folder / "annotations" / f"{remote}.csv")
@@ -69,20 +76,53 @@ def _fetch_version(spec, version: str, cache: Path) -> tuple[dict[str, list[dict
                           cache / folder / f"k{folder}_{remote}_path.txt")
         urls = [u.strip() for u in path_list.read_text().splitlines() if u.strip()]
         for url in urls[:spec.parts or None]:
-            archive = fetch(url, cache / folder / remote / "archives" / Path(url).name)
-            extract_once(archive, cache / folder / remote / "videos" / Path(url).name.split(".")[0])
-        for video in (cache / folder / remote / "videos").rglob("*.mp4"):
-            files[video.stem] = video
-    return lists, files
+            name = Path(url).name
+            parts.append((url, cache / folder / remote / "archives" / name,
+                          cache / folder / remote / "videos" / name.split(".")[0]))
+    return lists, parts
 
 
-def download(spec, out_dir: Path, workers: int) -> dict:
+def _fetch_part(url: str, archive: Path, dest: Path, cancel: threading.Event) -> None:
+    fetch(url, archive, progress=False, cancel=cancel)
+    try:
+        extract_once(archive, dest)
+    except (tarfile.TarError, EOFError, zlib.error, OSError) as exc:  # e.g. a part that does not unpack, a full disk
+        raise DataError(f"{archive}: cannot be extracted into {dest} ({exc or type(exc).__name__}); if the disk has "
+                        f"room, the archive is damaged: delete it and re-run to download it again from {url}") from None
+
+
+def fetch_parts(parts: list[tuple[str, Path, Path]], parallel: int) -> None:
+    """Download and extract every part, `parallel` at once, with one bar for the parts. The first failure stops
+    the downloads still running (they resume on the next run) and is raised."""
+    from tqdm import tqdm
+
+    cancel = threading.Event()
+    with ThreadPoolExecutor(max(1, parallel)) as pool, \
+            tqdm(total=len(parts), desc="kinetics parts", unit="part", dynamic_ncols=True, mininterval=1.0) as bar:
+        pending = {pool.submit(_fetch_part, url, archive, dest, cancel) for url, archive, dest in parts}
+        try:
+            while pending:
+                done, pending = wait(pending, return_when=FIRST_EXCEPTION)
+                bar.update(len(done))
+                for future in done:
+                    if future.exception() is not None:
+                        raise future.exception()
+        finally:
+            cancel.set()  # on a failure or Ctrl-C; a no-op once every part is done
+            for future in pending:
+                future.cancel()
+
+
+def download(spec, out_dir: Path, workers: int, parallel: int = 1) -> dict:
+    """workers: processes for the ingest; parallel: parts downloaded and extracted at once."""
     cache = spec.cache_dir / "kinetics"
     versions = ["400", "600", "700"] if spec.kind == "k710" else [spec.version]
-    lists, files = {}, {}
+    lists, parts = {}, []
     for version in versions:
-        lists[version], found = _fetch_version(spec, version, cache)
-        files.update(found)
+        lists[version], version_parts = _version_lists(spec, version, cache)
+        parts += version_parts
+    fetch_parts(parts, parallel)
+    files = {video.stem: video for _, _, dest in parts for video in dest.rglob("*.mp4")}  # this run's parts only
     if spec.kind == "k710":
         rows, classes = k710_rows(lists)
     else:

@@ -1,7 +1,9 @@
 """Dataset kinds and their `download` functions.
 
 Adding a public dataset is one module with `download(spec, out_dir, workers) -> manifest` that writes
-the contract of fourtier.data.contract, one entry here, and its spec type in fourtier.params.
+the contract of fourtier.data.contract, one entry here, and its spec type in fourtier.params. A kind that
+fetches many archives also takes `parallel` (download.parallel: archives fetched and unpacked at once) and is
+listed in PARALLEL_ARCHIVES.
 """
 from __future__ import annotations
 
@@ -19,6 +21,11 @@ DOWNLOADERS = {
     "ssv2": ssv2.download,
 }
 
+PARALLEL_ARCHIVES = {"kinetics", "k710"}
 
-def download(spec, out_dir: Path, workers: int) -> dict:
+
+def download(spec, out_dir: Path, workers: int, parallel: int = 1) -> dict:
+    """workers: processes for the per-clip work; parallel: archives fetched and unpacked at once."""
+    if spec.kind in PARALLEL_ARCHIVES:
+        return DOWNLOADERS[spec.kind](spec, out_dir, workers, parallel=parallel)
     return DOWNLOADERS[spec.kind](spec, out_dir, workers)
