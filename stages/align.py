@@ -25,7 +25,7 @@ from fourtier.params import load_params
 from fourtier.runtime import loader_workers, resolve_device
 from fourtier.text import load_embeddings
 from fourtier.optim import seed_everything
-from fourtier.training import TokenTargets, train_alignment
+from fourtier.training import PooledTargets, TokenTargets, train_alignment
 
 
 STAGE1_PARTS = ("processors", "align_heads")
@@ -34,8 +34,8 @@ STAGE1_PARTS = ("processors", "align_heads")
 @functools.cache
 def _context() -> dict:
     """What both runs read, once per process (the spawned ones included): the features, the pooled text
-    embeddings of the same clips (and their token-level ones for objective `tokens`), the split and the stage-1
-    model's shapes."""
+    embeddings of the same clips (and their token-level ones for objective `tokens`), opened to be read a batch
+    at a time, the split and the stage-1 model's shapes."""
     params = load_params()
     device = resolve_device(params.runtime.device)
     corpus = params.pretrain[0]
@@ -47,7 +47,7 @@ def _context() -> dict:
         raise DataError(f"{len(missing)} clips of {corpus} have features but no caption embeddings (e.g. {missing[0]}); "
                         "re-run caption and embed")
     rows = np.array([position[v] for v in source.videos])
-    pooled = np.asarray(emb.pooled[rows])
+    pooled = PooledTargets(emb.pooled, rows)  # read per batch: memory bounded by the batch, not the corpus
     train_idx = source.split("train")
     val_idx = np.nonzero(source.splits != "train")[0]
     if len(val_idx) < 5:
@@ -61,7 +61,7 @@ def _context() -> dict:
             print(f"align: {truncated} of {emb.meta['texts']} answers are longer than embed.max_tokens = "
                   f"{emb.meta['max_tokens']}, so the token-wise objective does not see their end; raise "
                   "embed.max_tokens to keep them whole")
-    text_dim = emb.tokens.shape[-1] if tokens is not None else pooled.shape[-1]
+    text_dim = emb.tokens.shape[-1] if tokens is not None else pooled.dim
     config = FTPConfig(source.dim, source.grid, list(params.prompts), n_classes=1, text_dim=text_dim,
                        processor=cfg.processor, objective=cfg.objective)
     return {"params": params, "device": device, "corpus": corpus, "source": source, "pooled": pooled,
@@ -84,7 +84,10 @@ def run_key(ctx: dict) -> list:
     import hashlib
 
     params, source = ctx["params"], ctx["source"]
-    digest = hashlib.sha256(np.ascontiguousarray(ctx["pooled"]).tobytes())
+    digest = hashlib.sha256()
+    pooled = ctx["pooled"]
+    for start in range(0, len(pooled.rows), 4096):  # a slice at a time: the digest of the whole (N, 4, P) array
+        digest.update(np.ascontiguousarray(pooled.take(np.arange(start, min(start + 4096, len(pooled.rows))))).tobytes())
     if ctx["tokens"] is not None:
         for start in range(0, len(ctx["tokens"].rows), 4096):  # a memory map, read a slice at a time
             digest.update(np.ascontiguousarray(ctx["tokens"].tokens[ctx["tokens"].rows[start:start + 4096]]).tobytes())
@@ -106,9 +109,10 @@ def train_arm(job: tuple[str, str], step) -> tuple[str, dict]:
     cfg, pooled, train_idx = ctx["params"].align, ctx["pooled"], ctx["train_idx"]
     targets, tokens = pooled, ctx["tokens"]
     if arm == "shuffled":  # the control keeps which captions exist but breaks which video they belong to
-        targets = pooled.copy()
         perm = np.random.default_rng(cfg.seed + 1).permutation(len(train_idx))
-        targets[train_idx] = pooled[train_idx[perm]]
+        rows = pooled.rows.copy()  # which embeddings row each clip reads: permuted, no copy of the embeddings
+        rows[train_idx] = pooled.rows[train_idx[perm]]
+        targets = PooledTargets(pooled.pooled, rows)
         if tokens is not None:
             rows = tokens.rows.copy()
             rows[train_idx] = tokens.rows[train_idx[perm]]

@@ -1,8 +1,10 @@
 """caption stage: the four prompts for every tile of a pretraining dataset (data/captions/<ds>).
 
 With an `hf` VLM and runtime.nproc_per_node x nnodes above 1 it runs under torchrun: a model per GPU, each rank
-its share of the missing answers, one answer cache and one output, the same as one process writes. Other
-backends run as one process (the server does the parallel work).
+its share of the missing answers, one answer cache and one output, the same as one process writes, a chunk of
+tiles at a time. Other backends run as one process (the server does the parallel work) over one stream of
+requests across every chunk (fourtier.captioning.caption_chunks), so a server stays at its concurrency from the
+first request to the last; captions.jsonl is then written from the cache in a second pass over the chunks.
 
     python stages/caption.py synth-pretrain --dry-run   # calls, tokens and cost it would spend; spends nothing
 """
@@ -10,7 +12,8 @@ import argparse
 import json
 import shutil
 
-from fourtier.captioning import AnswerCache, build_requests, joint_requests, run_captions_ranked, write_captions
+from fourtier.captioning import (AnswerCache, build_requests, caption_chunks, joint_requests, run_captions_ranked,
+                                 write_captions)
 from fourtier import distributed, paths
 from fourtier.errors import exits_cleanly
 from fourtier.launch import extra_rank, relaunch
@@ -41,11 +44,14 @@ def main() -> None:
         distributed.setup(resolve_device(params.runtime.device), params.runtime.timeout_s)
     main_rank = distributed.is_main()
     settings = {**backend.settings, "K": params.K}
-    chunks = build_requests(paths.tiles(args.dataset), params.K, cap.prompts, backend.model_id, settings)
+
+    def chunks():
+        return build_requests(paths.tiles(args.dataset), params.K, cap.prompts, backend.model_id, settings)
+
     cache = AnswerCache()
     if args.dry_run:  # a chunk at a time, as the run itself: memory bounded by the chunk, whatever the corpus
         needed = cached_n = calls_n = tokens_in = tokens_out = 0
-        for requests in chunks:
+        for requests in chunks():
             cached = cache.get_many([r.key for r in requests])
             missing = [r for r in requests if r.key not in cached]
             calls = joint_requests(missing)[0] if backend.joint else missing  # what would be sent
@@ -62,15 +68,21 @@ def main() -> None:
     out = paths.captions(args.dataset)
     stats = {"cached": 0, "called": 0, "failed": 0, "seconds": 0.0}
     totals: dict = {}
-    # a chunk of tiles at a time: each chunk's answers are cached as they arrive (max_failures per chunk)
     private = paths.cache_dir() / "answers-ranks" / args.dataset  # each rank's answers until rank 0 has them
-    for n, requests in enumerate(chunks):
-        chunk_stats = run_captions_ranked(backend, requests, cache, cap.max_failures, private)
-        for key in stats:
-            stats[key] += chunk_stats[key]
-        if main_rank:
+    if distributed.world() == 1:  # one stream over every chunk, then the output from the cache, chunk by chunk
+        stats = caption_chunks(backend, chunks(), cache, cap.max_failures)
+        for n, requests in enumerate(chunks()):
             chunk_totals = write_captions(out, requests, cache, params.vlm, backend.model_id, settings, append=n > 0)
             totals = {k: totals.get(k, 0) + v for k, v in chunk_totals.items()}
+    else:  # a torchrun group: a chunk of tiles at a time, each chunk's answers cached as they arrive
+        for n, requests in enumerate(chunks()):
+            chunk_stats = run_captions_ranked(backend, requests, cache, cap.max_failures, private)
+            for key in stats:
+                stats[key] += chunk_stats[key]
+            if main_rank:
+                chunk_totals = write_captions(out, requests, cache, params.vlm, backend.model_id, settings,
+                                              append=n > 0)
+                totals = {k: totals.get(k, 0) + v for k, v in chunk_totals.items()}
     distributed.teardown()
     shutil.rmtree(private, ignore_errors=True)
     if not main_rank:

@@ -1,17 +1,18 @@
 """embed stage: text embeddings of every answer: token-level e_i with mask, and a pooled vector (data/embeddings/<ds>).
-With runtime.nproc_per_node x nnodes above 1 it runs under torchrun, each rank its share of the batches (the same
-bytes)."""
+captions.jsonl is streamed and the arrays written in place, so memory is bounded by embed.batch_size (not the
+corpus, nor the longest answer beyond embed.max_length tokens). With runtime.nproc_per_node x nnodes above 1 it
+runs under torchrun, each rank its share of the batches (the same bytes)."""
 import argparse
 import time
 
 import torch
 
 from fourtier import distributed, paths
-from fourtier.errors import exits_cleanly
+from fourtier.errors import DataError, exits_cleanly
 from fourtier.launch import relaunch, threads_per_process
 from fourtier.params import load_params
 from fourtier.runtime import resolve_device
-from fourtier.text import embed_captions, make_encoder, read_captions
+from fourtier.text import embed_captions, make_encoder
 
 
 @exits_cleanly
@@ -24,7 +25,9 @@ def main() -> None:
     params.dataset(args.dataset)
     relaunch(params.runtime, f"embed {args.dataset}")
     torch.set_num_threads(threads_per_process(params.workers))
-    captions = read_captions(paths.captions(args.dataset) / "captions.jsonl")
+    captions = paths.captions(args.dataset) / "captions.jsonl"
+    if not captions.exists():  # before the encoder loads: the error comes at once
+        raise DataError(f"{captions} not found: run the caption stage first (dvc repro)")
     device = resolve_device(params.runtime.device)
     distributed.setup(device, params.runtime.timeout_s)
     encoder = make_encoder(params.text_encoder, params.text_encoders, params.embed.max_length, str(device))

@@ -1,15 +1,23 @@
 """A local OpenAI-compatible chat server for fault tests: scripted replies, every call counted.
 
 Binds 127.0.0.1 only. `script(n, key)` chooses the reply to call number n (0-based) for the request
-with content key `key`: "ok", "429", "500", "hang", "malformed", "empty", "401".
+with content key `key`: "ok", "429", "500", "hang", "malformed", "empty", "401". `delay` is the seconds every
+answer takes, or a function of the key. Each call records when it started and ended and how many were in flight
+as it started, so a test can read the concurrency the server saw over time. The Batch API part counts the
+batches submitted and not yet completed, and their peak.
 """
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+
+class _Server(ThreadingHTTPServer):
+    request_queue_size = 256  # the default backlog, 5, drops connections when many clients open at once
 
 
 class FakeOpenAI:
@@ -18,19 +26,25 @@ class FakeOpenAI:
         self.reply = reply  # reply(key, prompt text) -> the text of an "ok" answer (default: names both)
         self.delay = delay
         self.retry_after = retry_after
-        self.calls: list[dict] = []  # one per request: key, reply, time
+        self.calls: list[dict] = []  # one per request: key, reply, time (start), end, in_flight (at its start)
         self.answered: list[str] = []  # keys whose "ok" reply was sent completely
         self.in_flight = 0
         self.max_in_flight = 0
         self.lock = threading.Lock()
+        self.batch_lock = threading.Lock()
         self.release = threading.Event()  # set to end every hanging request
         self.files: dict[str, bytes] = {}
         self.batches: dict[str, dict] = {}
         self.batch_polls_needed = 1  # retrieves answering in_progress before a batch completes
+        self.batches_in_flight = 0  # created, not yet completed
+        self.max_batches_in_flight = 0
         server = self
 
         class Handler(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
+            # headers and body go out as two writes: without this, Nagle's algorithm holds the body until the
+            # client's delayed ACK (40 ms on Linux), which a real server (uvicorn) does not add to every answer
+            disable_nagle_algorithm = True
 
             def log_message(self, *args):
                 pass
@@ -38,16 +52,19 @@ class FakeOpenAI:
             def do_POST(self):
                 raw = self.rfile.read(int(self.headers["Content-Length"]))
                 if self.path.endswith("/files"):
-                    server.upload(self, raw)
+                    with server.batch_lock:
+                        server.upload(self, raw)
                 elif self.path.endswith("/batches"):
-                    server.create_batch(self, json.loads(raw))
+                    with server.batch_lock:
+                        server.create_batch(self, json.loads(raw))
                 else:
                     server.handle(self, json.loads(raw))
 
             def do_GET(self):
-                server.get(self)
+                with server.batch_lock:  # the Batch API's state, one request at a time
+                    server.get(self)
 
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd = _Server(("127.0.0.1", 0), Handler)
         self.httpd.daemon_threads = True
         self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
 
@@ -71,6 +88,17 @@ class FakeOpenAI:
         image = next(c["image_url"]["url"] for c in content if c["type"] == "image_url")
         return hashlib.sha256((text + image).encode()).hexdigest()[:16]
 
+    @staticmethod
+    def key_for(prompt: str, jpeg: bytes) -> str:
+        """The key this server gives a request with this prompt and tile (as key_of reads it from the body)."""
+        url = "data:image/jpeg;base64," + base64.b64encode(jpeg).decode()
+        return hashlib.sha256((prompt + url).encode()).hexdigest()[:16]
+
+    def batch_inputs(self) -> list[list[dict]]:
+        """The request lines of every batch submitted, in order of submission."""
+        return [[json.loads(line) for line in self.files[b["input_file_id"]].decode().splitlines()]
+                for b in self.batches.values()]
+
     def calls_per_key(self) -> dict[str, int]:
         counts: dict[str, int] = {}
         for c in self.calls:
@@ -82,12 +110,15 @@ class FakeOpenAI:
         with self.lock:
             n = len(self.calls)
             reply = self.script(n, key)
-            self.calls.append({"key": key, "reply": reply, "time": time.time(), "auth": handler.headers.get("Authorization", "")})
             self.in_flight += 1
             self.max_in_flight = max(self.max_in_flight, self.in_flight)
+            call = {"key": key, "reply": reply, "time": time.time(), "auth": handler.headers.get("Authorization", ""),
+                    "in_flight": self.in_flight, "end": None}
+            self.calls.append(call)
         try:
-            if self.delay:
-                time.sleep(self.delay)
+            delay = self.delay(key) if callable(self.delay) else self.delay
+            if delay:
+                time.sleep(delay)
             if reply == "hang":
                 self.release.wait(30)
                 return
@@ -117,6 +148,7 @@ class FakeOpenAI:
         finally:
             with self.lock:
                 self.in_flight -= 1
+                call["end"] = time.time()
 
     @staticmethod
     def _send(handler, status: int, data: bytes, headers: dict | None = None) -> None:
@@ -150,6 +182,8 @@ class FakeOpenAI:
         self.batches[batch_id] = {"id": batch_id, "input_file_id": body["input_file_id"], "status": "validating",
                                   "output_file_id": None, "polls": 0,
                                   "request_counts": {"total": len(lines), "completed": 0, "failed": 0}}
+        self.batches_in_flight += 1
+        self.max_batches_in_flight = max(self.max_batches_in_flight, self.batches_in_flight)
         self._send(handler, 200, self._batch_json(self._public(batch_id)))
 
     def _public(self, batch_id: str) -> dict:
@@ -173,6 +207,7 @@ class FakeOpenAI:
                             "usage": {"prompt_tokens": 100, "completion_tokens": 5}}}}))
                 self.files[out_id] = "\n".join(results).encode()
                 batch.update(status="completed", output_file_id=out_id)
+                self.batches_in_flight -= 1
                 batch["request_counts"]["completed"] = len(results)
             elif batch["status"] != "completed":
                 batch["status"] = "in_progress"

@@ -1,4 +1,5 @@
-"""The caption stage as a user runs it: killed half-way, re-run; outputs and logs free of secrets."""
+"""The caption stage as a user runs it: killed half-way, re-run (sync and Batch API); outputs and logs free of
+secrets; the streamed run writes the bytes a chunk-by-chunk run writes."""
 import csv
 import io
 import json
@@ -21,11 +22,11 @@ SECRET = "sk-proj-" + "Zq7" * 16
 N_VIDEOS = 6
 
 
-def make_project(root: Path, base_url: str) -> Path:
+def make_project(root: Path, base_url: str, **preset) -> Path:
     params = yaml.safe_load((REPO / "params.yaml").read_text())
     params["vlms"]["local"] = {"type": "openai", "model": "tiny", "base_url": base_url, "concurrency": 2,
                                "retry_base_delay": 0.01, "retry_max_delay": 0.2, "timeout": 60,
-                               "price_input_per_mtok": 1.0, "price_output_per_mtok": 2.0}
+                               "price_input_per_mtok": 1.0, "price_output_per_mtok": 2.0, **preset}
     params["vlm"] = "local"
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     tiles = root / "data/tiles/synth-pretrain"
@@ -124,3 +125,61 @@ def test_the_same_answers_give_the_same_captions_file_on_another_machine(tmp_pat
     second_timings = json.loads(timings.read_text())
     assert first_timings["mean_attempts"] > 1 and second_timings["mean_attempts"] == 1  # the timings live here
     assert second_timings["mean_latency_s"] > first_timings["mean_latency_s"]
+
+
+def test_a_killed_batch_run_resumes_its_batches_without_submitting_them_again(tmp_path):
+    """Killed (SIGKILL) while its first two batches wait at the server: the re-run collects those two from the
+    state files and submits only the third."""
+    with FakeOpenAI() as server:
+        server.batch_polls_needed = 10 ** 6  # nothing completes while the first run lives
+        root = make_project(tmp_path, server.base_url, mode="batch", batch_max_requests=8, batch_concurrency=2,
+                            batch_poll_seconds=0.05)
+        proc = stage(root)
+        deadline = time.time() + 60
+        while len(server.batches) < 2 and time.time() < deadline:
+            time.sleep(0.05)
+        time.sleep(0.5)  # a third batch would have to wait for a slot
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        assert len(server.batches) == 2 and len(list((root / "cache/batches").glob("*.json"))) == 2
+        server.batch_polls_needed = 0
+        second = stage(root)
+        out, err = second.communicate(timeout=120)
+        assert second.returncode == 0, err
+    assert len(server.batches) == 3 and out.count("collecting batch") == 2
+    ids = [line["custom_id"] for lines in server.batch_inputs() for line in lines]
+    assert len(ids) == len(set(ids)) == N_VIDEOS * 4  # every request in exactly one batch: none paid twice
+    rows = [json.loads(line) for line in (root / "data/captions/synth-pretrain/captions.jsonl").read_text().splitlines()]
+    assert len(rows) == N_VIDEOS * 4 and all(r["answer"].startswith("batch answer") for r in rows)
+    assert "base_url" not in rows[0]["settings"]
+    assert list((root / "cache/batches").glob("*.json")) == []
+
+
+def test_the_streamed_run_writes_the_bytes_of_a_chunk_by_chunk_run(tmp_path):
+    """The stage streams every chunk through the backend, then writes captions.jsonl from the cache: the same bytes
+    as asking and writing one chunk at a time (the stage before streaming), here with the builtin describer."""
+    from fourtier.captioning import AnswerCache, build_requests, caption_chunks, run_captions, write_captions
+    from fourtier.vlm import make_backend
+
+    root = make_project(tmp_path, "http://127.0.0.1:9/v1")
+    prompts = yaml.safe_load((REPO / "params.yaml").read_text())["caption"]["prompts"]
+    backend = make_backend("builtin", {"builtin": {"type": "builtin"}}, {"max_new_tokens": 8, "temperature": 0.0})
+    settings = {**backend.settings, "K": 5}
+
+    def chunks():  # 3 chunks of 2 tiles
+        return build_requests(root / "data/tiles/synth-pretrain", 5, prompts, backend.model_id, settings, chunk=2)
+
+    old = AnswerCache(tmp_path / "old.sqlite")
+    for n, requests in enumerate(chunks()):
+        run_captions(backend, requests, old, 0.0)
+        write_captions(tmp_path / "old", requests, old, "builtin", backend.model_id, settings, append=n > 0)
+    new = AnswerCache(tmp_path / "new.sqlite")
+    stats = caption_chunks(backend, chunks(), new, 0.0)
+    for n, requests in enumerate(chunks()):
+        write_captions(tmp_path / "new", requests, new, "builtin", backend.model_id, settings, append=n > 0)
+    assert stats["requests"] == stats["called"] == N_VIDEOS * 4
+    written = (tmp_path / "new/captions.jsonl").read_bytes()
+    assert written == (tmp_path / "old/captions.jsonl").read_bytes()
+    rows = [json.loads(line) for line in written.decode().splitlines()]
+    assert [r["video_id"] for r in rows] == [f"v{i}" for i in range(N_VIDEOS) for _ in range(4)]
+    assert all(r["answer"] for r in rows)

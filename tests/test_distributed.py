@@ -97,7 +97,7 @@ def test_a_hung_rank_becomes_an_error_that_names_the_waiting_rank(tmp_path):
 
 
 EMBEDS = """
-import json, sys
+import sys
 from pathlib import Path
 import torch
 from fourtier import distributed
@@ -108,8 +108,7 @@ distributed.setup(torch.device("cpu"))
 torch.set_num_threads(1)
 params = load_params(sys.argv[3])
 encoder = make_encoder(params.text_encoder, params.text_encoders, params.embed.max_length, "cpu")
-captions = [json.loads(line) for line in Path(sys.argv[1]).read_text().splitlines()]
-embed_captions(captions, Path(sys.argv[2]), encoder, batch_size=3, max_tokens=8)
+embed_captions(Path(sys.argv[1]), Path(sys.argv[2]), encoder, batch_size=3, max_tokens=8)
 distributed.teardown()
 """
 

@@ -1,5 +1,8 @@
-"""The openai backend against a local server of the tests' own: retries, limits, errors, secrets."""
+"""The openai backend against a local server of the tests' own: retries, limits, errors, secrets; concurrency
+held across chunk boundaries; Batch API batches cut by count and size, run side by side, resumed after a kill."""
+import asyncio
 import io
+import json
 import socket
 import time
 
@@ -8,7 +11,7 @@ import pytest
 from PIL import Image
 
 from fake_openai import FakeOpenAI
-from fourtier.captioning import AnswerCache, answer_key, run_captions
+from fourtier.captioning import AnswerCache, answer_key, caption_chunks, run_captions
 from fourtier.errors import DataError
 from fourtier.vlm import PROMPT_IDS, Request, VLMError
 from fourtier.vlm.openai_backend import OpenAIBackend
@@ -121,7 +124,8 @@ def test_dry_run_estimate_and_cost():
     assert est["cost_usd"] == pytest.approx(est["input_tokens"] * 2.5e-6 + est["output_tokens"] * 1e-5)
 
 
-def test_batch_mode_answers_everything():
+def test_batch_mode_answers_everything(tmp_path, monkeypatch):
+    monkeypatch.setenv("FOURTIER_CACHE", str(tmp_path))
     with FakeOpenAI() as server:
         server.batch_polls_needed = 2
         b = backend(server, mode="batch", batch_poll_seconds=0.01)
@@ -131,17 +135,107 @@ def test_batch_mode_answers_everything():
     assert all(r.input_tokens == 100 and r.output_tokens == 5 for r in records.values())
 
 
-def test_batch_mode_resumes_a_submitted_batch_instead_of_paying_again():
-    import asyncio
 
-    reqs = requests_for(2)
+
+def chunked(requests: list[Request], size: int) -> list[list[Request]]:
+    return [requests[i:i + size] for i in range(0, len(requests), size)]
+
+
+def test_concurrency_is_held_across_chunk_boundaries(tmp_path):
+    """The last request of chunk 0 is slow: the other workers go on into chunks 1 and 2 meanwhile, with
+    `concurrency` requests in flight at the server (chunk by chunk, they would wait for it, idle)."""
+    reqs = requests_for(6)  # 24 requests, 3 chunks of 8
+    slow = FakeOpenAI.key_for(reqs[7].prompt, reqs[7].tile_jpeg)
+    later = {FakeOpenAI.key_for(r.prompt, r.tile_jpeg) for r in reqs[8:]}
+    with FakeOpenAI(delay=lambda key: 1.0 if key == slow else 0.05) as server:
+        cache = AnswerCache(tmp_path / "c.sqlite")
+        stats = caption_chunks(backend(server, concurrency=4), chunked(reqs, 8), cache, 0.0)
+    assert stats["called"] == 24 and stats["requests"] == 24 and sorted(server.calls_per_key().values()) == [1] * 24
+    slow_call = next(c for c in server.calls if c["key"] == slow)
+    during = [c for c in server.calls if slow_call["time"] < c["time"] < slow_call["end"]]
+    assert sum(c["key"] in later for c in during) >= 12  # the next chunks went on while chunk 0's tail ran
+    assert max(c["in_flight"] for c in during) == 4 == server.max_in_flight
+
+
+def test_failures_past_the_limit_stop_new_requests_and_in_flight_answers_are_kept(tmp_path):
+    reqs = requests_for(10)  # 40 requests, 5 chunks of 8
+    bad = FakeOpenAI.key_for(reqs[1].prompt, reqs[1].tile_jpeg)
+    cache = AnswerCache(tmp_path / "c.sqlite")
+    with FakeOpenAI(lambda n, key: "500" if key == bad else "ok", delay=0.05) as server:
+        with pytest.raises(DataError, match=r"1 of \d+ caption requests failed.*HTTP 500"):
+            caption_chunks(backend(server, concurrency=3, max_retries=1), chunked(reqs, 8), cache, 0.0)
+        time.sleep(0.1)  # the server notes an answer just after sending it
+        answered = list(server.answered)
+        calls = len(server.calls)
+    assert calls < 20  # it stopped sending: 2 tries of the bad one and what ran beside them
+    cached = cache.get_many([r.key for r in reqs])
+    assert len(cached) == len(answered) >= 2  # every answer paid for, including those in flight at the stop, is kept
+
+
+def test_the_cache_key_does_not_hold_the_server_address(tmp_path):
+    """A vLLM server moved to another host keeps its answers: the second server is asked nothing."""
+    cache = AnswerCache(tmp_path / "c.sqlite")
+    with FakeOpenAI() as first, FakeOpenAI() as second:
+        a, b = backend(first), backend(second)
+        assert a.settings == b.settings == {"max_tokens": 32, "temperature": 0.0, "detail": "low"}
+        reqs = [Request(r.video_id, r.prompt_id, r.prompt, r.tile_jpeg, r.K,
+                        answer_key(r.tile_jpeg, r.prompt, a.model_id, a.settings)) for r in requests_for(2)]
+        assert run_captions(a, reqs, cache, 0.0)["called"] == 8
+        assert run_captions(b, reqs, cache, 0.0)["called"] == 0
+        assert len(first.calls) == 8 and second.calls == []
+
+
+def submitted_ids(server) -> list[str]:
+    return [line["custom_id"] for lines in server.batch_inputs() for line in lines]
+
+
+def test_batches_are_cut_by_count_and_by_size_and_run_side_by_side(tmp_path, monkeypatch):
+    monkeypatch.setenv("FOURTIER_CACHE", str(tmp_path))
+    reqs = requests_for(6)  # 24 requests
     with FakeOpenAI() as server:
-        server.batch_polls_needed = 10 ** 6  # never finishes while the first run waits
-        b = backend(server, mode="batch", batch_poll_seconds=0.01)
-        with pytest.raises(asyncio.TimeoutError):  # the run is cut off while polling, like a kill
-            asyncio.run(asyncio.wait_for(b._run_batch(reqs, lambda r, rec: None), 0.5))
+        server.batch_polls_needed = 10
+        records = collect(backend(server, mode="batch", batch_poll_seconds=0.01, batch_max_requests=5,
+                                  batch_concurrency=2), iter(reqs))
+        assert [len(lines) for lines in server.batch_inputs()] == [5, 5, 5, 5, 4]
+        assert server.max_batches_in_flight == 2  # two at a time, never more
+    assert len(records) == 24 and all(r.ok for r in records.values())
+    assert sorted(submitted_ids(server)) == sorted(r.key for r in reqs)
+    lines = [len(backend(server, mode="batch")._batch_line(r)) for r in reqs]
+    assert 4 * min(lines) > 3.5 * max(lines)
+    with FakeOpenAI() as server:  # the same by file size: three lines fit, a fourth would not
+        b = backend(server, mode="batch", batch_poll_seconds=0.01, batch_max_mb=3.5 * max(lines) / 1e6)
+        records = collect(b, iter(reqs))
+        sizes = [len(server.files[batch["input_file_id"]]) for batch in server.batches.values()]
+    assert len(sizes) == 8 and max(sizes) <= b.batch_max_bytes and len(records) == 24
+    assert list((tmp_path / "batches").iterdir()) == []  # every batch collected, no state left
+
+
+def test_a_killed_batch_run_is_collected_by_the_next_run_without_submitting_again(tmp_path, monkeypatch):
+    monkeypatch.setenv("FOURTIER_CACHE", str(tmp_path))
+    reqs = requests_for(3)  # 12 requests: batches of 4, two out at a time
+    preset = {"mode": "batch", "batch_poll_seconds": 0.01, "batch_max_requests": 4, "batch_concurrency": 2}
+    with FakeOpenAI() as server:
+        server.batch_polls_needed = 10 ** 6  # never done while the first run waits
+        first = backend(server, **preset)
+        with pytest.raises(asyncio.TimeoutError):  # the run is cut off while it waits, like a kill
+            asyncio.run(asyncio.wait_for(first._run_batch(iter(reqs), lambda r, rec: None), 1.0))
+        states = [json.loads(p.read_text()) for p in sorted((tmp_path / "batches").glob("*.json"))]
+        assert len(server.batches) == len(states) == 2  # the third waited for a free slot
+        assert [[e[0] for e in s["requests"]] for s in states] == [[r.key for r in reqs[:4]],
+                                                                   [r.key for r in reqs[4:8]]]
+        assert all(s["model"] == "m" and s["server"] == server.base_url for s in states)
         server.batch_polls_needed = 0
-        records = collect(backend(server, mode="batch", batch_poll_seconds=0.01), reqs)
-    assert len(server.batches) == 1  # the second run polled the same batch
-    assert len(records) == 8 and all(r.ok for r in records.values())
-    assert sorted(server.answered) == sorted(set(server.answered))
+        cache = AnswerCache(tmp_path / "answers.sqlite")
+        stats = run_captions(backend(server, **preset), reqs, cache, 0.0)
+    assert len(server.batches) == 3  # the two pending batches collected; only the rest submitted
+    assert sorted(submitted_ids(server)) == sorted(r.key for r in reqs)  # no request in two batches
+    assert stats["called"] == 12 and stats["failed"] == 0
+    assert all(rec["answer"].startswith("batch answer") for rec in cache.get_many([r.key for r in reqs]).values())
+    assert len(cache.get_many([r.key for r in reqs])) == 12
+    assert list((tmp_path / "batches").glob("*.json")) == []
+
+
+@pytest.mark.parametrize("key, value", [("batch_concurrency", 0), ("batch_max_mb", -1), ("batch_max_requests", 2.5)])
+def test_batch_limits_must_be_positive(key, value):
+    with pytest.raises(VLMError, match=rf"vlms.test.{key} is {value!r}; use"):
+        OpenAIBackend("test", {"model": "m", "base_url": "http://127.0.0.1:9/v1", key: value}, GEN)

@@ -5,6 +5,14 @@ of the tile bytes, the prompt text, the model and the generation settings. A kil
 paid for; a re-run asks only for what is missing, and a re-run with nothing changed makes zero calls.
 The DVC output (captions.jsonl) is rebuilt from the cache, so it is the same whatever was cached when.
 
+`caption_chunks` streams: it looks each chunk of requests up in the cache as the backend reaches it and hands
+the backend only the missing ones, one lazy iterable across chunk boundaries, so a server is kept at its
+concurrency from the first request to the last while memory holds a chunk plus what is in flight.
+caption.max_failures is checked as answers arrive, over the requests seen so far: once exceeded, nothing new is
+sent, what is in flight finishes and is cached, and the stage stops. Joint mode goes chunk by chunk (each
+chunk's joint requests, then the separate requests for the tiles whose reply did not parse), as does a torchrun
+group (`run_captions_ranked`).
+
 The cache lives outside the repository (default ~/.cache/fourtier, or $FOURTIER_CACHE) so that queued
 `dvc exp run`s, which run in temporary copies, share it; `dvc push` shares the outputs with a team.
 """
@@ -16,7 +24,7 @@ import sqlite3
 import time
 from dataclasses import asdict
 from pathlib import Path
-from typing import Iterator
+from typing import Iterable, Iterator
 
 from fourtier.errors import DataError
 from fourtier.paths import cache_dir
@@ -26,8 +34,14 @@ from fourtier.vlm import JOINT_ID, PROMPT_IDS, Record, Request, joint_prompt, pa
 
 
 def answer_key(tile_jpeg: bytes, prompt: str, model_id: str, settings: dict) -> str:
+    """The content address of an answer: the image, the prompt, the model and what changes the answer (the
+    backend's `settings`, never where the server is or how fast it is)."""
+    return _key(hashlib.sha256(tile_jpeg).digest(), prompt, model_id, settings)
+
+
+def _key(image_digest: bytes, prompt: str, model_id: str, settings: dict) -> str:
     digest = hashlib.sha256()
-    digest.update(hashlib.sha256(tile_jpeg).digest())
+    digest.update(image_digest)
     digest.update(json.dumps({"prompt": prompt, "model": model_id, "settings": settings}, sort_keys=True).encode())
     return digest.hexdigest()
 
@@ -72,40 +86,109 @@ def build_requests(tile_dir: Path, k: int, prompts: dict[str, str], model_id: st
             requests = []
             for row in rows[start:start + chunk]:
                 jpeg = reader.get(row["location"])
+                image = hashlib.sha256(jpeg).digest()  # once per tile, not per prompt: the same keys as answer_key
                 for pid in PROMPT_IDS:
                     requests.append(Request(row["video_id"], pid, prompts[pid], jpeg, k,
-                                            answer_key(jpeg, prompts[pid], model_id, settings)))
+                                            _key(image, prompts[pid], model_id, settings)))
             yield requests
     finally:
         reader.close()
 
 
+def _new_stats() -> dict:
+    return {"requests": 0, "cached": 0, "called": 0, "failed": 0, "first_errors": [], "seconds": 0.0}
+
+
+def _note_failure(stats: dict, request: Request, record: Record) -> None:
+    record.error = redact(record.error or "empty answer")
+    stats["failed"] += 1
+    if len(stats["first_errors"]) < 5:
+        stats["first_errors"].append(f"{request.video_id}/{request.prompt_id}: {record.error}")
+
+
 def run_captions(backend, requests: list[Request], cache: AnswerCache, max_failures: float) -> dict:
-    """Ask the backend for every answer not in the cache; returns counts for the metrics."""
+    """Ask the backend for every answer of `requests` (one chunk) not in the cache; returns counts for the
+    metrics. caption_chunks over that one chunk."""
+    return caption_chunks(backend, [requests], cache, max_failures)
+
+
+def caption_chunks(backend, chunks: Iterable[list[Request]], cache: AnswerCache, max_failures: float) -> dict:
+    """Ask the backend for every answer not in the cache, over a stream of chunks (build_requests), as one lazy
+    stream of missing requests: a chunk is looked up in the cache when the backend reaches it, so the backend
+    keeps its concurrency across chunk boundaries. Failures are counted over the requests seen so far; once more
+    failed than caption.max_failures allows, no new request is sent, those in flight finish (their answers are
+    cached: they are paid for), and a DataError says so. Joint mode goes chunk by chunk. Returns counts."""
+    if getattr(backend, "joint", False):
+        total = _new_stats()
+        for requests in chunks:
+            part = _run_chunk_jointly(backend, requests, cache, max_failures)
+            for key, value in part.items():
+                total[key] = total[key] + value if key in total else value
+            total["first_errors"] = total["first_errors"][:5]
+        return total
+    stats = _new_stats()
+    stopped = []  # non-empty once the failures are over the limit: the stream ends, in-flight requests finish
+
+    def missing() -> Iterator[Request]:
+        stream = iter(chunks)
+        try:
+            for requests in stream:
+                if stopped:
+                    return
+                cached = cache.get_many([r.key for r in requests])
+                stats["requests"] += len(requests)
+                ask = [r for r in requests if r.key not in cached or not _usable(cached[r.key])]
+                stats["cached"] += len(requests) - len(ask)
+                for r in ask:
+                    if stopped:
+                        return
+                    yield r
+        finally:
+            if hasattr(stream, "close"):  # build_requests closes its tile reader
+                stream.close()
+
+    def on_record(request: Request, record: Record) -> None:
+        stats["called"] += 1
+        if record.ok:
+            cache.put(request.key, asdict(record))
+            return
+        _note_failure(stats, request, record)  # failures are not cached: the next run asks again
+        if stats["failed"] > int(max_failures * stats["requests"]):
+            stopped.append(True)
+
+    start = time.perf_counter()
+    stream = missing()
+    try:
+        backend.run(stream, on_record)
+    finally:
+        stream.close()
+        stats["seconds"] = time.perf_counter() - start
+    check_failures(stats, stats["called"], stats["requests"], max_failures)
+    return stats
+
+
+def _run_chunk_jointly(backend, requests: list[Request], cache: AnswerCache, max_failures: float) -> dict:
+    """Joint mode, one chunk: a joint request per tile with missing answers, then separate requests for the
+    tiles whose reply failed or did not parse. Failures are checked over the chunk once it is done."""
     cached = cache.get_many([r.key for r in requests])
     missing = [r for r in requests if r.key not in cached or not _usable(cached[r.key])]
-    stats = {"requests": len(requests), "cached": len(requests) - len(missing), "called": 0, "failed": 0,
-             "first_errors": []}
-    joint = getattr(backend, "joint", False)
+    stats = {**_new_stats(), "requests": len(requests), "cached": len(requests) - len(missing)}
 
     def on_record(request: Request, record: Record) -> None:
         stats["called"] += 1
         if not record.ok:
-            record.error = redact(record.error or "empty answer")
-            stats["failed"] += 1
-            if len(stats["first_errors"]) < 5:
-                stats["first_errors"].append(f"{request.video_id}/{request.prompt_id}: {record.error}")
+            _note_failure(stats, request, record)
             return  # failures are not cached: the next run asks again
-        if joint:  # only a joint reply that did not parse leads to a separate request
-            record.extra = {**record.extra, "joint": "fallback"}
-            paid_in, paid_out = unparsed.pop(request.video_id, (0, 0))  # that reply's tokens: paid, so counted
-            record.input_tokens += paid_in
-            record.output_tokens += paid_out
+        # only a joint reply that did not parse leads to a separate request
+        record.extra = {**record.extra, "joint": "fallback"}
+        paid_in, paid_out = unparsed.pop(request.video_id, (0, 0))  # that reply's tokens: paid, so counted
+        record.input_tokens += paid_in
+        record.output_tokens += paid_out
         cache.put(request.key, asdict(record))
 
     start = time.perf_counter()
     unparsed: dict[str, tuple[int, int]] = {}
-    if missing and joint:  # what is left: the tiles whose reply did not parse
+    if missing:  # what is left: the tiles whose reply did not parse
         missing = _ask_jointly(backend, missing, cache, stats, unparsed)
     if missing:
         backend.run(missing, on_record)
@@ -115,7 +198,7 @@ def run_captions(backend, requests: list[Request], cache: AnswerCache, max_failu
 
 
 def check_failures(stats: dict, asked: int, requests: int, max_failures: float) -> None:
-    """Stop when more of a chunk's requests failed than caption.max_failures allows (a fraction of the chunk)."""
+    """Stop when more requests failed than caption.max_failures allows (a fraction of the `requests` seen)."""
     allowed = int(max_failures * requests)
     if stats["failed"] > allowed:
         raise DataError(f"{stats['failed']} of {asked} caption requests failed after retries "
@@ -166,7 +249,9 @@ def run_captions_ranked(backend, requests: list[Request], cache: AnswerCache, ma
 
 
 def joint_requests(requests: list[Request]) -> tuple[list[Request], dict[str, list[Request]]]:
-    """One joint request per tile for `requests` (per-prompt requests), and each tile's per-prompt requests."""
+    """One joint request per tile for `requests` (per-prompt requests), and each tile's per-prompt requests.
+    A joint request's `parts` name the per-prompt answers it carries, so that its reply can be put in the cache
+    without them (a Batch API batch collected by a later run)."""
     by_video: dict[str, list[Request]] = {}
     for r in requests:
         by_video.setdefault(r.video_id, []).append(r)
@@ -175,7 +260,8 @@ def joint_requests(requests: list[Request]) -> tuple[list[Request], dict[str, li
     for video_id, rs in by_video.items():
         texts = {**prompts, **{r.prompt_id: r.prompt for r in rs}}
         key = hashlib.sha256("".join(r.key for r in rs).encode()).hexdigest()  # the joint reply is never cached
-        asked.append(Request(video_id, JOINT_ID, joint_prompt(texts), rs[0].tile_jpeg, rs[0].K, key))
+        asked.append(Request(video_id, JOINT_ID, joint_prompt(texts), rs[0].tile_jpeg, rs[0].K, key,
+                             parts=tuple((r.prompt_id, r.key) for r in rs)))
     return asked, by_video
 
 
@@ -184,13 +270,21 @@ def _ask_jointly(backend, missing: list[Request], cache: AnswerCache, stats: dic
     """Joint mode: each tile's four prompts in one request; a parsed reply puts each answer in the cache under its
     prompt's own key (marked `joint: parsed`). Returns the per-prompt requests of the tiles whose reply failed or
     did not parse: they are asked separately, and their answers are marked `joint: fallback`. `unparsed` gets
-    the tokens of each reply that did not parse, by video, to be added to that video's first separate answer."""
+    the tokens of each reply that did not parse, by video, to be added to that video's first separate answer.
+    A reply to a joint request of another chunk (a batch a killed run submitted) is cached when it parses; when it
+    does not, its tile is asked again when its chunk comes."""
     asked, by_video = joint_requests(missing)
+    ours = {r.key for r in asked}
     fallback: list[Request] = []
     stats.update(joint_requests=len(asked), joint_parsed=0)
 
     def on_joint(request: Request, record: Record) -> None:
         parts = parse_joint(record.answer) if record.ok else None
+        if request.key not in ours:  # another chunk's, collected from a pending batch
+            if parts is not None and request.parts:
+                stats["called"] += len(request.parts)
+                _cache_joint(cache, request.video_id, request.parts, parts, record)
+            return
         wanted = by_video[request.video_id]
         if parts is None:
             fallback.extend(wanted)
@@ -198,16 +292,22 @@ def _ask_jointly(backend, missing: list[Request], cache: AnswerCache, stats: dic
             return
         stats["joint_parsed"] += 1
         stats["called"] += len(wanted)
-        for i, r in enumerate(wanted):  # the request's tokens and time, shared out over its answers
-            share = lambda total: total // len(wanted) + (1 if i < total % len(wanted) else 0)  # noqa: E731
-            cache.put(r.key, asdict(Record(r.video_id, r.prompt_id, parts[r.prompt_id],
-                                           input_tokens=share(record.input_tokens),
-                                           output_tokens=share(record.output_tokens),
-                                           latency_s=record.latency_s / len(wanted), attempts=record.attempts,
-                                           extra={"joint": "parsed"})))
+        _cache_joint(cache, request.video_id, [(r.prompt_id, r.key) for r in wanted], parts, record)
 
     backend.run(asked, on_joint)
     return fallback
+
+
+def _cache_joint(cache: AnswerCache, video_id: str, wanted, parts: dict[str, str], record: Record) -> None:
+    """The answers of a parsed joint reply under their prompts' keys; its tokens and time shared out over them."""
+    wanted = list(wanted)
+    for i, (prompt_id, key) in enumerate(wanted):
+        share = lambda total: total // len(wanted) + (1 if i < total % len(wanted) else 0)  # noqa: E731
+        cache.put(key, asdict(Record(video_id, prompt_id, parts[prompt_id],
+                                     input_tokens=share(record.input_tokens),
+                                     output_tokens=share(record.output_tokens),
+                                     latency_s=record.latency_s / len(wanted), attempts=record.attempts,
+                                     extra={"joint": "parsed"})))
 
 
 def _usable(record: dict) -> bool:

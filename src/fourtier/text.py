@@ -7,6 +7,11 @@
 
 Models load through `fourtier.hub.load_pretrained` (local folder, else local cache, else a hub that answers);
 any failure, a missing package included, is a TextEncoderError that says what to do.
+
+The embed stage's output (embed_captions) is written in memory bounded by the batch: captions.jsonl is streamed
+into an index of a few integers per row (index_captions), answers are read back from it batch by batch, a giant
+answer is cut to what its first max_length tokens need before it is tokenised (TextEncoder.head), and rows are
+written in place. load_embeddings opens the arrays as NpyRows, read a batch of rows at a time by stage 1.
 """
 from __future__ import annotations
 
@@ -90,8 +95,25 @@ class TextEncoder:
     def pooled_dim(self) -> int:
         return self.model.config.projection_dim if self.kind == "clip" else self.token_dim
 
+    def head(self, text: str) -> str:
+        """A prefix of `text` that the tokenizer reads to the same first max_length tokens as the whole text.
+
+        The tokenizer holds every token of what it is given before it truncates (hundreds of bytes per
+        character for a fast tokenizer), so a giant answer is cut first: at a whitespace, where the word-level
+        pre-tokenisation of WordPiece, BPE and SentencePiece tokenizers starts afresh, once the prefix has at
+        least max_length tokens; otherwise a 4x longer prefix is tried, up to the whole text."""
+        limit = 16 * self.max_length  # characters: rarely fewer than max_length tokens
+        while limit < len(text):
+            cut = max(text.rfind(c, 0, limit) for c in " \t\n\r")
+            if cut > 0 and len(self.tokenizer(text[:cut], add_special_tokens=False, truncation=True,
+                                              max_length=self.max_length)["input_ids"]) >= self.max_length:
+                return text[:cut]
+            limit *= 4
+        return text
+
     @torch.inference_mode()
     def encode(self, texts: list[str]) -> Encoded:
+        texts = [self.head(t) for t in texts]  # memory bounded by max_length tokens per text, whatever its length
         batch = self.tokenizer(texts, padding=True, truncation=True, max_length=self.max_length, return_tensors="pt")
         batch = {k: v.to(self.device) for k, v in batch.items()}
         from fourtier.runtime import frozen_autocast
@@ -122,13 +144,88 @@ def make_encoder(name: str, presets: dict, max_length: int = 256, device: str = 
 # ---------------------------------------------------------------------------------------------
 # the embed stage's output: data/embeddings/<ds>/
 
-def embed_captions(captions: list[dict], out_dir: Path, encoder: TextEncoder, batch_size: int, max_tokens: int) -> dict | None:
-    """Encode every answer; write tokens.npy (N,4,L,D), mask.npy (N,4,L), pooled.npy (N,4,P) in float16.
+@dataclass
+class CaptionIndex:
+    """What embed keeps of captions.jsonl while it encodes: per distinct non-empty answer (first appearance
+    order) where its first row starts in the file and its length in characters, and per non-empty row its
+    (video position, prompt column, distinct answer). The answers themselves stay in the file: a 16-byte digest
+    per distinct answer and a few integers per row, instead of every row (7.3 KB per clip at K710's size)."""
+    videos: list[str]  # in first appearance order
+    offsets: np.ndarray  # (T,) int64: byte offset of the first row with distinct answer t
+    chars: np.ndarray  # (T,) int64: len(answer) of distinct answer t
+    video: np.ndarray  # (R,) int64 per non-empty row: its video's position
+    prompt: np.ndarray  # (R,) int64: its prompt's column (PROMPT_IDS order)
+    text: np.ndarray  # (R,) int64: its distinct answer
+    rows: int  # every row, empty answers included
+
+
+def index_captions(path: Path) -> CaptionIndex:
+    """One streaming pass over captions.jsonl (rows: video_id, prompt_id, answer) into a CaptionIndex."""
+    import hashlib
+    from array import array
+
+    from fourtier.params import PROMPT_IDS
+
+    path = Path(path)
+    if not path.exists():
+        raise DataError(f"{path} not found: run the caption stage first (dvc repro)")
+    column = {p: k for k, p in enumerate(PROMPT_IDS)}
+    position: dict[str, int] = {}
+    distinct: dict[bytes, int] = {}  # digest of the answer -> distinct answer
+    offsets, chars, video, prompt, text = array("q"), array("q"), array("q"), array("q"), array("q")
+    rows = 0
+    with open(path, "rb") as fh:
+        offset = 0
+        for line_no, line in enumerate(fh, 1):
+            start, offset = offset, offset + len(line)
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+                vid, answer, k = row["video_id"], row["answer"], column[row["prompt_id"]]
+                if not isinstance(answer, str):
+                    raise TypeError(f"answer is {type(answer).__name__}, not a string")
+            except (ValueError, KeyError, TypeError) as exc:
+                raise DataError(f"{path} line {line_no} is not a caption row with video_id, prompt_id "
+                                f"({', '.join(PROMPT_IDS)}) and answer ({type(exc).__name__}: {exc}): re-run the "
+                                "caption stage") from None
+            rows += 1
+            i = position.setdefault(vid, len(position))
+            if not answer.strip():
+                continue
+            digest = hashlib.blake2b(answer.encode("utf-8", "surrogatepass"), digest_size=16).digest()
+            t = distinct.setdefault(digest, len(distinct))
+            if t == len(offsets):  # its first row
+                offsets.append(start)
+                chars.append(len(answer))
+            video.append(i)
+            prompt.append(k)
+            text.append(t)
+    return CaptionIndex(list(position), *(np.frombuffer(a, np.int64) if len(a) else np.zeros(0, np.int64)
+                                          for a in (offsets, chars, video, prompt, text)), rows)
+
+
+def read_answers(path: Path, offsets) -> list[str]:
+    """The answers of the rows that start at `offsets` (bytes) in captions.jsonl."""
+    out = []
+    with open(path, "rb") as fh:
+        for offset in offsets:
+            fh.seek(int(offset))
+            out.append(json.loads(fh.readline())["answer"])
+    return out
+
+
+def embed_captions(captions: Path, out_dir: Path, encoder: TextEncoder, batch_size: int, max_tokens: int) -> dict | None:
+    """Encode every answer of the caption stage's captions.jsonl at `captions`; write tokens.npy (N,4,L,D),
+    mask.npy (N,4,L), pooled.npy (N,4,P) in float16.
 
     Token-level embeddings are kept for the first `max_tokens` tokens; the pooled vector is computed over
     the whole answer (up to the encoder's max length). Videos are in caption order, prompts in A-D order.
-    Under torchrun rank r encodes batches r, r + W, ... of the batches one process encodes, and writes its rows
-    in place: the same bytes. Rank 0 writes the metadata and returns it; the other ranks return None.
+    The rows are streamed (index_captions), each distinct answer is read back from the file when its batch is
+    encoded, and rows are written in place as they come: memory is bounded by the batch and an index of a few
+    integers per row. Under torchrun rank r encodes batches r, r + W, ... of the batches one process encodes,
+    and writes its rows in place: the same bytes. Rank 0 writes the metadata and returns it; the other ranks
+    return None.
     """
 
     from tqdm import tqdm
@@ -139,9 +236,8 @@ def embed_captions(captions: list[dict], out_dir: Path, encoder: TextEncoder, ba
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    videos = list(dict.fromkeys(r["video_id"] for r in captions))
-    position = {v: i for i, v in enumerate(videos)}
-    n, d, p = len(videos), encoder.token_dim, encoder.pooled_dim
+    index = index_captions(captions)
+    n, d, p = len(index.videos), encoder.token_dim, encoder.pooled_dim
     # written in place, row by row: memory stays bounded by the batch (zeros where nothing is written)
     shapes = {"tokens": ((n, len(PROMPT_IDS), max_tokens, d), np.float16), "mask": ((n, len(PROMPT_IDS), max_tokens), np.bool_),
               "pooled": ((n, len(PROMPT_IDS), p), np.float16)}
@@ -151,12 +247,11 @@ def embed_captions(captions: list[dict], out_dir: Path, encoder: TextEncoder, ba
     if not distributed.is_main():
         arrays = {name: NpyFile.open(out_dir / f"{name}.npy", *spec) for name, spec in shapes.items()}
     tokens, mask, pooled = arrays["tokens"], arrays["mask"], arrays["pooled"]
-    todo = [r for r in captions if r["answer"].strip()]
-    # templated answers repeat (a third of the default corpus): encode each distinct text once
-    rows_of: dict[str, list[dict]] = {}
-    for r in todo:
-        rows_of.setdefault(r["answer"], []).append(r)
-    texts = sorted(rows_of, key=len)  # similar lengths per batch: less padding
+    # templated answers repeat (a third of the default corpus): encode each distinct text once; rows_of[t]:
+    # the rows of distinct answer t, in file order
+    by_text = np.argsort(index.text, kind="stable")
+    bounds = np.searchsorted(index.text[by_text], np.arange(len(index.offsets) + 1))
+    texts = np.argsort(index.chars, kind="stable")  # similar lengths per batch: less padding
     truncated = 0  # answers longer than max_tokens: their token-level e_i lose the end
     lengths = {p: [] for p in PROMPT_IDS}  # tokens per answer (up to the encoder's max length), per prompt
     rank, world = distributed.rank(), distributed.world()
@@ -164,13 +259,13 @@ def embed_captions(captions: list[dict], out_dir: Path, encoder: TextEncoder, ba
               disable=not distributed.is_main()) as bar:
         for start in range(rank * batch_size, len(texts), world * batch_size):
             batch = texts[start:start + batch_size]
-            enc = encoder.encode(batch)
+            enc = encoder.encode(read_answers(captions, index.offsets[batch]))
             length = min(max_tokens, enc.tokens.shape[1])
-            for j, (text, answer_tokens) in enumerate(zip(batch, enc.mask.sum(1).tolist())):
-                for r in rows_of[text]:
-                    lengths[r["prompt_id"]].append(answer_tokens)
+            for j, (t, answer_tokens) in enumerate(zip(batch, enc.mask.sum(1).tolist())):
+                for r in by_text[bounds[t]:bounds[t + 1]]:
+                    i, k = int(index.video[r]), int(index.prompt[r])
+                    lengths[PROMPT_IDS[k]].append(answer_tokens)
                     truncated += answer_tokens > max_tokens
-                    i, k = position[r["video_id"]], PROMPT_IDS.index(r["prompt_id"])
                     tokens.write((i, k), enc.tokens[j, :length])
                     mask.write((i, k), enc.mask[j, :length])
                     pooled.write((i, k), enc.pooled[j])
@@ -184,35 +279,112 @@ def embed_captions(captions: list[dict], out_dir: Path, encoder: TextEncoder, ba
     truncated = sum(t for t, _ in gathered)
     # every rank's answer lengths per prompt (their medians and maxima do not depend on the order)
     lengths = {p: [x for _, rank_lengths in gathered for x in rank_lengths[p]] for p in PROMPT_IDS}
-    (out_dir / "videos.txt").write_text("".join(f"{v}\n" for v in videos))
+    (out_dir / "videos.txt").write_text("".join(f"{v}\n" for v in index.videos))
     meta = {"encoder": encoder.name, "model": encoder.model_id, "token_dim": d, "pooled_dim": p,
             "max_tokens": max_tokens, "truncated_answers": truncated,
             "answer_tokens": {p: {"median": float(np.median(n)), "max": int(max(n))} for p, n in lengths.items() if n},
-            "prompts": list(PROMPT_IDS), "videos": n, "texts": len(todo),
+            "prompts": list(PROMPT_IDS), "videos": n, "texts": len(index.text),
             "distinct_texts": len(texts),
-            "missing_answers": len(captions) - len(todo)}
+            "missing_answers": index.rows - len(index.text)}
     (out_dir / "meta.json").write_text(json.dumps(meta, indent=1) + "\n")
     return meta
+
+
+class NpyRows:
+    """A .npy file read by row with pread, never through a memory map: a reader holds only the rows it asked
+    for (a memory map would keep every page it touched in the process's resident memory, the whole file after
+    an epoch). Indexing as numpy does for what stage 1 asks: rows[positions], rows[positions, col] and
+    rows[positions, col, :length], positions in any order, repeats allowed; a copy, not a view."""
+
+    def __init__(self, path: Path):
+        import os
+
+        self.path = Path(path)
+        with open(self.path, "rb") as fh:
+            version = np.lib.format.read_magic(fh)
+            read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+            shape, fortran, dtype = read_header(fh)
+            self.offset = fh.tell()
+        if fortran:
+            raise TextEncoderError(f"{self.path} is in Fortran order; re-run the embed stage (dvc repro)")
+        self.shape, self.dtype = tuple(shape), np.dtype(dtype)
+        self.fd = os.open(self.path, os.O_RDONLY)
+        self._pid = os.getpid()
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    @property
+    def ndim(self) -> int:
+        return len(self.shape)
+
+    def _descriptor(self) -> int:
+        import os
+
+        if self._pid != os.getpid():  # a forked worker: its own descriptor (offsets are per call anyway)
+            self.fd, self._pid = os.open(self.path, os.O_RDONLY), os.getpid()
+        return self.fd
+
+    def __getitem__(self, key) -> np.ndarray:
+        import os
+
+        key = key if isinstance(key, tuple) else (key,)
+        prefix = len(key) == 3 and isinstance(key[2], slice) and key[2].start in (None, 0) and key[2].step in (None, 1)
+        if not (len(key) in (1, 2) or prefix) or (len(key) > 1 and not 0 <= int(key[1]) < self.shape[1]):
+            raise IndexError(f"{self.path} is read as [positions], [positions, col] or [positions, col, :n], "
+                             f"not {key!r}")
+        positions = key[0]
+        if isinstance(positions, slice):
+            positions = np.arange(*positions.indices(self.shape[0]))
+        positions = np.asarray(positions, dtype=np.int64).reshape(-1)
+        row_bytes = int(np.prod(self.shape[1:], dtype=np.int64)) * self.dtype.itemsize
+        sub_shape, skip = self.shape[1:], 0  # what is read of each row, from `skip` bytes into it
+        if len(key) > 1:
+            sub_shape = self.shape[2:]
+            skip = int(key[1]) * int(np.prod(sub_shape, dtype=np.int64)) * self.dtype.itemsize
+        if prefix:  # [r, col, :n] is contiguous
+            stop = sub_shape[0] if key[2].stop is None else max(0, min(sub_shape[0], key[2].stop))
+            sub_shape = (stop, *sub_shape[1:])
+        count = int(np.prod(sub_shape, dtype=np.int64)) * self.dtype.itemsize
+        out = np.empty((len(positions), *sub_shape), self.dtype)
+        flat = out.reshape(len(positions), count // self.dtype.itemsize).view(np.uint8)
+        fd = self._descriptor()
+        for j, pos in enumerate(positions.tolist()):
+            if not 0 <= pos < self.shape[0]:
+                raise IndexError(f"row {pos} of {self.shape[0]} in {self.path}")
+            flat[j] = np.frombuffer(os.pread(fd, count, self.offset + pos * row_bytes + skip), np.uint8)
+        return out
+
+    def close(self) -> None:
+        import os
+
+        if self._pid == os.getpid():
+            os.close(self.fd)
+
+    def __getstate__(self):  # picklable for spawned workers: the descriptor is reopened there
+        state = dict(self.__dict__)
+        state["_pid"] = -1
+        return state
 
 
 @dataclass
 class Embeddings:
     videos: list[str]
-    tokens: np.ndarray  # (N, 4, L, D) float16, memory-mapped
-    mask: np.ndarray
-    pooled: np.ndarray  # (N, 4, P) float16
+    tokens: NpyRows  # (N, 4, L, D) float16, read by row
+    mask: NpyRows  # (N, 4, L) bool
+    pooled: NpyRows  # (N, 4, P) float16
     meta: dict
 
 
 def load_embeddings(out_dir: Path) -> Embeddings:
-
+    """The embed stage's arrays, opened to be read a batch of rows at a time (NpyRows)."""
     out_dir = Path(out_dir)
     if not (out_dir / "meta.json").exists():
         raise TextEncoderError(f"{out_dir} has no embeddings: run the embed stage first (dvc repro)")
     return Embeddings(videos=(out_dir / "videos.txt").read_text().splitlines(),
-                      tokens=np.load(out_dir / "tokens.npy", mmap_mode="r"),
-                      mask=np.load(out_dir / "mask.npy", mmap_mode="r"),
-                      pooled=np.load(out_dir / "pooled.npy", mmap_mode="r"),
+                      tokens=NpyRows(out_dir / "tokens.npy"),
+                      mask=NpyRows(out_dir / "mask.npy"),
+                      pooled=NpyRows(out_dir / "pooled.npy"),
                       meta=json.loads((out_dir / "meta.json").read_text()))
 
 

@@ -2,7 +2,8 @@
 
 Plain loops with AdamW, warm-up then cosine decay (fourtier.optim), a progress bar, seeds from params, and
 metrics that the stages write. Settings are the paper's (Tables A2/A3) scaled for a CPU; params.yaml documents
-both. The `tiny` backbone's pretraining is in fourtier.pretrain.
+both. The `tiny` backbone's pretraining is in fourtier.pretrain. Stage 1 reads its text targets a batch at a
+time (PooledTargets, TokenTargets), so its memory is bounded by the batch, not the corpus.
 """
 from __future__ import annotations
 
@@ -81,6 +82,55 @@ class TokenTargets:
         return e, torch.from_numpy(mask[:, :length]).to(device)
 
 
+class PooledTargets:
+    """Pooled text embeddings (the embed stage's (N, 4, P) float16) for stage 1, read a batch at a time, so
+    memory is bounded by the batch, not the corpus (3 KB per clip: 2 GB at K710's size). rows[i]: the embeddings
+    row of the source's clip i (the shuffled control permutes it); by default clip i is row i."""
+
+    def __init__(self, pooled, rows=None):
+        self.pooled = pooled
+        self.rows = np.arange(len(pooled)) if rows is None else np.asarray(rows)
+
+    @property
+    def dim(self) -> int:
+        return self.pooled.shape[-1]
+
+    def take(self, idx: np.ndarray, col: int | None = None) -> np.ndarray:
+        """The float16 rows (n, 4, P), or of prompt column `col` (n, P), of clips idx in idx's order."""
+        rows = self.rows[np.asarray(idx)]
+        order = np.argsort(rows, kind="stable")  # ascending rows: sequential reads
+        back = np.empty_like(order)
+        back[order] = np.arange(len(order))
+        part = self.pooled[rows[order]] if col is None else self.pooled[rows[order], col]
+        return np.asarray(part)[back]
+
+    def batch(self, idx: np.ndarray, cols: list[int], device: torch.device) -> list[torch.Tensor]:
+        """Per prompt column in `cols`, the unit text embeddings (n, P) float32 of clips idx."""
+        e = torch.from_numpy(np.asarray(self.take(idx)[:, cols], dtype=np.float32))
+        # contiguous (n, prompts, P), as the whole array indexed by the batch was: the same strides, the same bytes
+        return list(torch.nn.functional.normalize(e, dim=-1).contiguous().to(device).unbind(1))
+
+    def groups(self, col: int, chunk: int = 4096) -> np.ndarray:
+        """caption_groups of prompt column `col` over every clip, read `chunk` clips at a time: rows with the
+        same bytes (identical answers) share an id, numbered in order of first appearance (the same partition
+        as caption_groups; InfoNCE and retrieval only compare ids)."""
+        import hashlib
+
+        ids: dict[bytes, int] = {}
+        out = np.empty(len(self.rows), np.int64)
+        for start in range(0, len(self.rows), chunk):
+            part = np.ascontiguousarray(self.take(np.arange(start, min(start + chunk, len(self.rows))), col))
+            for j, row in enumerate(part):
+                digest = hashlib.blake2b(row.tobytes(), digest_size=16).digest()
+                out[start + j] = ids.setdefault(digest, len(ids))
+        return out
+
+
+def as_pooled_targets(pooled) -> PooledTargets:
+    """PooledTargets as given, or over an array (N, 4, P) aligned with the source's clips."""
+    return pooled if isinstance(pooled, PooledTargets) else PooledTargets(pooled)
+
+
 def retrieval(z: np.ndarray, e: np.ndarray, groups: np.ndarray, ks=(1, 5), chunk: int = 2048, score=None) -> dict:
     """Video-to-text retrieval: a hit when one of the top-k texts is the video's own answer (or identical to it).
     Chance is exact for a random ranking: 1 - C(n - g, k) / C(n, k), g = copies of the right text.
@@ -148,12 +198,12 @@ class AlignmentModel(nn.Module):
         return self.ftp[0].align_embeddings(m)
 
 
-def train_alignment(model, source, train_idx: np.ndarray, val_idx: np.ndarray, pooled: np.ndarray, s: OptimSettings,
+def train_alignment(model, source, train_idx: np.ndarray, val_idx: np.ndarray, pooled, s: OptimSettings,
                     seed: int, live=None, tag: str = "", device: torch.device = torch.device("cpu"),
                     workers: int = 0, on_epoch=None, tokens: TokenTargets | None = None, checkpoint=None) -> dict:
-    """Stage 1: only processors and alignment heads train. pooled (N, 4, P) aligned with source rows (with
-    objective `tokens` it still says which answers are identical). tokens: the token-level e_i, required by
-    objective `tokens`. Returns per-prompt retrieval on val_idx. on_epoch: called after every epoch instead of
+    """Stage 1: only processors and alignment heads train. pooled: (N, 4, P) aligned with source rows, or
+    PooledTargets, read a batch at a time (with objective `tokens` it still says which answers are identical).
+    tokens: the token-level e_i, required by objective `tokens`. Returns per-prompt retrieval on val_idx. on_epoch: called after every epoch instead of
     this run's own progress bar (a stage's bar shared by its runs). `checkpoint` (a Path) is written after
     every epoch and resumed from if present: the batches of an epoch come from (seed, epoch) alone and nothing
     else draws at random, so a resumed run, at any world size, takes the steps an uninterrupted one takes."""
@@ -161,8 +211,9 @@ def train_alignment(model, source, train_idx: np.ndarray, val_idx: np.ndarray, p
     from fourtier.errors import DataError
 
     objective = model.config.objective
-    if objective == "pooled" and pooled.shape[-1] != model.config.text_dim:
-        raise DataError(f"the text embeddings are {pooled.shape[-1]}-d but the alignment heads expect "
+    pooled = as_pooled_targets(pooled)
+    if objective == "pooled" and pooled.dim != model.config.text_dim:
+        raise DataError(f"the text embeddings are {pooled.dim}-d but the alignment heads expect "
                         f"{model.config.text_dim}-d: the text encoder changed since the heads were built; "
                         "re-run embed and align (dvc repro)")
     if objective == "tokens" and tokens is None:
@@ -174,9 +225,7 @@ def train_alignment(model, source, train_idx: np.ndarray, val_idx: np.ndarray, p
     model.to(device)
     prompts = model.prompts
     cols = [PROMPT_IDS.index(p) for p in prompts]
-    e_all = torch.from_numpy(np.asarray(pooled[:, cols], dtype=np.float32))
-    e_all = torch.nn.functional.normalize(e_all, dim=-1).to(device)
-    groups = {p: torch.from_numpy(caption_groups(np.asarray(pooled[:, c]))).to(device) for p, c in zip(prompts, cols)}
+    groups = {p: torch.from_numpy(pooled.groups(c)).to(device) for p, c in zip(prompts, cols)}
     stage1 = AlignmentModel(model).to(device)
     trained = distributed.wrap(stage1, device)
     plan = EpochPlan(train_idx, source.n_views, s.batch_size, seed, min_batch=2)
@@ -202,7 +251,7 @@ def train_alignment(model, source, train_idx: np.ndarray, val_idx: np.ndarray, p
         total = 0.0
         for idx, _ in plan.epoch(epoch):
             m_part = source.to_m(next(batches), device)  # this rank's shard of the batch
-            e = [tokens.batch(idx, c, device) for c in cols] if objective == "tokens" else list(e_all[idx].unbind(1))
+            e = [tokens.batch(idx, c, device) for c in cols] if objective == "tokens" else pooled.batch(idx, cols, device)
             opt.zero_grad()
             total += alignment_backward(trained, stage1.logit_scale, m_part, len(idx), e,
                                         {p: g[idx] for p, g in groups.items()}, objective)
@@ -234,13 +283,15 @@ def alignment_backward(stage1, logit_scale, m_part: torch.Tensor, n: int, e, gro
 
 
 @torch.inference_mode()
-def evaluate_alignment(model, source, idx: np.ndarray, pooled: np.ndarray, batch_size: int = 256,
+def evaluate_alignment(model, source, idx: np.ndarray, pooled, batch_size: int = 256,
                        device: torch.device = torch.device("cpu"), workers: int = 0,
                        tokens: TokenTargets | None = None) -> dict:
     """Per-prompt video-to-text retrieval among the clips idx, each video's embedding averaged over its views,
-    scored as the objective scores (cosine of pooled vectors, or token_scores)."""
+    scored as the objective scores (cosine of pooled vectors, or token_scores). pooled: an array aligned with
+    the source's clips, or PooledTargets; only the clips idx are read."""
 
     model.eval()
+    pooled = as_pooled_targets(pooled)
     zs = {p: [] for p in model.prompts}
     batches = iter(batch_loader(source, eval_keys(idx, source.n_views, batch_size), workers, device))
     for start in range(0, len(idx), batch_size):
@@ -253,12 +304,13 @@ def evaluate_alignment(model, source, idx: np.ndarray, pooled: np.ndarray, batch
     result = {}
     for p in model.prompts:
         col = PROMPT_IDS.index(p)
-        groups = caption_groups(np.asarray(pooled[idx, col]))
+        held_out = pooled.take(idx, col)
+        groups = caption_groups(held_out)
         if model.config.objective == "tokens":
             result[p] = retrieval(np.concatenate(zs[p]), None, groups, chunk=64,
                                   score=lambda z_chunk: token_scores_chunked(z_chunk, tokens, idx, col, device))
             continue
-        e = np.asarray(pooled[idx, col], dtype=np.float32)
+        e = np.asarray(held_out, dtype=np.float32)
         e /= np.linalg.norm(e, axis=1, keepdims=True) + 1e-8
         result[p] = retrieval(np.concatenate(zs[p]), e, groups)
     return result

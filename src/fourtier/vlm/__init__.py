@@ -1,8 +1,11 @@
 """VLM backends: each answers (tile image, prompt) requests and reports one record per answer.
 
 A backend is a small class with `model_id`, `settings` (everything that changes an answer, used in the
-cache key) and `run(requests, on_record)`, which calls `on_record` the moment each answer arrives so
-the caller can commit it before anything else can go wrong. `make_backend` builds one from a preset.
+cache key: never where the server is, nor how fast) and `run(requests, on_record)`, which calls `on_record` the
+moment each answer arrives so the caller can commit it before anything else can go wrong. `requests` is any
+iterable, consumed lazily: the caller streams a corpus through one call (fourtier.captioning.caption_chunks),
+so a backend takes the next request only when it has room for it, and stops taking when the iterable ends
+(which is also how the caller stops it early). `make_backend` builds one from a preset.
 """
 from __future__ import annotations
 
@@ -12,7 +15,7 @@ import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterable, Iterator
 
 import numpy as np
 from PIL import Image
@@ -33,6 +36,7 @@ class Request:
     tile_jpeg: bytes
     K: int
     key: str  # content address of the answer
+    parts: tuple = ()  # a joint request: the (prompt_id, key) of each answer its reply carries
 
 
 @dataclass
@@ -117,18 +121,33 @@ class BuiltinBackend:
         self.model_id = f"builtin-{self.style}{version}"
         self.settings = {"style": self.style, "error_rate": self.error_rate, "seed": self.seed}
 
-    def run(self, requests: list[Request], on_record: OnRecord) -> None:
+    def run(self, requests: Iterable[Request], on_record: OnRecord) -> None:
         from fourtier.parallel import map_progress
 
-        # one analysis per tile answers all of its prompts
-        by_tile: dict[tuple, list[Request]] = {}
-        for r in requests:
-            by_tile.setdefault((r.video_id, r.tile_jpeg, r.K), []).append(r)
-        jobs = [(vid, jpeg, k, [r.prompt_id for r in reqs], self.style, self.error_rate, self.seed)
-                for (vid, jpeg, k), reqs in by_tile.items()]
-        for (_, reqs), (answers, seconds) in zip(by_tile.items(), map_progress(_describe_job, jobs, self.workers, "caption builtin")):
-            for r in reqs:
-                on_record(r, Record(r.video_id, r.prompt_id, answers[r.prompt_id], latency_s=seconds / len(reqs)))
+        for by_tile in tile_groups(requests, TILES_PER_GROUP):  # one analysis per tile answers all of its prompts
+            jobs = [(vid, jpeg, k, [r.prompt_id for r in reqs], self.style, self.error_rate, self.seed)
+                    for (vid, jpeg, k), reqs in by_tile.items()]
+            for (_, reqs), (answers, seconds) in zip(by_tile.items(), map_progress(_describe_job, jobs, self.workers,
+                                                                                    "caption builtin")):
+                for r in reqs:
+                    on_record(r, Record(r.video_id, r.prompt_id, answers[r.prompt_id], latency_s=seconds / len(reqs)))
+
+
+TILES_PER_GROUP = 1024  # the builtin describer takes a stream this many tiles at a time (build_requests' chunk)
+
+
+def tile_groups(requests: Iterable[Request], tiles: int) -> Iterator[dict[tuple, list[Request]]]:
+    """The requests grouped by tile, at most `tiles` tiles a group, taken from the stream as needed. A tile's
+    requests arrive together (build_requests), so a group never splits them."""
+    group: dict[tuple, list[Request]] = {}
+    for r in requests:
+        tile = (r.video_id, r.tile_jpeg, r.K)
+        if tile not in group and len(group) >= tiles:
+            yield group
+            group = {}
+        group.setdefault(tile, []).append(r)
+    if group:
+        yield group
 
 
 def _describe_job(job):

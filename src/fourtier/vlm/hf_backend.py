@@ -1,4 +1,5 @@
-"""The `hf` VLM backend: transformers AutoProcessor + AutoModelForImageTextToText, batched generation.
+"""The `hf` VLM backend: transformers AutoProcessor + AutoModelForImageTextToText, batched generation
+(batch_size requests at a time, taken from the request stream as it goes).
 
 The prompt is formatted with the processor's chat template when it has one (LLaVA, Qwen2-VL, Idefics3,
 SmolVLM, InstructBLIP...), and in BLIP-2's "Question: ... Answer:" form otherwise. Device and dtype come
@@ -13,8 +14,10 @@ without it when that video processor needs torchvision and torchvision is not in
 from __future__ import annotations
 
 import inspect
+import itertools
 import time
 import types
+from typing import Iterable
 
 from fourtier.vlm import OnRecord, Record, Request, VLMError, decode_tile
 
@@ -135,7 +138,7 @@ class HFBackend:
             return self._processor.apply_chat_template(messages, add_generation_prompt=True)
         return f"Question: {prompt} Answer:"  # BLIP-2 style
 
-    def run(self, requests: list[Request], on_record: OnRecord) -> None:
+    def run(self, requests: Iterable[Request], on_record: OnRecord) -> None:
         import torch
         from PIL import Image
         from tqdm import tqdm
@@ -144,9 +147,10 @@ class HFBackend:
         sampling = {"do_sample": self.temperature > 0}
         if self.temperature > 0:
             sampling["temperature"] = self.temperature
-        with tqdm(total=len(requests), desc=f"caption {self.name}", unit="answer", dynamic_ncols=True) as bar:
-            for start in range(0, len(requests), self.batch_size):
-                batch = requests[start:start + self.batch_size]
+        total = len(requests) if hasattr(requests, "__len__") else None  # a stream has no length
+        stream = iter(requests)
+        with tqdm(total=total, desc=f"caption {self.name}", unit="answer", dynamic_ncols=True) as bar:
+            while batch := list(itertools.islice(stream, self.batch_size)):  # a batch at a time from the stream
                 images = [Image.fromarray(decode_tile(r.tile_jpeg)) for r in batch]
                 texts = [self.prompt_text(r.prompt) for r in batch]
                 began = time.perf_counter()

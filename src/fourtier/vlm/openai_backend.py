@@ -1,7 +1,9 @@
 """The `openai` VLM backend: GPT-4o/4.1 or any OpenAI-compatible server (vLLM, Ollama, `transformers serve`).
 
-The tile goes as a base64 JPEG data URL with the prompt, through the official async client. Requests run
-concurrently up to `concurrency`. Rate limits (429), server errors (5xx), timeouts, dropped connections and
+The tile goes as a base64 JPEG data URL with the prompt, through the official async client. `concurrency`
+requests are in flight at all times: each of that many workers takes the next request from the stream the
+moment its last answer is back, so the caller's chunks (fourtier.captioning) follow one another without a
+tail of idle slots. Rate limits (429), server errors (5xx), timeouts, dropped connections and
 malformed replies are retried with exponential backoff and jitter, honouring Retry-After. Authentication
 and request errors (401/403/400/404/422) are not retried: the stage stops with a message saying what to fix.
 A server that cannot be connected to at all (refused, no such host, or no connection within `CONNECT_TIMEOUT`,
@@ -14,9 +16,19 @@ output, a log or an error message.
 
 Preset keys (all optional but model): model, base_url, api_key_env, concurrency, max_retries, timeout,
 retry_base_delay, retry_max_delay, detail (low/high/auto), price_input_per_mtok, price_output_per_mtok, and
-mode (sync, or batch: the Batch API, cheaper and slower, for large jobs) with batch_poll_seconds and
-batch_max_requests. A submitted batch's id is kept under the cache folder, so a killed run resumes polling
-it instead of paying for it again.
+mode (sync, or batch: the Batch API, cheaper and slower, for large jobs). The answer cache's key holds the
+model, the prompt, the image and `settings` (max_tokens, temperature, detail; joint): not base_url, so a server
+that moves to another host, or a vLLM server that replaces a hosted one under the same model name, keeps its
+answers.
+
+Batch mode fills batches from the request stream, across the caller's chunks, each cut at batch_max_requests
+(default 50,000, the Batch API's limit) or batch_max_mb of JSONL (default 190; the API takes input files up
+to 200 MB, and a request carries its image as base64, about 27 KB for a 5-frame tile), and keeps up to
+batch_concurrency (default 4) batches submitted and not yet collected; each is polled every
+batch_poll_seconds (default 60). The moment a batch is submitted, its id and its requests' (key, video_id,
+prompt_id) are written to a state file under cache_dir()/batches. A run first collects the batches such files
+name for this model and server (a killed run's), puts their answers in the cache, and never submits their
+requests again; a file is removed once its batch's answers are delivered.
 """
 from __future__ import annotations
 
@@ -28,7 +40,10 @@ import json
 import math
 import os
 import random
+import re
 import time
+from pathlib import Path
+from typing import Iterable
 
 from fourtier.vlm import OnRecord, Record, Request, VLMError, redact, register_secret
 
@@ -103,13 +118,14 @@ class OpenAIBackend:
         if self.mode not in ("sync", "batch"):
             raise VLMError(f"vlms.{name}.mode is {self.mode!r}; use sync, or batch for the Batch API")
         self.poll_seconds = float(preset.get("batch_poll_seconds", 60))
-        self.batch_limit = int(preset.get("batch_max_requests", 50000))  # the Batch API's per-batch limit
+        self.batch_limit = _positive(preset, "batch_max_requests", 50000, name, int)  # the Batch API's limit
+        self.batch_max_bytes = int(_positive(preset, "batch_max_mb", 190, name, float) * 1e6)  # 200 MB API limit
+        self.batch_concurrency = _positive(preset, "batch_concurrency", 4, name, int)
         self.max_tokens = int(generation["max_new_tokens"])
         self.temperature = float(generation["temperature"])
         self._answered = False  # has the server answered anything (even an error) in this run?
-        # what changes an answer (the cache key); never the key or the concurrency
-        self.settings = {"base_url": self.base_url or "default", "max_tokens": self.max_tokens,
-                         "temperature": self.temperature, "detail": self.detail}
+        # what changes an answer (the cache key); never the API key, the concurrency, or where the server is
+        self.settings = {"max_tokens": self.max_tokens, "temperature": self.temperature, "detail": self.detail}
 
     # -- cost ---------------------------------------------------------------------------------
     def cost(self, input_tokens: int, output_tokens: int) -> float:
@@ -217,29 +233,25 @@ class OpenAIBackend:
                 backoff = min(backoff, 1.0)
             await asyncio.sleep(min(self.max_delay, wait) if wait is not None else backoff)
 
-    async def _run_sync(self, requests: list[Request], on_record: OnRecord) -> None:
+    async def _run_sync(self, requests: Iterable[Request], on_record: OnRecord) -> None:
         from tqdm import tqdm
 
-        queue: asyncio.Queue = asyncio.Queue()
-        for r in requests:
-            queue.put_nowait(r)
+        stream = iter(requests)
+        total = len(requests) if hasattr(requests, "__len__") else None  # a stream has no length
         self._answered = False  # has the server answered anything (even an error) in this run?
-        bar = tqdm(total=len(requests), desc=f"caption {self.name}", unit="answer", dynamic_ncols=True, mininterval=1.0)
+        bar = tqdm(total=total, desc=f"caption {self.name}", unit="answer", dynamic_ncols=True, mininterval=1.0)
         client = self._client()
 
         async def worker():
-            while True:
-                try:
-                    r = queue.get_nowait()
-                except asyncio.QueueEmpty:
-                    return
+            # the next request the moment the last answer is back: `concurrency` in flight while the stream lasts
+            for r in stream:
                 record, unreachable = await self._ask(client, r)
                 on_record(r, record)
                 bar.update()
                 if unreachable and not record.ok and not self._answered:
                     raise self._unreachable(record.error, record.attempts, record.latency_s)
 
-        tasks = [asyncio.ensure_future(worker()) for _ in range(min(self.concurrency, len(requests)))]
+        tasks = [asyncio.ensure_future(worker()) for _ in range(min(self.concurrency, total or self.concurrency))]
         try:
             await asyncio.gather(*tasks)
         finally:
@@ -250,79 +262,143 @@ class OpenAIBackend:
             await client.close()
 
     # -- the Batch API ------------------------------------------------------------------------
-    async def _run_batch(self, requests: list[Request], on_record: OnRecord) -> None:
-        import hashlib
+    def _server(self) -> str:
+        # a batch id means something only to the server that made it; kept in state files, so never a secret
+        return redact(self.base_url or "default")
 
+    def _batch_line(self, r: Request) -> bytes:
+        return json.dumps({"custom_id": r.key, "method": "POST", "url": "/v1/chat/completions",
+                           "body": {"model": self.model_id, "messages": self._messages(r),
+                                    "max_tokens": self.max_tokens, "temperature": self.temperature}}).encode() + b"\n"
+
+    def pending_batches(self, state_dir: Path) -> list[tuple[Path, dict]]:
+        """The batches that state files under `state_dir` record as submitted to this server for this model and
+        not yet collected (a killed run's)."""
+        found = []
+        for path in sorted(state_dir.glob("*.json")):
+            try:
+                state = json.loads(path.read_text())
+            except (OSError, json.JSONDecodeError) as exc:
+                raise VLMError(f"{path} is not a readable batch state file ({exc}). It records a submitted batch: "
+                               "repair it, or delete it if that batch is no longer wanted, and run again") from None
+            if not isinstance(state.get("requests"), list):  # an older version's file: a count, not the requests
+                print(f"note: {path} (batch {state.get('batch_id')}, written by an older fourtier) is left alone; "
+                      "its answers are asked again", flush=True)
+                continue
+            if state.get("model") == self.model_id and state.get("server") == self._server():
+                found.append((path, state))
+        return found
+
+    async def _run_batch(self, requests: Iterable[Request], on_record: OnRecord) -> None:
         import openai
+        from tqdm import tqdm
 
         from fourtier.paths import cache_dir
 
         state_dir = cache_dir() / "batches"
         state_dir.mkdir(parents=True, exist_ok=True)
         client = self._client()
+        bar = tqdm(desc=f"batch {self.name}", unit="answer", dynamic_ncols=True)
+        running: set[asyncio.Task] = set()  # one task per submitted batch: polls it, then delivers its answers
+
+        def collect(path: Path, state: dict) -> None:
+            running.add(asyncio.ensure_future(self._collect(client, path, state, on_record, bar)))
+
         try:
-            for start in range(0, len(requests), self.batch_limit):
-                chunk = requests[start:start + self.batch_limit]
-                job = hashlib.sha256("".join(sorted(r.key for r in chunk)).encode()).hexdigest()[:24]
-                state_file = state_dir / f"{job}.json"
-                try:
-                    if state_file.exists():  # submitted before this run was killed: resume, never pay twice
-                        batch_id = json.loads(state_file.read_text())["batch_id"]
-                        print(f"resuming batch {batch_id}", flush=True)
-                    else:
-                        lines = [json.dumps({"custom_id": r.key, "method": "POST", "url": "/v1/chat/completions",
-                                             "body": {"model": self.model_id, "messages": self._messages(r),
-                                                      "max_tokens": self.max_tokens, "temperature": self.temperature}})
-                                 for r in chunk]
-                        upload = await client.files.create(file=("requests.jsonl", "\n".join(lines).encode()),
-                                                           purpose="batch")
-                        batch = await client.batches.create(input_file_id=upload.id, endpoint="/v1/chat/completions",
-                                                            completion_window="24h")
-                        batch_id = batch.id
-                        state_file.write_text(json.dumps({"batch_id": batch_id, "requests": len(chunk)}))
-                    batch = await self._wait(client, batch_id, len(chunk))
-                    text = (await client.files.content(batch.output_file_id)).text if batch.output_file_id else ""
-                except openai.APIStatusError as exc:
-                    raise self._fatal(exc) from None
-                except (openai.APITimeoutError, openai.APIConnectionError) as exc:
-                    cause = cannot_connect(exc)
-                    what = "it is unreachable" if cause is not None else "the connection failed"
-                    raise VLMError(f"vlm {self.name!r}: cannot reach the server at "
-                                   f"{self.base_url or 'the default URL'}: {what} ({type(cause or exc).__name__}); "
-                                   f"the batch id, if one was submitted, is kept in {state_dir}, so a re-run "
-                                   "resumes it") from None
-                by_key = {r.key: r for r in chunk}
-                for line in text.splitlines():
-                    record = self._batch_record(line, by_key)
-                    if record is not None:
-                        on_record(by_key.pop(record[0]), record[1])
-                for r in by_key.values():  # no line in the output: failed, expired or cancelled
-                    on_record(r, Record(r.video_id, r.prompt_id, "", error=f"batch {batch.status}: no answer"))
-                state_file.unlink(missing_ok=True)
+            pending = self.pending_batches(state_dir)
+            skip = {entry[0] for _, state in pending for entry in state["requests"]}  # answered by those batches
+            for path, state in pending:
+                print(f"collecting batch {state['batch_id']} ({len(state['requests'])} requests), submitted by an "
+                      "earlier run", flush=True)
+                collect(path, state)
+            batch = _BatchFile()
+            for n, r in enumerate(requests):
+                if r.key in skip:
+                    continue
+                line = self._batch_line(r)
+                if len(line) > self.batch_max_bytes:
+                    raise VLMError(f"vlm {self.name!r}: one batch request is {len(line) / 1e6:.1f} MB, more than "
+                                   f"vlms.{self.name}.batch_max_mb allows; raise it (the Batch API takes files up to "
+                                   "200 MB) or make the tiles smaller (tile.height)")
+                if batch.entries and (batch.count >= self.batch_limit or
+                                      batch.size + (0 if r.key in batch.keys else len(line)) > self.batch_max_bytes):
+                    await self._submit(client, batch, state_dir, running, collect)
+                    batch = _BatchFile()
+                batch.add(r, line)
+                if n % 256 == 0:
+                    await asyncio.sleep(0)  # let the pollers run while a large batch fills
+            if batch.entries:
+                await self._submit(client, batch, state_dir, running, collect)
+            while running:
+                await _finish_one(running)
+        except openai.APIStatusError as exc:
+            raise self._fatal(exc) from None
+        except (openai.APITimeoutError, openai.APIConnectionError) as exc:
+            cause = cannot_connect(exc)
+            what = "it is unreachable" if cause is not None else "the connection failed"
+            raise VLMError(f"vlm {self.name!r}: cannot reach the server at "
+                           f"{self.base_url or 'the default URL'}: {what} ({type(cause or exc).__name__}); "
+                           f"every batch submitted so far is kept in {state_dir}, so a re-run collects it "
+                           "instead of paying for it again") from None
         finally:
+            for t in running:
+                t.cancel()
+            await asyncio.gather(*running, return_exceptions=True)
+            bar.close()
             await client.close()
 
-    async def _wait(self, client, batch_id: str, total: int):
+    async def _submit(self, client, batch: "_BatchFile", state_dir: Path, running: set, collect) -> None:
+        """Upload and create one batch once fewer than batch_concurrency are out; its state file is written the
+        moment the server has accepted it."""
         from tqdm import tqdm
 
-        with tqdm(total=total, desc=f"batch {batch_id}", unit="answer", dynamic_ncols=True) as bar:
-            while True:
-                batch = await client.batches.retrieve(batch_id)
-                counts = getattr(batch, "request_counts", None)
-                done = int(getattr(counts, "completed", 0) or 0) + int(getattr(counts, "failed", 0) or 0)
-                bar.update(max(0, done - bar.n))
-                if batch.status in ("completed", "failed", "expired", "cancelled"):
-                    return batch
-                await asyncio.sleep(self.poll_seconds)
+        while len(running) >= self.batch_concurrency:
+            await _finish_one(running)
+        upload = await client.files.create(file=("requests.jsonl", batch.content()), purpose="batch")
+        created = await client.batches.create(input_file_id=upload.id, endpoint="/v1/chat/completions",
+                                              completion_window="24h")
+        state = {"batch_id": created.id, "model": self.model_id, "server": self._server(),
+                 "input_file_id": upload.id, "submitted_at": time.time(), "requests": batch.entries}
+        path = state_dir / (re.sub(r"[^A-Za-z0-9_.-]", "_", created.id) + ".json")
+        partial = path.with_suffix(".partial")
+        partial.write_text(json.dumps(state))
+        os.replace(partial, path)  # all or nothing: a kill never leaves half a state file
+        tqdm.write(f"submitted batch {created.id}: {batch.count} requests, {batch.size / 1e6:.1f} MB")
+        collect(path, state)
+
+    async def _collect(self, client, path: Path, state: dict, on_record: OnRecord, bar) -> None:
+        """Wait for one batch, give each of its requests its answer (or a failure), then forget the batch."""
+        batch = await self._wait(client, state["batch_id"])
+        text = (await client.files.content(batch.output_file_id)).text if batch.output_file_id else ""
+        waiting: dict[str, list] = {}
+        for entry in state["requests"]:  # a key can stand for several requests (tiles with the same bytes)
+            waiting.setdefault(entry[0], []).append(entry)
+        for line in text.splitlines():
+            answer = self._batch_answer(line)
+            for entry in waiting.pop(answer[0], []) if answer else []:
+                on_record(_request_of(entry), Record(entry[1], entry[2], *answer[1:]))
+                bar.update()
+        for entries in waiting.values():  # no line in the output: failed, expired or cancelled
+            for entry in entries:
+                on_record(_request_of(entry), Record(entry[1], entry[2], "", error=f"batch {batch.status}: no answer"))
+                bar.update()
+        path.unlink(missing_ok=True)
+
+    async def _wait(self, client, batch_id: str):
+        while True:
+            batch = await client.batches.retrieve(batch_id)
+            if batch.status in ("completed", "failed", "expired", "cancelled"):
+                return batch
+            await asyncio.sleep(self.poll_seconds)
 
     @staticmethod
-    def _batch_record(line: str, by_key: dict) -> tuple[str, Record] | None:
+    def _batch_answer(line: str) -> tuple | None:
+        """(custom_id, answer, input_tokens, output_tokens, latency_s, attempts, error) of one output line."""
         try:
             item = json.loads(line)
         except json.JSONDecodeError:
             return None
-        r = by_key.get(item.get("custom_id"))
-        if r is None:
+        if not isinstance(item, dict) or "custom_id" not in item:
             return None
         response = item.get("response") or {}
         body = response.get("body") or {}
@@ -331,10 +407,10 @@ class OpenAIBackend:
         usage = body.get("usage") or {}
         error = "" if response.get("status_code") == 200 and text else redact(
             str(item.get("error") or f"HTTP {response.get('status_code')}: empty or missing answer"))[:200]
-        return r.key, Record(r.video_id, r.prompt_id, text, input_tokens=int(usage.get("prompt_tokens", 0)),
-                             output_tokens=int(usage.get("completion_tokens", 0)), error=error)
+        return (item["custom_id"], text, int(usage.get("prompt_tokens", 0)), int(usage.get("completion_tokens", 0)),
+                0.0, 1, error)
 
-    def run(self, requests: list[Request], on_record: OnRecord) -> None:
+    def run(self, requests: Iterable[Request], on_record: OnRecord) -> None:
         try:
             importlib.import_module("openai")
         except ImportError as exc:
@@ -344,3 +420,48 @@ class OpenAIBackend:
             asyncio.run(self._run_batch(requests, on_record))
         else:
             asyncio.run(self._run_sync(requests, on_record))
+
+
+class _BatchFile:
+    """One batch being filled: its JSONL lines and the (key, video_id, prompt_id[, parts]) of each request."""
+
+    def __init__(self):
+        self.lines: list[bytes] = []
+        self.entries: list[list] = []
+        self.keys: set[str] = set()
+        self.size = 0
+        self.count = 0  # lines: a request whose key is already in the file adds none
+
+    def add(self, r: Request, line: bytes) -> None:
+        self.entries.append([r.key, r.video_id, r.prompt_id] + ([[list(p) for p in r.parts]] if r.parts else []))
+        if r.key not in self.keys:  # custom_id must be unique within a batch
+            self.keys.add(r.key)
+            self.lines.append(line)
+            self.size += len(line)
+            self.count += 1
+
+    def content(self) -> bytes:
+        return b"".join(self.lines)
+
+
+def _request_of(entry: list) -> Request:
+    """The request a state file entry stands for, as much of it as an answer needs (no image, no prompt)."""
+    parts = tuple(tuple(p) for p in entry[3]) if len(entry) > 3 else ()
+    return Request(entry[1], entry[2], "", b"", 0, entry[0], parts=parts)
+
+
+async def _finish_one(running: set) -> None:
+    """Wait until one of the running batch tasks is done; its failure is raised here."""
+    done, _ = await asyncio.wait(running, return_when=asyncio.FIRST_COMPLETED)
+    for task in done:
+        running.discard(task)
+        task.result()
+
+
+def _positive(preset: dict, key: str, default, name: str, kind):
+    value = preset.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0 or \
+            (kind is int and value != int(value)):
+        what = "a whole number of at least 1" if kind is int else "a number above 0"
+        raise VLMError(f"vlms.{name}.{key} is {value!r}; use {what}")
+    return kind(value)
