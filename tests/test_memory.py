@@ -13,7 +13,8 @@ import torch
 
 from fourtier.errors import DataError
 from fourtier.params import PROMPT_IDS
-from fourtier.text import NpyRows, embed_captions, index_captions, make_encoder
+from fourtier.shards import NpyRows
+from fourtier.text import embed_captions, index_captions, make_encoder
 from fourtier.models.ftp import FTP, FTPConfig
 from fourtier.training import OptimSettings, PooledTargets, caption_groups, train_alignment
 from helpers import REPO, ArraySource

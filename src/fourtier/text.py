@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 from fourtier.errors import DataError, FourtierError
+from fourtier.shards import NpyRows
 
 
 class TextEncoderError(FourtierError):
@@ -288,83 +289,6 @@ def embed_captions(captions: Path, out_dir: Path, encoder: TextEncoder, batch_si
             "missing_answers": index.rows - len(index.text)}
     (out_dir / "meta.json").write_text(json.dumps(meta, indent=1) + "\n")
     return meta
-
-
-class NpyRows:
-    """A .npy file read by row with pread, never through a memory map: a reader holds only the rows it asked
-    for (a memory map would keep every page it touched in the process's resident memory, the whole file after
-    an epoch). Indexing as numpy does for what stage 1 asks: rows[positions], rows[positions, col] and
-    rows[positions, col, :length], positions in any order, repeats allowed; a copy, not a view."""
-
-    def __init__(self, path: Path):
-        import os
-
-        self.path = Path(path)
-        with open(self.path, "rb") as fh:
-            version = np.lib.format.read_magic(fh)
-            read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
-            shape, fortran, dtype = read_header(fh)
-            self.offset = fh.tell()
-        if fortran:
-            raise TextEncoderError(f"{self.path} is in Fortran order; re-run the embed stage (dvc repro)")
-        self.shape, self.dtype = tuple(shape), np.dtype(dtype)
-        self.fd = os.open(self.path, os.O_RDONLY)
-        self._pid = os.getpid()
-
-    def __len__(self) -> int:
-        return self.shape[0]
-
-    @property
-    def ndim(self) -> int:
-        return len(self.shape)
-
-    def _descriptor(self) -> int:
-        import os
-
-        if self._pid != os.getpid():  # a forked worker: its own descriptor (offsets are per call anyway)
-            self.fd, self._pid = os.open(self.path, os.O_RDONLY), os.getpid()
-        return self.fd
-
-    def __getitem__(self, key) -> np.ndarray:
-        import os
-
-        key = key if isinstance(key, tuple) else (key,)
-        prefix = len(key) == 3 and isinstance(key[2], slice) and key[2].start in (None, 0) and key[2].step in (None, 1)
-        if not (len(key) in (1, 2) or prefix) or (len(key) > 1 and not 0 <= int(key[1]) < self.shape[1]):
-            raise IndexError(f"{self.path} is read as [positions], [positions, col] or [positions, col, :n], "
-                             f"not {key!r}")
-        positions = key[0]
-        if isinstance(positions, slice):
-            positions = np.arange(*positions.indices(self.shape[0]))
-        positions = np.asarray(positions, dtype=np.int64).reshape(-1)
-        row_bytes = int(np.prod(self.shape[1:], dtype=np.int64)) * self.dtype.itemsize
-        sub_shape, skip = self.shape[1:], 0  # what is read of each row, from `skip` bytes into it
-        if len(key) > 1:
-            sub_shape = self.shape[2:]
-            skip = int(key[1]) * int(np.prod(sub_shape, dtype=np.int64)) * self.dtype.itemsize
-        if prefix:  # [r, col, :n] is contiguous
-            stop = sub_shape[0] if key[2].stop is None else max(0, min(sub_shape[0], key[2].stop))
-            sub_shape = (stop, *sub_shape[1:])
-        count = int(np.prod(sub_shape, dtype=np.int64)) * self.dtype.itemsize
-        out = np.empty((len(positions), *sub_shape), self.dtype)
-        flat = out.reshape(len(positions), count // self.dtype.itemsize).view(np.uint8)
-        fd = self._descriptor()
-        for j, pos in enumerate(positions.tolist()):
-            if not 0 <= pos < self.shape[0]:
-                raise IndexError(f"row {pos} of {self.shape[0]} in {self.path}")
-            flat[j] = np.frombuffer(os.pread(fd, count, self.offset + pos * row_bytes + skip), np.uint8)
-        return out
-
-    def close(self) -> None:
-        import os
-
-        if self._pid == os.getpid():
-            os.close(self.fd)
-
-    def __getstate__(self):  # picklable for spawned workers: the descriptor is reopened there
-        state = dict(self.__dict__)
-        state["_pid"] = -1
-        return state
 
 
 @dataclass
