@@ -183,3 +183,21 @@ def test_the_streamed_run_writes_the_bytes_of_a_chunk_by_chunk_run(tmp_path):
     rows = [json.loads(line) for line in written.decode().splitlines()]
     assert [r["video_id"] for r in rows] == [f"v{i}" for i in range(N_VIDEOS) for _ in range(4)]
     assert all(r["answer"] for r in rows)
+
+
+def _open_cache(path: str) -> int:
+    from fourtier.captioning import AnswerCache
+
+    AnswerCache(Path(path)).close()
+    return 0
+
+
+def test_many_processes_open_a_new_answer_cache_at_once(tmp_path):
+    # Ranks and parallel experiments open the same new cache together; SQLite answers one of them "database is
+    # locked" at once (no busy wait) while another switches it to WAL. Unretried, about 1 round in 70 failed.
+    import multiprocessing
+
+    with multiprocessing.get_context("fork").Pool(6) as pool:
+        for round_ in range(60):
+            path = str(tmp_path / f"answers-{round_}.sqlite")
+            assert pool.map(_open_cache, [path] * 6) == [0] * 6

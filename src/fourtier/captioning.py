@@ -54,8 +54,19 @@ class AnswerCache:
         path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
         self.db = sqlite3.connect(path, timeout=60, isolation_level=None)
-        self.db.execute("PRAGMA journal_mode=WAL")
-        self.db.execute("CREATE TABLE IF NOT EXISTS answers (key TEXT PRIMARY KEY, record TEXT NOT NULL)")
+        # Switching to WAL takes an exclusive lock, and SQLite answers "database is locked" at once, without its
+        # busy wait, when another process (another rank, another experiment) opens the same file at that moment:
+        # so the setup is retried, for as long as the connection's own timeout.
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                self.db.execute("PRAGMA journal_mode=WAL")
+                self.db.execute("CREATE TABLE IF NOT EXISTS answers (key TEXT PRIMARY KEY, record TEXT NOT NULL)")
+                break
+            except sqlite3.OperationalError as err:
+                if "locked" not in str(err) or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.05)
 
     def get_many(self, keys: list[str]) -> dict[str, dict]:
         found = {}
