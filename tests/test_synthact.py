@@ -1,7 +1,11 @@
 import hashlib
+import os
+import subprocess
+import sys
 from collections import Counter
 
 import numpy as np
+import pytest
 
 from fourtier.data import synthact as S
 
@@ -31,6 +35,49 @@ def test_render_and_encode_are_deterministic(tmp_path):
     S.encode_mp4(f2, spec.fps, spec.crf, tmp_path / "b.mp4")
     digest = lambda p: hashlib.sha256(p.read_bytes()).hexdigest()  # noqa: E731
     assert digest(tmp_path / "a.mp4") == digest(tmp_path / "b.mp4")
+
+
+def test_the_deterministic_sines_are_sines():
+    x = np.linspace(-60.0, 60.0, 100_001)
+    assert np.abs(S._sin(x) - np.sin(x)).max() < 1e-10
+    assert np.abs(S._cos(x) - np.cos(x)).max() < 1e-10
+    u = np.linspace(-3.0, 3.0, 10_001)
+    assert np.abs(S._triangle(u) - (2 / np.pi) * np.arcsin(np.sin(2 * np.pi * u))).max() < 1e-9
+
+
+RENDER_DIGEST = """
+import hashlib
+from fourtier.data import synthact as S
+digest = hashlib.sha256()
+for spec in S.plan("scenes", 3, 0, 0, 1, 0) + S.plan("motion", 3, 0, 0, 1, 0):
+    digest.update(S.render(spec).tobytes())
+print(digest.hexdigest())
+"""
+
+
+def test_render_gives_the_same_pixels_on_other_instruction_sets():
+    # Another CPU, simulated: numpy without its SIMD kernels above the baseline (AVX2, AVX-512 where this machine
+    # has them) and glibc's libm without its AVX/FMA variants. np.sin in the renderer failed this.
+    from numpy._core._multiarray_umath import __cpu_dispatch__, __cpu_features__
+
+    extra = [f for f in __cpu_dispatch__ if __cpu_features__.get(f)]
+    if not extra:
+        pytest.skip("this CPU has no SIMD extension above numpy's baseline to switch off")
+    run = lambda env: subprocess.run([sys.executable, "-c", RENDER_DIGEST], env={**os.environ, **env},  # noqa: E731
+                                     capture_output=True, text=True, check=True).stdout
+    assert run({}) == run({"NPY_DISABLE_CPU_FEATURES": " ".join(extra),
+                           "GLIBC_TUNABLES": "glibc.cpu.hwcaps=-AVX2,-FMA,-AVX"})
+
+
+def test_encode_gives_the_bytes_of_x264_without_simd(tmp_path, monkeypatch):
+    # x264's default SIMD kernels give other bytes than its C code (and so than other CPUs' kernels);
+    # cpu-independent gives the C code's
+    spec = S.plan("motion", 3, 0, 0, 1, 0)[2]
+    frames = S.render(spec)
+    S.encode_mp4(frames, spec.fps, spec.crf, tmp_path / "simd.mp4")
+    monkeypatch.setattr(S, "X264_PARAMS", S.X264_PARAMS + ":asm=0")
+    S.encode_mp4(frames, spec.fps, spec.crf, tmp_path / "c.mp4")
+    assert (tmp_path / "simd.mp4").read_bytes() == (tmp_path / "c.mp4").read_bytes()
 
 
 def test_targets_are_class_balanced_per_split():

@@ -3,7 +3,9 @@
 Clips are rendered with numpy and encoded as H.264 mp4 by ffmpeg. Each clip is a scene (context) with
 one or two objects doing an action, plus nuisances (camera shake, flicker, noise, static distractors,
 compression). Everything about clip i of a dataset follows from (seed, i), so the output is
-deterministic whatever the number of workers.
+deterministic whatever the number of workers, and whatever the CPU: the rendering's sines are `_sin`, made of
+IEEE additions and multiplications only, because numpy's and libm's sines take other code paths (and give other
+last bits, hence other pixels) on other instruction sets; and x264 runs with `cpu-independent`.
 
 Three variants:
 - pretrain: random combinations; the label is coarse (motion family and object shape), the analogue
@@ -18,7 +20,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-VERSION = "synthact-1"
+VERSION = "synthact-2"  # 2: CPU-independent sines and x264
 
 SCENES = {  # name: base colour (RGB)
     "grass": (62, 140, 52),
@@ -197,6 +199,35 @@ def plan(variant: str, seed: int, clips: int, val_fraction: float, train_per_cla
 # ---------------------------------------------------------------------------------------------
 # rendering
 
+_TAU = 2 * math.pi
+# Taylor coefficients of sin up to x^15: under 1e-11 off on [-pi/2, pi/2], far below a pixel's 1/255
+_SIN_COEFFS = tuple((-1) ** k / math.factorial(2 * k + 1) for k in range(7, -1, -1))
+
+
+def _sin(x):
+    """sin(x) in float64 from additions, multiplications and rounding alone, each of which IEEE 754 fixes to the
+    bit: the same result on every CPU, which np.sin and math.sin (SIMD and libm paths per instruction set) are not."""
+    x = np.asarray(x, np.float64)
+    r = x - np.round(x / _TAU) * _TAU  # in [-pi, pi]
+    r = np.where(r > math.pi / 2, math.pi - r, r)  # sin(r) = sin(pi - r): into [-pi/2, pi/2]
+    r = np.where(r < -math.pi / 2, -math.pi - r, r)
+    r2 = r * r
+    poly = np.zeros_like(r)
+    for c in _SIN_COEFFS:
+        poly = poly * r2 + c
+    return poly * r
+
+
+def _cos(x):
+    return _sin(np.asarray(x, np.float64) + math.pi / 2)
+
+
+def _triangle(u):
+    """The triangle wave (2/pi) arcsin(sin(2 pi u)), in basic operations: 0 at u = 0, 1 at 1/4, -1 at 3/4."""
+    s = (np.asarray(u, np.float64) + 0.25) % 1.0
+    return 1.0 - 4.0 * np.abs(s - 0.5)
+
+
 def _background(spec: ClipSpec, rng: np.random.Generator) -> np.ndarray:
     """Static scene texture (H, W, 3) float32 in 0..255, with lighting and tint jitter."""
     h, w = spec.height, spec.width
@@ -206,11 +237,11 @@ def _background(spec: ClipSpec, rng: np.random.Generator) -> np.ndarray:
     grain = rng.normal(0, 1, (h, w)).astype(np.float32)
     scene = spec.scene
     if scene == "grass":
-        img += (18 * np.sin(xx * 1.7 + rng.uniform(0, 6)) * (0.5 + 0.5 * np.sin(yy * 0.3)))[..., None] + 10 * grain[..., None]
+        img += (18 * _sin(xx * 1.7 + rng.uniform(0, 6)) * (0.5 + 0.5 * _sin(yy * 0.3)))[..., None] + 10 * grain[..., None]
     elif scene == "sand":
-        img += 14 * grain[..., None] + (8 * np.sin(yy * 0.25 + xx * 0.05))[..., None]
+        img += 14 * grain[..., None] + (8 * _sin(yy * 0.25 + xx * 0.05))[..., None]
     elif scene == "water":
-        img += (16 * np.sin(yy * 0.6 + 2 * np.sin(xx * 0.08)))[..., None] * np.array([0.4, 0.7, 1.0], np.float32)
+        img += (16 * _sin(yy * 0.6 + 2 * _sin(xx * 0.08)))[..., None] * np.array([0.4, 0.7, 1.0], np.float32)
     elif scene == "snow":
         img += 6 * grain[..., None]
     elif scene == "road":
@@ -219,7 +250,7 @@ def _background(spec: ClipSpec, rng: np.random.Generator) -> np.ndarray:
         img[lane] = (235, 235, 200)
     elif scene == "wooden floor":
         seams = (yy % 14) < 1.2
-        img += (10 * np.sin(xx * 0.15 + yy * 0.9))[..., None] + 5 * grain[..., None]
+        img += (10 * _sin(xx * 0.15 + yy * 0.9))[..., None] + 5 * grain[..., None]
         img[seams] *= 0.6
     elif scene == "night sky":
         img += 3 * grain[..., None]
@@ -237,7 +268,7 @@ def _background(spec: ClipSpec, rng: np.random.Generator) -> np.ndarray:
 
 def _shape_mask(shape: str, xx, yy, cx, cy, radius, angle) -> np.ndarray:
     """Pixels inside `shape` centred at (cx, cy) with the given radius (px) and rotation (rad)."""
-    c, s = math.cos(angle), math.sin(angle)
+    c, s = float(_cos(angle)), float(_sin(angle))
     u = ((xx - cx) * c + (yy - cy) * s) / radius
     v = (-(xx - cx) * s + (yy - cy) * c) / radius
     if shape == "ball":
@@ -270,14 +301,14 @@ def _tracks(spec: ClipSpec, rng: np.random.Generator):
     elif a == "zigzag":
         x = 0.15 + 0.7 * t if rng.random() < 0.5 else 0.85 - 0.7 * t
         periods = rng.integers(2, 4)
-        y = 0.5 + 0.18 * (2 / math.pi) * np.arcsin(np.sin(2 * math.pi * periods * t))
+        y = 0.5 + 0.18 * _triangle(periods * t)
     elif a == "rise":
         y = rng.uniform(0.75, 0.85) - rng.uniform(0.5, 0.6) * t * speed
     elif a == "fall":
         y = rng.uniform(0.15, 0.25) + rng.uniform(0.5, 0.6) * t ** 2
     elif a == "bounce":
         ground, hops = rng.uniform(0.72, 0.8), int(rng.integers(2, 4))
-        y = ground - rng.uniform(0.35, 0.5) * np.abs(np.sin(math.pi * hops * t)) * (1 - 0.35 * t)
+        y = ground - rng.uniform(0.35, 0.5) * np.abs(_sin(math.pi * hops * t)) * (1 - 0.35 * t)
     elif a == "jump":
         ground, start = rng.uniform(0.72, 0.8), rng.uniform(0.25, 0.4)
         u = np.clip((t - start) / 0.35, 0, 1)
@@ -290,8 +321,8 @@ def _tracks(spec: ClipSpec, rng: np.random.Generator):
         angle = angle + (1 if rng.random() < 0.5 else -1) * rng.uniform(1.0, 2.0) * math.pi * t
     elif a == "orbit":
         radius, phase, turn = rng.uniform(0.2, 0.28), rng.uniform(0, 2 * math.pi), (1 if rng.random() < 0.5 else -1)
-        x = 0.5 + radius * np.cos(phase + turn * 2 * math.pi * t)
-        y = 0.5 + radius * np.sin(phase + turn * 2 * math.pi * t)
+        x = 0.5 + radius * _cos(phase + turn * 2 * math.pi * t)
+        y = 0.5 + radius * _sin(phase + turn * 2 * math.pi * t)
     elif a == "stay still":
         x = x + rng.normal(0, 0.003, n)
     second = None
@@ -339,11 +370,11 @@ def render(spec: ClipSpec) -> np.ndarray:
     for i in range(n):
         frame = bg.copy()
         if spec.scene == "water":  # moving ripples
-            frame += (6 * np.sin(yy * 0.6 + i * 0.8))[..., None]
+            frame += (6 * _sin(yy * 0.6 + i * 0.8))[..., None]
         for shape, colour, rad, (x, y, scale, angle) in objects:
             mask = _shape_mask(shape, xx, yy, x[i] * w, y[i] * h, rad * scale[i], angle[i])
             frame[mask] = COLOURS[colour]
-        gain = 1.0 + spec.flicker * math.sin(flicker_phase + 2 * math.pi * flicker_freq * i / spec.fps)
+        gain = 1.0 + spec.flicker * float(_sin(flicker_phase + 2 * math.pi * flicker_freq * i / spec.fps))
         frame = frame * gain + rng.normal(0, spec.noise, (h, w, 1)).astype(np.float32)
         if spec.shake:
             dy, dx = rng.integers(-int(spec.shake), int(spec.shake) + 1, 2)
@@ -352,8 +383,14 @@ def render(spec: ClipSpec) -> np.ndarray:
     return frames
 
 
+# x264 picks its SIMD kernels by CPU, and some of them (lookahead, mbtree) round otherwise than others; this makes
+# it pick the ones that give the same bytes everywhere (tests/test_synthact.py checks them against no SIMD at all)
+X264_PARAMS = "cpu-independent=1"
+
+
 def encode_mp4(frames: np.ndarray, fps: int, crf: int, path) -> None:
-    """H.264/yuv420p mp4 through ffmpeg-python; single-threaded and bitexact, so bytes are reproducible."""
+    """H.264/yuv420p mp4 through ffmpeg-python; single-threaded, bitexact and CPU-independent, so the bytes are
+    the same on every machine."""
     import ffmpeg
 
     from fourtier.errors import DataError
@@ -362,6 +399,7 @@ def encode_mp4(frames: np.ndarray, fps: int, crf: int, path) -> None:
     n, h, w, _ = frames.shape
     stream = ffmpeg.input("pipe:", format="rawvideo", pix_fmt="rgb24", s=f"{w}x{h}", framerate=fps).output(
         str(path), vcodec="libx264", pix_fmt="yuv420p", crf=crf, preset="veryfast", threads=1,
+        **{"x264-params": X264_PARAMS},
         map_metadata=-1, fflags="+bitexact", **{"flags:v": "+bitexact"}, movflags="+faststart")
     try:
         stream.overwrite_output().run(cmd=ffmpeg_exe(), input=frames.tobytes(), capture_stdout=True,
