@@ -369,8 +369,8 @@ def render(spec: ClipSpec) -> np.ndarray:
         objects.insert(0, (spec.second_shape, spec.second_colour, second_radius, second))  # main drawn on top
     for i in range(n):
         frame = bg.copy()
-        if spec.scene == "water":  # moving ripples
-            frame += (6 * _sin(yy * 0.6 + i * 0.8))[..., None]
+        if spec.scene == "water":  # moving ripples, a function of the row alone: computed per row, broadcast
+            frame += (6 * _sin(yy[:, :1] * 0.6 + i * 0.8))[..., None]
         for shape, colour, rad, (x, y, scale, angle) in objects:
             mask = _shape_mask(shape, xx, yy, x[i] * w, y[i] * h, rad * scale[i], angle[i])
             frame[mask] = COLOURS[colour]
