@@ -46,6 +46,9 @@ def _key(image_digest: bytes, prompt: str, model_id: str, settings: dict) -> str
     return digest.hexdigest()
 
 
+LOCK_WAIT_S = 60  # how long an AnswerCache waits for another process's lock on the file
+
+
 class AnswerCache:
     """key -> record (JSON), one row per answer; WAL mode so parallel experiments can share it."""
 
@@ -53,11 +56,11 @@ class AnswerCache:
         path = Path(path or cache_dir() / "answers.sqlite")
         path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
-        self.db = sqlite3.connect(path, timeout=60, isolation_level=None)
+        self.db = sqlite3.connect(path, timeout=LOCK_WAIT_S, isolation_level=None)
         # Switching to WAL takes an exclusive lock, and SQLite answers "database is locked" at once, without its
         # busy wait, when another process (another rank, another experiment) opens the same file at that moment:
         # so the setup is retried, for as long as the connection's own timeout.
-        deadline = time.monotonic() + 60
+        deadline = time.monotonic() + LOCK_WAIT_S
         while True:
             try:
                 self.db.execute("PRAGMA journal_mode=WAL")
