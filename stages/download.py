@@ -38,6 +38,7 @@ def main() -> None:
     key_file.write_text(key)
     start = time.perf_counter()
     manifest = registry.download(spec, work, params.workers, parallel=params.download.parallel)
+    del manifest["checksums"]  # one per clip: not held while the videos are packed
     prune_videos(work)  # files a killed run of other inputs left
     shards = pack_videos(work, params.download.shard_above, params.download.shard_size)
     shutil.rmtree(out, ignore_errors=True)

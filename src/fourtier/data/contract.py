@@ -12,8 +12,10 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
+import sys
 from collections import Counter
 from dataclasses import dataclass, replace
+from operator import itemgetter
 from pathlib import Path
 
 from fourtier.errors import DataError
@@ -23,7 +25,7 @@ ANNOTATION_COLUMNS = ("video_id", "path", "label", "split")
 SPLITS = ("train", "val", "test")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)  # slots: one per clip, 10^6 of them at K710's size
 class Annotation:
     video_id: str
     path: str
@@ -73,8 +75,15 @@ def write_dataset(out_dir: Path, rows: list[Annotation], classes: list[str], sou
         "checksums": {r.path: sha256_item(out_dir, r.path) for r in rows},
         **(extra or {}),
     }
-    (out_dir / "manifest.json").write_text(json.dumps(manifest, indent=1) + "\n", encoding="utf-8")
+    _write_manifest(out_dir / "manifest.json", manifest)
     return manifest
+
+
+def _write_manifest(path: Path, manifest: dict) -> None:
+    # json.dump streams its chunks to the file: the same bytes as json.dumps without the whole text in memory
+    with open(path, "w", encoding="utf-8") as fh:
+        json.dump(manifest, fh, indent=1)
+        fh.write("\n")
 
 
 def _write_annotations(out_dir: Path, rows: list[Annotation]) -> None:
@@ -116,24 +125,25 @@ def pack_videos(ds_dir: Path, shard_above: int, shard_size: int) -> int:
     rows = read_annotations(ds_dir)
     if len(rows) <= shard_above:
         return 0
-    located: list[Annotation] = []
+    manifest_path = ds_dir / "manifest.json"
+    with open(manifest_path, encoding="utf-8") as fh:
+        manifest = json.load(fh)
+    old = manifest["checksums"]
+    checksums = manifest["checksums"] = {}  # in the old one's place: the new locations', moved one by one
     writer = ItemWriter(ds_dir, len(rows), shard_above, shard_size)
     with tqdm(total=len(rows), desc=f"shard {ds_dir.name}", unit="clip", dynamic_ncols=True, mininterval=1.0) as bar:
         for start in range(0, len(rows), shard_size):
-            group = rows[start:start + shard_size]
-            for r in group:
-                located.append(replace(r, path=writer.put_file(r.path, ds_dir / r.path)))
+            files = [r.path for r in rows[start:start + shard_size]]
+            for j, file in enumerate(files, start):  # rows are replaced in place: one list, not two
+                rows[j] = replace(rows[j], path=writer.put_file(file, ds_dir / file))
+                checksums[rows[j].path] = old.pop(file)
                 bar.update()
             writer.close()  # the shard is complete before its clips' files go
-            for r in group:
-                (ds_dir / r.path).unlink()
-    _write_annotations(ds_dir, located)
-    manifest_path = ds_dir / "manifest.json"
-    manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
-    old = manifest["checksums"]
-    manifest["checksums"] = {new.path: old[r.path] for r, new in zip(rows, located)}
+            for file in files:
+                (ds_dir / file).unlink()
+    _write_annotations(ds_dir, rows)
     manifest["shards"] = {"clips_per_shard": shard_size, "count": -(-len(rows) // shard_size)}
-    manifest_path.write_text(json.dumps(manifest, indent=1) + "\n", encoding="utf-8")
+    _write_manifest(manifest_path, manifest)
     prune_videos(ds_dir)
     return manifest["shards"]["count"]
 
@@ -143,7 +153,9 @@ def read_annotations(ds_dir: Path) -> list[Annotation]:
     if not path.exists():
         raise DataError(f"{path} not found: run the download stage for this dataset first (dvc repro)")
     with open(path, newline="", encoding="utf-8") as fh:
-        return [Annotation(**{k: row[k] for k in ANNOTATION_COLUMNS}) for row in csv.DictReader(fh)]
+        # label and split interned: a few distinct strings, not one copy per clip
+        return [Annotation(video_id, path, sys.intern(label), sys.intern(split))
+                for video_id, path, label, split in (itemgetter(*ANNOTATION_COLUMNS)(row) for row in csv.DictReader(fh))]
 
 
 def read_classes(ds_dir: Path) -> list[str]:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import numpy as np
 
@@ -89,7 +90,7 @@ MOTION_CLASSES = {
 SIZES = ((96, 128), (128, 96), (112, 112), (96, 160), (128, 128), (120, 96), (104, 136))  # (H, W), even
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)  # slots: a 10^6-clip plan is held while it renders
 class ClipSpec:
     """Everything needed to render one clip. Kept in attributes.csv for analysis; the VLM never sees it."""
     video_id: str
@@ -415,15 +416,14 @@ def spec_row(spec: ClipSpec) -> dict:
 # ---------------------------------------------------------------------------------------------
 # the `download` entry point
 
-def _write_clip(job) -> None:
-    spec, path = job
-    encode_mp4(render(spec), spec.fps, spec.crf, path)
+def _write_clip(videos: Path, spec: ClipSpec) -> None:
+    encode_mp4(render(spec), spec.fps, spec.crf, videos / f"{spec.video_id}.mp4")
 
 
 def download(spec, out_dir, workers: int) -> dict:
     """Generate the dataset into out_dir following the contract (fourtier.data.contract)."""
     import csv
-    from pathlib import Path
+    from functools import partial
 
     from fourtier.data.contract import Annotation, write_dataset
     from fourtier.parallel import map_progress
@@ -432,14 +432,14 @@ def download(spec, out_dir, workers: int) -> dict:
     (out_dir / "videos").mkdir(parents=True, exist_ok=True)
     clips = plan(spec.variant, spec.seed, spec.clips, spec.val_fraction, spec.train_per_class, spec.val_per_class,
                  spec.seconds)
-    jobs = [(c, out_dir / "videos" / f"{c.video_id}.mp4") for c in clips]
-    for _ in map_progress(_write_clip, jobs, workers, desc=f"generate {out_dir.name}"):
+    for _ in map_progress(partial(_write_clip, out_dir / "videos"), clips, workers, desc=f"generate {out_dir.name}"):
         pass
-    rows = [Annotation(c.video_id, f"videos/{c.video_id}.mp4", c.label, c.split) for c in clips]
     # generator metadata, for analysis and tests only: the VLM and the models never read it
     with open(out_dir / "attributes.csv", "w", newline="") as fh:
         writer = csv.DictWriter(fh, fieldnames=list(spec_row(clips[0])))
         writer.writeheader()
         writer.writerows(spec_row(c) for c in clips)
+    rows = [Annotation(c.video_id, f"videos/{c.video_id}.mp4", c.label, c.split) for c in clips]
+    del clips  # the plan is not needed past here: the manifest's checksums take its place in memory
     source = {"kind": "synthact", "version": VERSION, "variant": spec.variant, "seed": spec.seed}
     return write_dataset(out_dir, rows, class_names(spec.variant), source, skipped=[])
