@@ -23,7 +23,7 @@ from fourtier import paths
 from fourtier.errors import DataError, exits_cleanly
 from fourtier.features import FrameStore
 from fourtier.models.backbone import TinyVideoViT, obtain_hub_backbone, save_tiny, tiny_preprocess
-from fourtier.params import load_params
+from fourtier.params import load_params, resolve_preset
 from fourtier.pretrain import pretrain_backbone
 
 
@@ -62,7 +62,7 @@ def main() -> None:
 
 def build(params, out: Path) -> None:
     """The backbone of `params` into the empty folder `out`."""
-    preset = params.backbones.get(params.backbone, {"type": "hf", "model": params.backbone.removeprefix("hf:")})
+    preset = resolve_preset(params.backbone, params.backbones)
     start = time.perf_counter()
     if preset["type"] != "tiny":
         obtain_hub_backbone(preset["model"], out, bool(preset.get("offline", False)))

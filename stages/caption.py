@@ -12,8 +12,8 @@ import argparse
 import json
 import shutil
 
-from fourtier.captioning import (AnswerCache, build_requests, caption_chunks, joint_requests, run_captions_ranked,
-                                 write_captions)
+from fourtier.captioning import (AnswerCache, build_requests, caption_chunks, joint_requests, missing_positions,
+                                 run_captions_ranked, write_captions)
 from fourtier import distributed, paths
 from fourtier.errors import exits_cleanly
 from fourtier.launch import extra_rank, relaunch
@@ -52,8 +52,8 @@ def main() -> None:
     if args.dry_run:  # a chunk at a time, as the run itself: memory bounded by the chunk, whatever the corpus
         needed = cached_n = calls_n = tokens_in = tokens_out = 0
         for requests in chunks():
-            cached = cache.get_many([r.key for r in requests])
-            missing = [r for r in requests if r.key not in cached]
+            missing = [requests[i] for i in missing_positions(requests, cache)]  # as the run decides: a cached
+            # failure or empty answer is asked again
             calls = joint_requests(missing)[0] if backend.joint else missing  # what would be sent
             needed, cached_n, calls_n = needed + len(requests), cached_n + len(requests) - len(missing), calls_n + len(calls)
             if hasattr(backend, "estimate") and calls:

@@ -1,6 +1,6 @@
 """evaluate stage, per target dataset: multi-view testing of every arm and seed, FTP against the baseline
 and the controls, FLOPs/params overhead (data/eval/<ds>), with the confusion matrices, a t-SNE of the classifier
-features and the per-class change as plots.
+features and per-class top-1 (per_class.csv, plotted as FTP minus baseline) as plots.
 
 metrics.json holds scalars only (mean, sample std, paired gains with ci95_low / ci95_high), which is what
 `dvc metrics show/diff` and `dvc exp show` display; runs.json holds every seed's numbers. The CPU latency depends
@@ -22,7 +22,7 @@ from fourtier.launch import relaunch, threads_per_process
 from fourtier.models.backbone import load_backbone
 from fourtier.params import load_params
 from fourtier.runtime import loader_workers, resolve_device
-from fourtier.plots import placeholder, plot_class_gain, plot_tsne
+from fourtier.plots import placeholder, plot_tsne, write_class_table
 from fourtier.training import classifier_features, predict
 
 
@@ -95,16 +95,13 @@ def main() -> None:
                 metrics[f"ftp_minus_{control}_top1"] = paired_gain(ftp, [r["top1"] for r in results[control]])
     per_class = {arm: {c: float(np.mean([r["per_class"].get(c, 0.0) for r in rs])) for c in source.classes}
                  for arm, rs in results.items()}
-    (out / "per_class.json").write_text(json.dumps(per_class, indent=1) + "\n")
+    write_class_table(per_class, out / "per_class.csv")
     if "ftp" not in models or "baseline" not in models:
-        for name in ("tsne.png", "per_class_gain.png"):
-            placeholder(out / name, f"{name} compares FTP with the baseline; finetune.arms trained only "
-                                    f"{', '.join(sorted(models))}")
+        placeholder(out / "tsne.png", f"tsne.png compares FTP with the baseline; finetune.arms trained only "
+                                      f"{', '.join(sorted(models))}")
     else:
-        title = f"{args.dataset}: validation clips, seed 0"
-        plot_tsne(features, labels, source.classes, out / "tsne.png", f"t-SNE of classifier features, {title}")
-        plot_class_gain(per_class["ftp"], per_class["baseline"], out / "per_class_gain.png",
-                        f"{args.dataset}: per-class top-1 change (mean of seeds)")
+        plot_tsne(features, labels, source.classes, out / "tsne.png",
+                  f"t-SNE of classifier features, {args.dataset}: validation clips, seed 0")
     models = {arm: model.cpu() for arm, model in models.items()}  # overhead and latency are CPU figures
     backbone = load_backbone(paths.BACKBONE)
     pre = backbone.preprocess

@@ -13,6 +13,7 @@ import hashlib
 import json
 import threading
 import time
+import urllib.parse
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 
@@ -177,6 +178,9 @@ class FakeOpenAI:
                            "created_at": 0, **batch}).encode()
 
     def create_batch(self, handler, body: dict) -> None:
+        if body["input_file_id"] not in self.files:
+            error = {"error": {"message": f"No such File object: {body['input_file_id']}", "type": "invalid_request_error"}}
+            return self._send(handler, 404, json.dumps(error).encode())
         batch_id = f"batch-{len(self.batches)}"
         lines = self.files[body["input_file_id"]].decode().splitlines()
         self.batches[batch_id] = {"id": batch_id, "input_file_id": body["input_file_id"], "status": "validating",
@@ -190,8 +194,12 @@ class FakeOpenAI:
         return {k: v for k, v in self.batches[batch_id].items() if k != "polls"}
 
     def get(self, handler) -> None:
-        parts = handler.path.strip("/").split("/")
-        if parts[-2] == "batches":
+        parts = urllib.parse.urlsplit(handler.path).path.strip("/").split("/")
+        if parts[-1] == "batches":  # the list, newest first, in one page
+            listed = [self._public(b) for b in reversed(self.batches)]
+            self._send(handler, 200, json.dumps({"object": "list", "data": [json.loads(self._batch_json(b)) for b in listed],
+                                                 "has_more": False}).encode())
+        elif parts[-2] == "batches":
             batch = self.batches[parts[-1]]
             batch["polls"] += 1
             if batch["polls"] > self.batch_polls_needed and batch["status"] != "completed":

@@ -91,6 +91,25 @@ def test_dry_run_spends_nothing(tmp_path):
     assert "estimated:" in out and "$" in out
 
 
+def test_dry_run_counts_what_the_run_would_ask_again(tmp_path):
+    """A cached failure or empty answer is asked again by the run, so the dry run counts it as a call."""
+    import sqlite3
+
+    with FakeOpenAI() as server:
+        root = make_project(tmp_path, server.base_url)
+        first = stage(root)
+        assert first.communicate(timeout=120) and first.returncode == 0
+        db = sqlite3.connect(root / "cache" / "answers.sqlite")
+        keys = [k for (k,) in db.execute("SELECT key FROM answers ORDER BY key LIMIT 2")]
+        for key, record in zip(keys, ({"answer": "", "error": ""}, {"answer": "", "error": "HTTP 500"})):
+            db.execute("UPDATE answers SET record = ? WHERE key = ?", (json.dumps(record), key))
+        db.commit()
+        db.close()
+        out, err = stage(root, "--dry-run").communicate(timeout=60)
+    total = N_VIDEOS * 4
+    assert f"{total} answers needed, {total - 2} cached, 2 calls to make" in out, err
+
+
 def test_unknown_vlm_is_a_clear_error(tmp_path):
     root = make_project(tmp_path, "http://127.0.0.1:9/v1")
     params = yaml.safe_load((root / "params.yaml").read_text())

@@ -151,3 +151,27 @@ def test_a_crashed_run_resumed_on_the_same_world_size_is_bit_identical(tmp_path)
     for key, value in single["state"].items():
         assert torch.equal(resumed["state"][key], value), key
     assert resumed["history"] == single["history"]
+
+
+def test_srun_jobs_on_one_node_meet_at_their_own_ports(tmp_path, monkeypatch):
+    """Under srun the rendezvous is on this (the first) node at a port of the job's own: two jobs that share a
+    node do not collide, and one job's command says the same port wherever it is built."""
+    import dataclasses
+
+    from fourtier.launch import torchrun_command
+    from fourtier.params import load_params
+    from helpers import REPO
+
+    (tmp_path / "srun").write_text("#!/bin/sh\n")
+    (tmp_path / "srun").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{tmp_path}{os.pathsep}{os.environ['PATH']}")
+    rt = dataclasses.replace(load_params(REPO / "params.yaml").runtime, nnodes=2, launcher="srun")
+
+    def endpoint(job: str) -> str:
+        monkeypatch.setenv("SLURM_JOB_ID", job)
+        command = torchrun_command(rt, ["stages/align.py"])
+        assert command[0] == "srun" and f"--rdzv-id=fourtier-{job}" in command
+        return next(a for a in command if a.startswith("--rdzv-endpoint=")).split(":")[-1]
+
+    assert endpoint("81234") == endpoint("81234") == "16234"
+    assert endpoint("81235") != endpoint("81234")

@@ -1,7 +1,11 @@
 """dvc.yaml against the code: every module a stage runs is one of its deps (so `dvc status` cannot say "up
 to date" over stale outputs), and every artifact path is the one fourtier.paths gives (so they cannot drift)."""
 import ast
+import csv
+import json
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -109,3 +113,21 @@ def test_bytecode_is_not_hashed_with_the_code():
     ignore it, or importing the package on another machine would make those stages look changed."""
     ignored = (REPO / ".dvcignore").read_text().split()
     assert "__pycache__/" in ignored and "*.pyc" in ignored
+
+
+def test_the_declared_plots_render_with_their_data():
+    """`dvc plots show` (DVC's own renderer) fills the few-shot template (.dvc/plots/fewshot.json) and the
+    per-class template with the committed CSVs, row for row, and leaves no template anchor unfilled."""
+    targets = ["analysis/results/fewshot/fewshot.csv", "data/eval/synth-scenes/per_class.csv"]
+    dvc = Path(sys.executable).with_name("dvc")
+    done = subprocess.run([str(dvc), "plots", "show", "--json", *targets], cwd=REPO, capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    shown = json.loads(done.stdout)["data"]
+    for target in targets:
+        (plot,) = [p for key, plots in shown.items() if key.endswith(target) for p in plots]
+        assert "<DVC_METRIC" not in json.dumps(plot["content"]), f"{target}: an anchor of its template is unfilled"
+        with open(REPO / target, newline="") as fh:
+            rows = list(csv.DictReader(fh))
+        values = plot["content"]["data"]["values"]
+        assert [{k: v[k] for k in rows[0]} for v in values] == rows

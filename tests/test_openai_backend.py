@@ -235,6 +235,56 @@ def test_a_killed_batch_run_is_collected_by_the_next_run_without_submitting_agai
     assert list((tmp_path / "batches").glob("*.json")) == []
 
 
+class Killed(Exception):
+    pass
+
+
+@pytest.mark.parametrize("created", [True, False], ids=["after-create", "before-create"])
+def test_a_run_killed_around_batch_creation_loses_no_batch(tmp_path, monkeypatch, created):
+    """Killed after the server created a batch and before its id was saved (or after the upload, before the
+    create): the next run adopts that batch (or creates it from the file already uploaded). One batch, one
+    upload, every request answered once."""
+    monkeypatch.setenv("FOURTIER_CACHE", str(tmp_path))
+    reqs = requests_for(2)  # 8 requests, one batch
+    preset = {"mode": "batch", "batch_poll_seconds": 0.01}
+    with FakeOpenAI() as server:
+        first = backend(server, **preset)
+
+        async def killed_at_create(client, path, state):
+            if created:
+                await client.batches.create(input_file_id=state["input_file_id"], endpoint="/v1/chat/completions",
+                                            completion_window="24h")
+            raise Killed
+
+        first._create = killed_at_create
+        with pytest.raises(Killed):
+            asyncio.run(first._run_batch(iter(reqs), lambda r, rec: None))
+        (state_file,) = (tmp_path / "batches").glob("*.json")
+        assert json.loads(state_file.read_text())["batch_id"] is None
+        assert len(server.batches) == int(created)
+        cache = AnswerCache(tmp_path / "answers.sqlite")
+        stats = run_captions(backend(server, **preset), reqs, cache, 0.0)
+        uploads = [f for f in server.files if not f.startswith("file-out")]
+    assert len(server.batches) == 1 and len(uploads) == 1  # nothing submitted or uploaded twice
+    assert sorted(submitted_ids(server)) == sorted(r.key for r in reqs)
+    assert stats["called"] == 8 and stats["failed"] == 0
+    assert list((tmp_path / "batches").glob("*.json")) == []
+
+
+def test_a_state_file_whose_upload_is_gone_has_its_requests_asked_again(tmp_path, monkeypatch):
+    monkeypatch.setenv("FOURTIER_CACHE", str(tmp_path))
+    reqs = requests_for(1)
+    with FakeOpenAI() as server:
+        state = {"batch_id": None, "model": "m", "server": server.base_url, "input_file_id": "file-gone",
+                 "requests": [[r.key, r.video_id, r.prompt_id] for r in reqs]}
+        (tmp_path / "batches").mkdir()
+        (tmp_path / "batches" / "file-gone.json").write_text(json.dumps(state))
+        cache = AnswerCache(tmp_path / "answers.sqlite")
+        stats = run_captions(backend(server, mode="batch", batch_poll_seconds=0.01), reqs, cache, 0.0)
+    assert stats["called"] == 4 and len(server.batches) == 1
+    assert list((tmp_path / "batches").glob("*.json")) == []
+
+
 @pytest.mark.parametrize("key, value", [("batch_concurrency", 0), ("batch_max_mb", -1), ("batch_max_requests", 2.5)])
 def test_batch_limits_must_be_positive(key, value):
     with pytest.raises(VLMError, match=rf"vlms.test.{key} is {value!r}; use"):

@@ -195,3 +195,15 @@ def test_every_stage_script_validates_before_it_works(tmp_path):
         assert done.returncode == 2, (stage, done.stderr)
         assert "'finetune.epochs' must be >= 1" in done.stderr and "Traceback" not in done.stderr
         assert not (tmp_path / "data").exists() and not (tmp_path / "models").exists()
+
+
+def test_a_model_selector_means_the_same_in_every_stage(tmp_path):
+    """vlm, backbone and text_encoder name a preset, hf:<model id> or a local model folder; params, the VLM and
+    text-encoder factories, the backbone stage and `fourtier plan` all read it through resolve_preset."""
+    from fourtier.params import resolve_preset
+
+    presets = {"tiny": {"type": "tiny", "size": 64}}
+    assert resolve_preset("tiny", presets) == {"type": "tiny", "size": 64}
+    assert resolve_preset("hf:MCG-NJU/videomae-base", presets) == {"type": "hf", "model": "MCG-NJU/videomae-base"}
+    assert resolve_preset(str(tmp_path), presets) == {"type": "hf", "model": str(tmp_path)}
+    assert resolve_preset("hf:", presets) is None and resolve_preset("tinny", presets) is None

@@ -18,6 +18,22 @@ def test_plan_is_deterministic_and_seeded():
     assert [x.seed for x in a] != [x.seed for x in c]
 
 
+def test_each_clip_of_a_plan_is_drawn_from_its_index_alone():
+    """The download's workers get clip indices and draw the specs themselves: clip i is the same whichever
+    clips are drawn before it, class by class (train clips, then val) or, for pretrain, the last val_fraction
+    of clips in val."""
+    motion = S.Plan("motion", 7, 0, 0, 3, 2)
+    classes = S.class_names("motion")
+    assert len(motion) == 5 * len(classes)
+    assert [(c.label, c.split) for c in (motion[i] for i in range(10))] == \
+        [(classes[0], "train")] * 3 + [(classes[0], "val")] * 2 + [(classes[1], "train")] * 3 + [(classes[1], "val")] * 2
+    assert [motion[i] for i in range(len(motion))] == S.plan("motion", 7, 0, 0, 3, 2)
+    pretrain = S.Plan("pretrain", 0, 20, 0.25, 0, 0)
+    assert [pretrain[i].split for i in range(20)] == ["train"] * 15 + ["val"] * 5
+    with pytest.raises(IndexError):
+        motion[len(motion)]
+
+
 def test_a_shorter_duration_keeps_each_clips_content_in_fewer_frames():
     long, short = S.plan("motion", 7, 0, 0, 3, 2), S.plan("motion", 7, 0, 0, 3, 2, seconds=(1.5, 2.5))
     content = lambda c: (c.label, c.action, c.shape, c.colour, c.scene, c.second_shape, c.height, c.fps)  # noqa: E731

@@ -1,4 +1,5 @@
 """Zero-shot with stage 1 alone, few-shot draws, class texts and open-vocabulary predict."""
+import csv
 import json
 
 import numpy as np
@@ -8,7 +9,7 @@ import torch
 from fourtier.classtexts import class_texts, synthact_descriptions, template_texts
 from fourtier.data import synthact
 from fourtier.errors import DataError
-from fourtier.experiments import ablation_runs, collect, few_shot_points, gain_ci, report
+from fourtier.experiments import ablation_runs, collect, few_shot_points, gain_ci, report, write_few_shot_table
 from fourtier.fewshot import few_shot_subset
 from fourtier.models.ftp import FTP, FTPConfig
 from fourtier.params import OptimSettings, PROMPT_IDS
@@ -106,7 +107,7 @@ def test_few_shot_draw_is_k_per_class_and_the_same_for_every_arm_and_seed():
         few_shot_subset(np.array([0, 1, 2, 10, 11, 20, 21, 22]), labels, 3, 0, ["x", "y", "z"])
 
 
-def test_shots_ablation_queues_every_arm_and_the_report_has_its_table():
+def test_shots_ablation_queues_every_arm_and_the_report_has_its_table(tmp_path):
     runs = ablation_runs("shots")
     assert [r.name for r in runs] == ["shots-02", "shots-04", "shots-08", "shots-16"]
     assert runs[0].sets == ["finetune.shots=2"]  # every arm: no finetune.arms override
@@ -126,5 +127,12 @@ def test_shots_ablation_queues_every_arm_and_the_report_has_its_table():
     table = report(results)
     assert "Few-shot" in table and "| 2 | 30.0 +- 2.0 | 40.0 +- 1.0 |" in table and "+10.0 [+7.5, +12.5]" in table  # t(0.975, 2) * 0.01 / sqrt(3)
     assert few_shot_points(results)["ds"]["ftp"][1][0] == 16
+    write_few_shot_table(results, tmp_path / "fewshot.csv")  # the data of dvc.yaml's few-shot plot
+    with open(tmp_path / "fewshot.csv", newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    assert [(r["arm"], r["shots"], r["top1"], r["top1_std"]) for r in rows] == [
+        ("baseline", "2", "30.00", "2.00"), ("baseline", "16", "68.00", "2.00"),
+        ("ftp", "2", "40.00", "1.00"), ("ftp", "16", "70.00", "1.00")]
+    assert {r["dataset"] for r in rows} == {"ds"}
     # runs since the scalar bounds existed carry their own interval, which the report takes as it is
     assert gain_ci({"mean": 0.1, "std": 0.01, "ci95_low": 0.05, "ci95_high": 0.15}, 3) == [0.05, 0.15]

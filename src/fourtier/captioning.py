@@ -150,7 +150,7 @@ def caption_chunks(backend, chunks: Iterable[list[Request]], cache: AnswerCache,
                 if stopped:
                     return
                 stats["requests"] += len(requests)
-                ask = [requests[i] for i in _missing(requests, cache)]
+                ask = [requests[i] for i in missing_positions(requests, cache)]
                 stats["cached"] += len(requests) - len(ask)
                 for r in ask:
                     if stopped:
@@ -183,7 +183,7 @@ def caption_chunks(backend, chunks: Iterable[list[Request]], cache: AnswerCache,
 def _run_chunk_jointly(backend, requests: list[Request], cache: AnswerCache, max_failures: float) -> dict:
     """Joint mode, one chunk: a joint request per tile with missing answers, then separate requests for the
     tiles whose reply failed or did not parse. Failures are checked over the chunk once it is done."""
-    missing = [requests[i] for i in _missing(requests, cache)]
+    missing = [requests[i] for i in missing_positions(requests, cache)]
     stats = {**_new_stats(), "requests": len(requests), "cached": len(requests) - len(missing)}
 
     def on_record(request: Request, record: Record) -> None:
@@ -231,7 +231,7 @@ def run_captions_ranked(backend, requests: list[Request], cache: AnswerCache, ma
         return run_captions(backend, requests, cache, max_failures)
     missing = None
     if distributed.is_main():
-        missing = _missing(requests, cache)
+        missing = missing_positions(requests, cache)
     missing = distributed.broadcast_object(missing)
     size = int(getattr(backend, "batch_size", 1))
     batches = [missing[start:start + size] for start in range(0, len(missing), size)]
@@ -321,7 +321,7 @@ def _cache_joint(cache: AnswerCache, video_id: str, wanted, parts: dict[str, str
                                      extra={"joint": "parsed"})))
 
 
-def _missing(requests: list[Request], cache: AnswerCache) -> list[int]:
+def missing_positions(requests: list[Request], cache: AnswerCache) -> list[int]:
     """Positions of the requests whose answer the cache lacks (or holds unusable: a failure, an empty answer)."""
     cached = cache.get_many([r.key for r in requests])
     return [i for i, r in enumerate(requests) if r.key not in cached or not _usable(cached[r.key])]

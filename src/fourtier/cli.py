@@ -228,8 +228,8 @@ def ablate(args) -> None:
 def report(args) -> None:
     import subprocess
 
-    from fourtier.experiments import (collect, few_shot_points, gain_per_dataset, plot_few_shot, plot_gains,
-                                      report as render)
+    from fourtier.experiments import (collect, few_shot_points, gain_per_dataset, plot_gains, report as render,
+                                      write_few_shot_table)
 
     if args.json:
         raw = Path(args.json).read_text()
@@ -248,9 +248,10 @@ def report(args) -> None:
         print(f"wrote {args.out}")
     else:
         print(text)
-    if args.fewshot_plot and few_shot_points(results):
-        plot_few_shot(results, args.fewshot_plot)
-        print(f"wrote {args.fewshot_plot} (few-shot top-1 against k per arm and dataset)")
+    if args.fewshot_table and few_shot_points(results):
+        write_few_shot_table(results, args.fewshot_table)
+        print(f"wrote {args.fewshot_table} (few-shot top-1 against k per arm and dataset; `dvc plots show` draws "
+              "analysis/results/fewshot/fewshot.csv)")
     gains = gain_per_dataset(results)
     if args.plot and gains:
         plot_gains(gains, args.plot)
@@ -299,7 +300,8 @@ def main(argv=None) -> None:
     r.add_argument("--json", help="a saved `dvc exp show --json` output (default: run it)")
     r.add_argument("--out", help="write the Markdown here instead of printing it")
     r.add_argument("--plot", default="ablation_gains.png", help="bar plot of the FTP gain per experiment and dataset")
-    r.add_argument("--fewshot-plot", default="fewshot.png", help="top-1 against k per arm (shots experiments)")
+    r.add_argument("--fewshot-table", default="fewshot.csv",
+                   help="top-1 against k per arm and target (shots experiments), a DVC plot's data")
     r.set_defaults(run=report)
     args = parser.parse_args(argv)
     if getattr(args, "K", None) is not None and args.K < 1:

@@ -225,27 +225,17 @@ def few_shot_table(results: list[Result]) -> str:
     return "\n".join(lines)
 
 
-def plot_few_shot(results: list[Result], path) -> None:
-    """Top-1 against k per arm, one panel per target."""
-    from fourtier.plots import _pyplot
+def write_few_shot_table(results: list[Result], path) -> None:
+    """fewshot.csv: a row per target, arm and k, top-1 in % (mean and sample std over seeds), for dvc.yaml's
+    few-shot plot (.dvc/plots/fewshot.json: a line per arm, a panel per target, k on a log axis)."""
+    import csv
 
-    points = few_shot_points(results)
-    plt = _pyplot()
-    fig, axes = plt.subplots(1, max(1, len(points)), figsize=(5 * max(1, len(points)), 3.6), squeeze=False)
-    for ax, (ds, arms) in zip(axes[0], sorted(points.items())):
-        for arm, pts in arms.items():
-            ks = [k for k, _ in pts]
-            mean = [100 * v["mean"] for _, v in pts]
-            std = [100 * v["std"] for _, v in pts]
-            ax.errorbar(ks, mean, yerr=std, marker="o", capsize=3, label=arm)
-        ax.set_xscale("log", base=2)
-        ax.set_xlabel("labelled clips per class (k)")
-        ax.set_ylabel("top-1 (%)")
-        ax.set_title(ds)
-        ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
+    with open(path, "w", newline="") as fh:
+        writer = csv.writer(fh, lineterminator="\n")
+        writer.writerow(["dataset", "arm", "shots", "top1", "top1_std"])
+        for ds, arms in sorted(few_shot_points(results).items()):
+            for arm, pts in arms.items():
+                writer.writerows([ds, arm, k, f"{100 * v['mean']:.2f}", f"{100 * v['std']:.2f}"] for k, v in pts)
 
 
 def report(results: list[Result]) -> str:

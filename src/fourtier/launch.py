@@ -22,7 +22,11 @@ import sys
 from fourtier.errors import FourtierError, ParamsError
 from fourtier.params import RuntimeParams
 
-DEFAULT_PORT = 29500
+
+def job_port(job_id: str) -> int:
+    """The rendezvous port of SLURM job `job_id` on its first node: 15000 + the id's last four digits, as
+    PyTorch Lightning picks it, so that two jobs sharing a node do not meet at one port (a fixed 29500 would)."""
+    return 15000 + int(job_id[-4:])
 
 
 def under_launcher() -> bool:
@@ -43,7 +47,7 @@ def torchrun_command(rt: RuntimeParams, argv: list[str]) -> list[str]:
                               "GPUs and nodes\") or use launcher: torchrun")
         if shutil.which("srun") is None:
             raise ParamsError("params.yaml: 'runtime.launcher' is srun, but there is no srun command on this host")
-        endpoint = rt.rdzv_endpoint or f"{socket.gethostname()}:{DEFAULT_PORT}"
+        endpoint = rt.rdzv_endpoint or f"{socket.gethostname()}:{job_port(job)}"
         # newer SLURM no longer passes the allocation's --cpus-per-task on to srun: say it again
         cpus = [f"--cpus-per-task={os.environ['SLURM_CPUS_PER_TASK']}"] if os.environ.get("SLURM_CPUS_PER_TASK") else []
         return ["srun", f"--nodes={rt.nnodes}", f"--ntasks={rt.nnodes}", "--ntasks-per-node=1", "--kill-on-bad-exit=1",

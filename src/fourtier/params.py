@@ -365,10 +365,22 @@ def _presets(raw: dict, key: str) -> dict[str, dict]:
     return presets
 
 
+def resolve_preset(name: str, presets: dict[str, dict]) -> dict | None:
+    """What a model selector (vlm, backbone, text_encoder) names: a preset of its section, hf:<model id> (any
+    hub model) or the path of a local model folder (a transformers save_pretrained directory), the last two as
+    {"type": "hf", "model": ...}; None when it is none of these. The one place this meaning is written."""
+    if name in presets:
+        return presets[name]
+    if name.startswith("hf:") and len(name) > 3:
+        return {"type": "hf", "model": name[3:]}
+    if Path(name).is_dir():
+        return {"type": "hf", "model": name}
+    return None
+
+
 def _selector(raw: dict, key: str, presets: dict[str, dict], presets_key: str) -> str:
-    """A preset name, hf:<model id> or a local model folder (a transformers save_pretrained directory)."""
     value = _get(raw, key, "", str)
-    if value in presets or (value.startswith("hf:") and len(value) > 3) or Path(value).is_dir():
+    if resolve_preset(value, presets) is not None:
         return value
     return _choice(value, sorted(presets), key,
                    f" (presets under '{presets_key}:', hf:<model id>, or the path of a local model folder)")

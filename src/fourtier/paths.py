@@ -105,8 +105,8 @@ def stage_io(stage: str, item: str, corpus: str) -> tuple[set[str], set[str]]:
     if stage == "evaluate":
         out = evaluation(item)
         return ({s(finetune_dir(item)), s(BACKBONE), s(features(item)), s(raw(item))},
-                {s(out / name) for name in ("metrics.json", "runs.json", "per_class.json", "confusion_ftp.csv",
-                                            "confusion_baseline.csv", "tsne.png", "per_class_gain.png")})
+                {s(out / name) for name in ("metrics.json", "runs.json", "per_class.csv", "confusion_ftp.csv",
+                                            "confusion_baseline.csv", "tsne.png")})
     if stage == "zeroshot":
         return ({s(ALIGN), s(features(item)), s(raw(item)), s(BACKBONE), s(CLASS_TEXTS)},
                 {s(evaluation(item) / "zeroshot.json")})

@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from fourtier import paths
-from fourtier.params import PROMPT_IDS
+from fourtier.params import PROMPT_IDS, resolve_preset
 from fourtier.shards import rows_per_shard
 
 # Approximate clip counts of the public datasets (train + validation), used before they are downloaded.
@@ -91,7 +91,7 @@ def _hub_config_shape(model: str):
 def view_shape(params) -> tuple[tuple[int, ...], tuple[int, int], str]:
     """m per view, and (frames, size) of the backbone's input: from the model's config where it is on this machine,
     else from the preset's name (a ViT-B at 224 px)."""
-    preset = params.backbones.get(params.backbone, {"type": "hf", "model": params.backbone.removeprefix("hf:")})
+    preset = resolve_preset(params.backbone, params.backbones)
     if preset["type"] == "tiny":
         g = preset["size"] // 16
         frames = preset["frames"] // int(preset.get("tubelet", 1))
@@ -306,10 +306,7 @@ def _blank_tile(k: int, height: int, aspect: float) -> bytes:
 
 def _vlm_preset(params) -> dict:
     """The preset of the configured VLM, as vlm.make_backend resolves the selector."""
-    name = params.vlm
-    if name.startswith("hf:"):
-        return {"type": "hf", "model": name[3:]}
-    return params.vlms.get(name) or {"type": "hf", "model": name}  # else a local model folder
+    return resolve_preset(params.vlm, params.vlms)
 
 
 def caption_bill(params, tiles: dict[str, int]) -> list[str]:

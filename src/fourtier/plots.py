@@ -1,6 +1,6 @@
-"""Figures researchers look at (paper Appendix B), written by `evaluate` as DVC image plots:
-t-SNE of the classifier features for FTP against the baseline (Figs B4/B5), and the per-class accuracy change,
-FTP minus baseline, sorted (Fig B1)."""
+"""Figures researchers look at (paper Appendix B), written by `evaluate`: t-SNE of the classifier features for
+FTP against the baseline (Figs B4/B5) as an image, and per-class top-1 (Fig B1: the change, FTP minus baseline)
+as a CSV that dvc.yaml declares as a DVC plot, so that `dvc plots diff` compares it across experiments."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -49,21 +49,20 @@ def plot_tsne(by_arm: dict[str, np.ndarray], labels: np.ndarray, classes: list[s
     plt.close(fig)
 
 
-def plot_class_gain(ftp: dict[str, float], baseline: dict[str, float], path: Path, title: str) -> None:
-    """Per-class top-1 of FTP minus the baseline's, in percentage points, sorted."""
-    plt = _pyplot()
-    gain = sorted(((100 * (ftp[c] - baseline[c]), c) for c in ftp), reverse=True)
-    fig, ax = plt.subplots(figsize=(7, 0.28 * len(gain) + 1.2))
-    values = [g for g, _ in gain]
-    ax.barh(range(len(gain)), values, color=["tab:green" if g >= 0 else "tab:red" for g in values])
-    ax.set_yticks(range(len(gain)), [c for _, c in gain], fontsize=8)
-    ax.invert_yaxis()
-    ax.axvline(0, color="black", linewidth=0.8)
-    ax.set_xlabel("top-1 change, FTP - baseline (pp)")
-    ax.set_title(title)
-    fig.tight_layout()
-    fig.savefig(path, dpi=80)
-    plt.close(fig)
+def write_class_table(per_class: dict[str, dict[str, float]], path: Path) -> None:
+    """per_class.csv: a row per class, its top-1 per arm in % (mean of seeds) and `ftp_minus_baseline` in pp
+    (empty where an arm was not trained), in class order; dvc.yaml plots the change, sorted (paper Fig B1)."""
+    import csv
+
+    arms = list(per_class)
+    classes = list(next(iter(per_class.values()))) if per_class else []
+    with open(path, "w", newline="") as fh:
+        writer = csv.writer(fh, lineterminator="\n")
+        writer.writerow(["class", *arms, "ftp_minus_baseline"])
+        for c in classes:
+            gain = (f"{100 * (per_class['ftp'][c] - per_class['baseline'][c]):.2f}"
+                    if "ftp" in per_class and "baseline" in per_class else "")
+            writer.writerow([c, *(f"{100 * per_class[arm][c]:.2f}" for arm in arms), gain])
 
 
 def placeholder(path: Path, message: str) -> None:

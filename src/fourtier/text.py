@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 from fourtier.errors import DataError, FourtierError
+from fourtier.params import resolve_preset
 from fourtier.shards import NpyRows
 
 
@@ -132,12 +133,9 @@ class TextEncoder:
 
 
 def make_encoder(name: str, presets: dict, max_length: int = 256, device: str = "cpu") -> TextEncoder:
-    if name.startswith("hf:"):
-        return TextEncoder(name, {"type": "hf", "model": name[3:]}, max_length, device)
-    if name in presets:
-        return TextEncoder(name, presets[name], max_length, device)
-    if Path(name).is_dir():
-        return TextEncoder(name, {"type": "hf", "model": name}, max_length, device)
+    preset = resolve_preset(name, presets)
+    if preset is not None:
+        return TextEncoder(name, preset, max_length, device)
     raise TextEncoderError(f"unknown text encoder {name!r}: use a preset under 'text_encoders:' "
                            f"({', '.join(sorted(presets))}), hf:<model id>, or a local directory")
 

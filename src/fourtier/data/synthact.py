@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass
+from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
@@ -90,7 +91,7 @@ MOTION_CLASSES = {
 SIZES = ((96, 128), (128, 96), (112, 112), (96, 160), (128, 128), (120, 96), (104, 136))  # (H, W), even
 
 
-@dataclass(frozen=True, slots=True)  # slots: a 10^6-clip plan is held while it renders
+@dataclass(frozen=True)
 class ClipSpec:
     """Everything needed to render one clip. Kept in attributes.csv for analysis; the VLM never sees it."""
     video_id: str
@@ -120,9 +121,15 @@ def pretrain_label(family: str, shape: str) -> str:
 
 
 def class_names(variant: str) -> list[str]:
+    return list(_class_names(variant))
+
+
+@lru_cache(maxsize=None)
+def _class_names(variant: str) -> tuple[str, ...]:
+    # one string object per class, which every clip's label then shares
     if variant == "pretrain":
-        return [pretrain_label(f, s) for f in FAMILIES for s in SHAPES]
-    return sorted(SCENE_CLASSES if variant == "scenes" else MOTION_CLASSES)
+        return tuple(pretrain_label(f, s) for f in FAMILIES for s in SHAPES)
+    return tuple(sorted(SCENE_CLASSES if variant == "scenes" else MOTION_CLASSES))
 
 
 def _pick(rng: np.random.Generator, options):
@@ -176,25 +183,43 @@ def make_clip_spec(variant: str, seed: int, index: int, label: str, split: str,
 SYNTH_VARIANT_IDS = {"pretrain": 0, "scenes": 1, "motion": 2}
 
 
+@dataclass(frozen=True)
+class Plan:
+    """A dataset's clips, class-balanced, each a function of its index alone (`plan[i]`), so that generating
+    10^6 clips never holds their specs. Pretrain cycles through its coarse labels, its last val_fraction of
+    clips in val; the other variants go class by class, train_per_class train clips, then val_per_class val."""
+    variant: str
+    seed: int
+    clips: int
+    val_fraction: float
+    train_per_class: int
+    val_per_class: int
+    seconds: tuple[float, float] = (2.0, 4.0)
+
+    def __len__(self) -> int:
+        if self.variant == "pretrain":
+            return self.clips
+        return len(_class_names(self.variant)) * (self.train_per_class + self.val_per_class)
+
+    def __getitem__(self, index: int) -> ClipSpec:
+        if not 0 <= index < len(self):
+            raise IndexError(index)
+        if self.variant == "pretrain":
+            # spin is impossible for ball/ring but orbit is not, so every (family, shape) label is renderable
+            labels = _class_names("pretrain")
+            label = labels[index % len(labels)]
+            split = "val" if index >= self.clips - round(self.clips * self.val_fraction) else "train"
+        else:
+            c, j = divmod(index, self.train_per_class + self.val_per_class)
+            label, split = _class_names(self.variant)[c], "train" if j < self.train_per_class else "val"
+        return make_clip_spec(self.variant, self.seed, index, label, split, self.seconds)
+
+
 def plan(variant: str, seed: int, clips: int, val_fraction: float, train_per_class: int,
          val_per_class: int, seconds: tuple[float, float] = (2.0, 4.0)) -> list[ClipSpec]:
-    """All clips of a dataset, class-balanced. Pretrain cycles through its coarse labels."""
-    specs = []
-    if variant == "pretrain":
-        labels = class_names("pretrain")
-        # spin is impossible for ball/ring but orbit is not, so every (family, shape) label is renderable
-        n_val = round(clips * val_fraction)
-        for i in range(clips):
-            split = "val" if i >= clips - n_val else "train"
-            specs.append(make_clip_spec(variant, seed, i, labels[i % len(labels)], split, seconds))
-        return specs
-    index = 0
-    for label in class_names(variant):
-        for split, count in (("train", train_per_class), ("val", val_per_class)):
-            for _ in range(count):
-                specs.append(make_clip_spec(variant, seed, index, label, split, seconds))
-                index += 1
-    return specs
+    """Every clip of a dataset's Plan, as a list."""
+    p = Plan(variant, seed, clips, val_fraction, train_per_class, val_per_class, seconds)
+    return [p[i] for i in range(len(p))]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -416,7 +441,8 @@ def spec_row(spec: ClipSpec) -> dict:
 # ---------------------------------------------------------------------------------------------
 # the `download` entry point
 
-def _write_clip(videos: Path, spec: ClipSpec) -> None:
+def _write_clip(videos: Path, clips: Plan, index: int) -> None:
+    spec = clips[index]
     encode_mp4(render(spec), spec.fps, spec.crf, videos / f"{spec.video_id}.mp4")
 
 
@@ -430,16 +456,19 @@ def download(spec, out_dir, workers: int) -> dict:
 
     out_dir = Path(out_dir)
     (out_dir / "videos").mkdir(parents=True, exist_ok=True)
-    clips = plan(spec.variant, spec.seed, spec.clips, spec.val_fraction, spec.train_per_class, spec.val_per_class,
+    clips = Plan(spec.variant, spec.seed, spec.clips, spec.val_fraction, spec.train_per_class, spec.val_per_class,
                  spec.seconds)
-    for _ in map_progress(partial(_write_clip, out_dir / "videos"), clips, workers, desc=f"generate {out_dir.name}"):
+    # the workers get clip indices and draw each spec themselves: nothing per clip is held while they render
+    for _ in map_progress(partial(_write_clip, out_dir / "videos", clips), range(len(clips)), workers,
+                          desc=f"generate {out_dir.name}"):
         pass
+    rows = []
     # generator metadata, for analysis and tests only: the VLM and the models never read it
     with open(out_dir / "attributes.csv", "w", newline="") as fh:
         writer = csv.DictWriter(fh, fieldnames=list(spec_row(clips[0])))
         writer.writeheader()
-        writer.writerows(spec_row(c) for c in clips)
-    rows = [Annotation(c.video_id, f"videos/{c.video_id}.mp4", c.label, c.split) for c in clips]
-    del clips  # the plan is not needed past here: the manifest's checksums take its place in memory
+        for c in (clips[i] for i in range(len(clips))):
+            writer.writerow(spec_row(c))
+            rows.append(Annotation(c.video_id, f"videos/{c.video_id}.mp4", c.label, c.split))
     source = {"kind": "synthact", "version": VERSION, "variant": spec.variant, "seed": spec.seed}
     return write_dataset(out_dir, rows, class_names(spec.variant), source, skipped=[])

@@ -14,14 +14,13 @@ import os
 import re
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Callable, Iterable, Iterator
 
 import numpy as np
 from PIL import Image
 
 from fourtier.errors import FourtierError
-from fourtier.params import PROMPT_IDS  # noqa: F401  (re-exported: the prompt order is defined once, in params)
+from fourtier.params import PROMPT_IDS, resolve_preset  # noqa: F401  (PROMPT_IDS re-exported: the order is defined once)
 
 
 class VLMError(FourtierError):
@@ -164,13 +163,8 @@ def _describe_job(job):
 
 def make_backend(name: str, presets: dict, generation: dict, workers: int = 1):
     """The backend for selector value `name`: a preset under `vlms:`, hf:<model id>, or a local directory."""
-    if name.startswith("hf:"):
-        preset = {"type": "hf", "model": name[3:]}
-    elif name in presets:
-        preset = presets[name]
-    elif Path(name).is_dir():
-        preset = {"type": "hf", "model": name}
-    else:
+    preset = resolve_preset(name, presets)
+    if preset is None:
         raise VLMError(f"unknown VLM {name!r}: use a preset under 'vlms:' ({', '.join(sorted(presets))}), "
                        "hf:<model id>, or a local model directory")
     kind = preset.get("type")

@@ -25,10 +25,12 @@ Batch mode fills batches from the request stream, across the caller's chunks, ea
 (default 50,000, the Batch API's limit) or batch_max_mb of JSONL (default 190; the API takes input files up
 to 200 MB, and a request carries its image as base64, about 27 KB for a 5-frame tile), and keeps up to
 batch_concurrency (default 4) batches submitted and not yet collected; each is polled every
-batch_poll_seconds (default 60). The moment a batch is submitted, its id and its requests' (key, video_id,
-prompt_id) are written to a state file under cache_dir()/batches. A run first collects the batches such files
-name for this model and server (a killed run's), puts their answers in the cache, and never submits their
-requests again; a file is removed once its batch's answers are delivered.
+batch_poll_seconds (default 60). Before a batch is created, its uploaded file's id and its requests' (key,
+video_id, prompt_id) are written to a state file under cache_dir()/batches, and the batch's id the moment the
+server accepts it (a file that a kill left without one is matched to the server's batch by the uploaded file,
+or the batch is created from that file then). A run first collects the batches such files name for this model
+and server (a killed run's), puts their answers in the cache, and never submits their requests again; a file
+is removed once its batch's answers are delivered.
 """
 from __future__ import annotations
 
@@ -305,7 +307,8 @@ class OpenAIBackend:
             running.add(asyncio.ensure_future(self._collect(client, path, state, on_record, bar)))
 
         try:
-            pending = self.pending_batches(state_dir)
+            pending = [(path, state) for path, state in self.pending_batches(state_dir)
+                       if state.get("batch_id") or await self._resume(client, path, state)]
             skip = {entry[0] for _, state in pending for entry in state["requests"]}  # answered by those batches
             for path, state in pending:
                 print(f"collecting batch {state['batch_id']} ({len(state['requests'])} requests), submitted by an "
@@ -348,23 +351,45 @@ class OpenAIBackend:
             await client.close()
 
     async def _submit(self, client, batch: "_BatchFile", state_dir: Path, running: set, collect) -> None:
-        """Upload and create one batch once fewer than batch_concurrency are out; its state file is written the
-        moment the server has accepted it."""
+        """Upload and create one batch once fewer than batch_concurrency are out. Its state file is written
+        before the batch is created (with the uploaded file's id) and again with the batch's id the moment the
+        server accepts it, so a kill at any point leaves a file that the next run resolves (`_resume`)."""
         from tqdm import tqdm
 
         while len(running) >= self.batch_concurrency:
             await _finish_one(running)
         upload = await client.files.create(file=("requests.jsonl", batch.content()), purpose="batch")
-        created = await client.batches.create(input_file_id=upload.id, endpoint="/v1/chat/completions",
-                                              completion_window="24h")
-        state = {"batch_id": created.id, "model": self.model_id, "server": self._server(),
-                 "input_file_id": upload.id, "submitted_at": time.time(), "requests": batch.entries}
-        path = state_dir / (re.sub(r"[^A-Za-z0-9_.-]", "_", created.id) + ".json")
-        partial = path.with_suffix(".partial")
-        partial.write_text(json.dumps(state))
-        os.replace(partial, path)  # all or nothing: a kill never leaves half a state file
-        tqdm.write(f"submitted batch {created.id}: {batch.count} requests, {batch.size / 1e6:.1f} MB")
+        state = {"batch_id": None, "model": self.model_id, "server": self._server(), "input_file_id": upload.id,
+                 "submitted_at": time.time(), "requests": batch.entries}
+        path = state_dir / (re.sub(r"[^A-Za-z0-9_.-]", "_", upload.id) + ".json")
+        _write_state(path, state)
+        await self._create(client, path, state)
+        tqdm.write(f"submitted batch {state['batch_id']}: {batch.count} requests, {batch.size / 1e6:.1f} MB")
         collect(path, state)
+
+    async def _create(self, client, path: Path, state: dict) -> None:
+        created = await client.batches.create(input_file_id=state["input_file_id"], endpoint="/v1/chat/completions",
+                                              completion_window="24h")
+        state["batch_id"] = created.id
+        _write_state(path, state)
+
+    async def _resume(self, client, path: Path, state: dict) -> bool:
+        """A state file without a batch id: the run that wrote it was killed around `batches.create`. The
+        server's batch made from its uploaded file is adopted; if there is none, the batch is created now from
+        that file. Returns False when the file is gone from the server (its requests are asked again)."""
+        import openai
+
+        async for batch in client.batches.list(limit=100):
+            if batch.input_file_id == state["input_file_id"]:
+                state["batch_id"] = batch.id
+                _write_state(path, state)
+                return True
+        try:
+            await self._create(client, path, state)
+        except openai.NotFoundError:
+            path.unlink(missing_ok=True)
+            return False
+        return True
 
     async def _collect(self, client, path: Path, state: dict, on_record: OnRecord, bar) -> None:
         """Wait for one batch, give each of its requests its answer (or a failure), then forget the batch."""
@@ -448,6 +473,12 @@ def _request_of(entry: list) -> Request:
     """The request a state file entry stands for, as much of it as an answer needs (no image, no prompt)."""
     parts = tuple(tuple(p) for p in entry[3]) if len(entry) > 3 else ()
     return Request(entry[1], entry[2], "", b"", 0, entry[0], parts=parts)
+
+
+def _write_state(path: Path, state: dict) -> None:
+    partial = path.with_suffix(".partial")
+    partial.write_text(json.dumps(state))
+    os.replace(partial, path)  # all or nothing: a kill never leaves half a state file
 
 
 async def _finish_one(running: set) -> None:
