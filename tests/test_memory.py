@@ -4,6 +4,7 @@ bounded path against what the whole-array path gives, value for value."""
 from __future__ import annotations
 
 import json
+import platform
 import subprocess
 import sys
 
@@ -207,7 +208,7 @@ print(anon_mb() - before)
 """
 
 
-@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's malloc")
+@pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="glibc's malloc")
 def test_freed_batch_sized_blocks_go_back_to_the_system(tmp_path):
     """After a large block is freed glibc takes later blocks of that size from the heap, which small live
     allocations pin: freed batches then stay resident and a stage's peak grows with its corpus. With
