@@ -34,8 +34,9 @@ if platform.machine().lower() in ("x86_64", "amd64"):
 # tensors of changing sizes (embed's padded answers, features' decoded clips) come from the heap, which
 # fragments and never shrinks: a stage's peak then grows with the number of batches, not their size (embed
 # 1,000 -> 16,000 clips: 858 -> 1,227 MB). A fixed threshold keeps blocks above it in their own mappings, given
-# back when freed (benchmarks/results/malloc_threshold.jsonl: 4 MiB, no slower). A MALLOC_MMAP_THRESHOLD_ in the
-# environment wins; other C libraries than glibc are left alone.
+# back when freed: embed then peaks at 690 and 730 MB (benchmarks/results/scale.jsonl). 4 MiB, not 1: features
+# lost 9% of its speed at 4 MiB and 16% at 1 MiB (benchmarks/results/malloc_threshold.jsonl, one run each). A
+# MALLOC_MMAP_THRESHOLD_ in the environment wins; other C libraries than glibc are left alone.
 MMAP_THRESHOLD = 4 << 20
 _M_MMAP_THRESHOLD = -3  # glibc's malloc.h
 
