@@ -441,9 +441,10 @@ def spec_row(spec: ClipSpec) -> dict:
 # ---------------------------------------------------------------------------------------------
 # the `download` entry point
 
-def _write_clip(videos: Path, clips: Plan, index: int) -> None:
+def _write_clip(videos: Path, clips: Plan, index: int) -> ClipSpec:
     spec = clips[index]
     encode_mp4(render(spec), spec.fps, spec.crf, videos / f"{spec.video_id}.mp4")
+    return spec
 
 
 def download(spec, out_dir, workers: int) -> dict:
@@ -458,16 +459,15 @@ def download(spec, out_dir, workers: int) -> dict:
     (out_dir / "videos").mkdir(parents=True, exist_ok=True)
     clips = Plan(spec.variant, spec.seed, spec.clips, spec.val_fraction, spec.train_per_class, spec.val_per_class,
                  spec.seconds)
-    # the workers get clip indices and draw each spec themselves: nothing per clip is held while they render
-    for _ in map_progress(partial(_write_clip, out_dir / "videos", clips), range(len(clips)), workers,
-                          desc=f"generate {out_dir.name}"):
-        pass
     rows = []
     # generator metadata, for analysis and tests only: the VLM and the models never read it
     with open(out_dir / "attributes.csv", "w", newline="") as fh:
         writer = csv.DictWriter(fh, fieldnames=list(spec_row(clips[0])))
         writer.writeheader()
-        for c in (clips[i] for i in range(len(clips))):
+        # the workers get clip indices and draw each spec themselves (nothing per clip is held while they
+        # render); each spec comes back, in order, for its rows here
+        for c in map_progress(partial(_write_clip, out_dir / "videos", clips), range(len(clips)), workers,
+                              desc=f"generate {out_dir.name}"):
             writer.writerow(spec_row(c))
             rows.append(Annotation(c.video_id, f"videos/{c.video_id}.mp4", c.label, c.split))
     source = {"kind": "synthact", "version": VERSION, "variant": spec.variant, "seed": spec.seed}
