@@ -1,13 +1,14 @@
-"""sources stage: fingerprint what a dataset's download reads from outside the workspace (data/sources/<ds>.json).
+"""sources stage: what one dataset's download reads from outside the workspace (data/sources/<ds>.json).
 
-Always run by `dvc repro` (it takes about a second); its output changes only when the label CSV or a listed
-video changed, and only then does `download` re-run. See fourtier.data.sources.
+Nothing, for SynthAct and public datasets: the file holds their kind only. For a dataset under `watch:`, a copy
+of its fingerprint from the `watch` stage. This stage depends on all watched fingerprints (DVC cannot make a
+dep depend on a dataset's kind) but takes about a second, and its output changes only when this dataset's own
+fingerprint did, so `download` re-runs for that dataset alone.
 """
 import argparse
-import json
 
 from fourtier import paths
-from fourtier.data.sources import fingerprint
+from fourtier.data.sources import read_watched
 from fourtier.errors import exits_cleanly
 from fourtier.params import load_params
 
@@ -18,10 +19,10 @@ def main() -> None:
     parser.add_argument("dataset", help="a name defined under 'datasets:' in params.yaml")
     args = parser.parse_args()
     params = load_params()
-    spec = params.dataset(args.dataset)
+    text = read_watched(args.dataset, params.dataset(args.dataset))
     out = paths.sources(args.dataset)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(fingerprint(spec), indent=1, sort_keys=True) + "\n")
+    out.write_text(text)
 
 
 if __name__ == "__main__":

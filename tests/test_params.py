@@ -36,6 +36,47 @@ def test_the_backbone_corpus_is_a_defined_dataset_and_never_a_target():
     assert parse_params(raw).backbone_train.corpus == "synth-pretrain"
 
 
+def test_a_selected_dataset_that_reads_outside_the_workspace_must_be_watched(tmp_path):
+    raw = with_change(targets=["synth-scenes", "mine", "ssv2"])
+    raw["datasets"]["mine"] = {"type": "folder", "root": str(tmp_path), "csv": "labels.csv"}
+    with pytest.raises(ParamsError, match=r"'mine', 'ssv2' reads .* outside the workspace.*set watch: \[mine, ssv2\]"):
+        parse_params(raw)
+    raw["watch"] = ["mine"]
+    with pytest.raises(ParamsError, match=r"'ssv2' reads .*set watch: \[mine, ssv2\]"):
+        parse_params(raw)
+    raw["watch"] = ["mine", "ssv2", "synth-scenes"]
+    with pytest.raises(ParamsError, match=r"'watch\[2\]' is 'synth-scenes', a synthact dataset.*remove it"):
+        parse_params(raw)
+    raw["watch"] = ["mine", "ssv2", "nope"]
+    with pytest.raises(ParamsError, match=r"'watch\[2\]' is 'nope'.*synth-scenes"):
+        parse_params(raw)
+    raw["watch"] = ["mine", "ssv2"]
+    assert parse_params(raw).watch == ("mine", "ssv2")
+    raw["targets"] = ["synth-scenes"]  # watched but no longer selected: allowed (a second's check per run)
+    assert parse_params(raw).watch == ("mine", "ssv2")
+
+
+def test_sources_of_a_dataset_are_its_kind_or_its_watched_fingerprint(tmp_path, monkeypatch):
+    import json
+
+    from fourtier import paths
+    from fourtier.data.sources import fingerprint_text, read_watched
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "v.mp4").write_bytes(b"x")
+    (tmp_path / "labels.csv").write_text("path,label\nv.mp4,jump\n")
+    raw = with_change(targets=["mine"], watch=["mine"])
+    raw["datasets"]["mine"] = {"type": "folder", "root": str(tmp_path), "csv": "labels.csv"}
+    p = parse_params(raw)
+    assert read_watched("synth-scenes", p.dataset("synth-scenes")) == '{\n "kind": "synthact"\n}\n'  # the bytes of old
+    with pytest.raises(ParamsError, match=r"'mine' \(folder\).*data/sources/watch/mine.json is missing.*'watch:'"):
+        read_watched("mine", p.dataset("mine"))
+    paths.watched("mine").parent.mkdir(parents=True)
+    paths.watched("mine").write_text(fingerprint_text(p.dataset("mine")))
+    fp = json.loads(read_watched("mine", p.dataset("mine")))
+    assert fp["kind"] == "folder" and fp["files"] == 1 and fp["files_missing"] == 0
+
+
 @pytest.mark.parametrize("seconds", [[2.0], [0, 1.0], [3.0, 2.0], "2-4", [True, 2.0]])
 def test_synthact_durations_are_a_positive_range(seconds):
     raw = with_change()

@@ -24,6 +24,9 @@ PROCESSORS = ("attention", "paper")  # README, "The model and its two training s
 OBJECTIVES = ("pooled", "tokens")
 DATASET_TYPES = ("synthact", "folder", "ucf101", "hmdb51", "kinetics", "k710", "ssv2")
 SYNTHACT_VARIANTS = ("pretrain", "scenes", "motion")
+# kinds whose download reads files outside the workspace (a `root` folder), which DVC sees only when they are
+# listed under `watch:` (README, "Your own videos"); fourtier.data.sources fingerprints each of them
+OUTSIDE_KINDS = ("folder", "ssv2")
 _PUBLIC_KEYS = ("type", "split", "short_side", "cache_dir", "archive_url", "splits_url", "archive_sha256", "archive_size")
 _KINETICS_KEYS = ("type", "version", "splits", "parts", "short_side", "cache_dir", "base_url")
 DATASET_KEYS = {
@@ -33,7 +36,7 @@ DATASET_KEYS = {
     "kinetics": _KINETICS_KEYS, "k710": tuple(k for k in _KINETICS_KEYS if k != "version"),
     "ssv2": ("type", "root", "short_side"),
 }
-TOP_LEVEL_KEYS = ("vlm", "K", "backbone", "text_encoder", "prompts", "pretrain", "targets", "datasets", "vlms",
+TOP_LEVEL_KEYS = ("vlm", "K", "backbone", "text_encoder", "prompts", "pretrain", "targets", "watch", "datasets", "vlms",
                   "backbones", "text_encoders", "download", "tile", "caption", "embed", "backbone_train", "features", "align",
                   "finetune", "runtime")
 
@@ -206,6 +209,7 @@ class Params:
     prompts: tuple[str, ...]
     pretrain: tuple[str, ...]
     targets: tuple[str, ...]
+    watch: tuple[str, ...]
     datasets: dict[str, SynthActSpec | FolderSpec]
     vlms: dict[str, dict]
     backbones: dict[str, dict]
@@ -456,9 +460,9 @@ def _dataset_spec(name: str, spec: Any) -> SynthActSpec | FolderSpec | PublicSpe
     )
 
 
-def _dataset_list(raw: dict, key: str, datasets: dict) -> tuple[str, ...]:
+def _dataset_list(raw: dict, key: str, datasets: dict, empty_ok: bool = False) -> tuple[str, ...]:
     names = _get(raw, key, "", list)
-    if not names:
+    if not names and not empty_ok:
         raise ParamsError(f"params.yaml: '{key}' is an empty list; name at least one dataset "
                           f"(defined under 'datasets:': {', '.join(sorted(datasets))})")
     for i, name in enumerate(names):
@@ -468,6 +472,26 @@ def _dataset_list(raw: dict, key: str, datasets: dict) -> tuple[str, ...]:
     if len(set(names)) != len(names):
         raise ParamsError(f"params.yaml: '{key}' lists a dataset twice: {names}")
     return tuple(names)
+
+
+def _watch_list(raw: dict, datasets: dict, selected: tuple[str, ...]) -> tuple[str, ...]:
+    """`watch`: the datasets whose files DVC re-checks on every run. DVC cannot make a stage's deps depend on a
+    dataset's kind, so the user lists them; a selected dataset that reads outside the workspace and is not
+    listed would never see its files' changes, so it is an error, not a default."""
+    watch = _dataset_list(raw, "watch", datasets, empty_ok=True)
+    for i, name in enumerate(watch):
+        if datasets[name].kind not in OUTSIDE_KINDS:
+            raise ParamsError(f"params.yaml: 'watch[{i}]' is {name!r}, a {datasets[name].kind} dataset, which reads "
+                              "nothing from outside the workspace (DVC already tracks all it depends on); "
+                              f"remove it from 'watch' (only {' and '.join(OUTSIDE_KINDS)} datasets are watched)")
+    unwatched = [n for n in selected if datasets[n].kind in OUTSIDE_KINDS and n not in watch]
+    if unwatched:
+        listed = ", ".join([*watch, *unwatched])
+        raise ParamsError(f"params.yaml: {', '.join(map(repr, unwatched))} reads its label file and videos from "
+                          "outside the workspace, where DVC sees a change only in a dataset listed under 'watch'; "
+                          f"set watch: [{listed}] in params.yaml (or `dvc exp run -S 'watch=[{listed}]'`), so every "
+                          "`dvc repro` re-checks its files (about a second) and re-runs download when one changed")
+    return watch
 
 
 def parse_params(raw: Any) -> Params:
@@ -496,6 +520,7 @@ def parse_params(raw: Any) -> Params:
     if both:
         raise ParamsError(f"params.yaml: {both} is listed in both 'pretrain' and 'targets'; "
                           "a dataset is either the captioned pretraining corpus or a target")
+    watch = _watch_list(raw, datasets, pretrain + targets)
 
     download = _section(raw, "download", ("shard_above", "shard_size", "parallel"))
     download_params = DownloadParams(shard_above=_int_at_least(download, "shard_above", "download", 0),
@@ -598,6 +623,7 @@ def parse_params(raw: Any) -> Params:
         prompts=tuple(prompts),
         pretrain=pretrain,
         targets=targets,
+        watch=watch,
         datasets=datasets,
         vlms=vlms,
         backbones=backbones,

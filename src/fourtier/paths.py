@@ -13,7 +13,8 @@ ALIGN = Path("models/align")  # stage 1: one saved processor set per arm
 ALIGN_METRICS = Path("models/align_metrics.json")
 FINETUNE = Path("models/finetune")
 CLASS_TEXTS = Path("class_texts")  # committed, per dataset: {class: {A, B, C, D: text}}
-SOURCES = Path("data/sources")  # fingerprints of inputs that live outside the workspace (stages/sources.py)
+SOURCES = Path("data/sources")  # what each download reads from outside the workspace (stages/sources.py)
+WATCHED = SOURCES / "watch"  # fingerprints of the files of the datasets under `watch:` (stages/watch.py)
 # what a stage measured of its own speed (latency, throughput): machine-dependent, so in no stage's outputs and
 # not in dvc.lock; dvc.yaml lists the folder as top-level metrics, so `dvc metrics show` prints them
 TIMINGS = Path("data/timings")
@@ -46,6 +47,10 @@ def features(dataset: str) -> Path:
 
 def sources(dataset: str) -> Path:
     return SOURCES / f"{dataset}.json"
+
+
+def watched(dataset: str) -> Path:
+    return WATCHED / f"{dataset}.json"
 
 
 def class_texts(dataset: str) -> Path:
@@ -86,7 +91,9 @@ def stage_io(stage: str, item: str, corpus: str) -> tuple[set[str], set[str]]:
     if stage in ("download-pretrain", "download-target"):
         return {s(sources(item))}, {s(raw(item))}
     if stage in ("sources-pretrain", "sources-target"):
-        return set(), {s(sources(item))}
+        return {s(WATCHED)}, {s(sources(item))}
+    if stage == "watch":
+        return set(), {s(watched(item))}
     if stage == "tile":
         return {s(raw(item))}, {s(tiles(item))}
     if stage == "caption":
