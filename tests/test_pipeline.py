@@ -52,7 +52,7 @@ def repo(tmp_path_factory):
             (dst / rel).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(REPO / rel, dst / rel)
     for rel in files:
-        if rel.startswith("data/") and rel.endswith(".gitignore"):
+        if rel.startswith("data/") and (rel.endswith(".gitignore") or rel.startswith("data/sources/watch/")):
             (dst / rel).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(REPO / rel, dst / rel)
     run(["git", "init", "-q"], dst)
