@@ -8,7 +8,7 @@ fingerprint did, so `download` re-runs for that dataset alone.
 import argparse
 
 from fourtier import paths
-from fourtier.data.sources import read_watched
+from fourtier.data.sources import sources_text
 from fourtier.errors import exits_cleanly
 from fourtier.params import load_params
 
@@ -19,7 +19,7 @@ def main() -> None:
     parser.add_argument("dataset", help="a name defined under 'datasets:' in params.yaml")
     args = parser.parse_args()
     params = load_params()
-    text = read_watched(args.dataset, params.dataset(args.dataset))
+    text = sources_text(args.dataset, params.dataset(args.dataset))
     out = paths.sources(args.dataset)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(text)

@@ -60,7 +60,7 @@ def test_sources_of_a_dataset_are_its_kind_or_its_watched_fingerprint(tmp_path, 
     import json
 
     from fourtier import paths
-    from fourtier.data.sources import fingerprint_text, read_watched
+    from fourtier.data.sources import fingerprint_text, sources_text
 
     monkeypatch.chdir(tmp_path)
     (tmp_path / "v.mp4").write_bytes(b"x")
@@ -68,12 +68,12 @@ def test_sources_of_a_dataset_are_its_kind_or_its_watched_fingerprint(tmp_path, 
     raw = with_change(targets=["mine"], watch=["mine"])
     raw["datasets"]["mine"] = {"type": "folder", "root": str(tmp_path), "csv": "labels.csv"}
     p = parse_params(raw)
-    assert read_watched("synth-scenes", p.dataset("synth-scenes")) == '{\n "kind": "synthact"\n}\n'  # the bytes of old
+    assert sources_text("synth-scenes", p.dataset("synth-scenes")) == '{\n "kind": "synthact"\n}\n'  # the bytes of old
     with pytest.raises(ParamsError, match=r"'mine' \(folder\).*data/sources/watch/mine.json is missing.*'watch:'"):
-        read_watched("mine", p.dataset("mine"))
+        sources_text("mine", p.dataset("mine"))
     paths.watched("mine").parent.mkdir(parents=True)
     paths.watched("mine").write_text(fingerprint_text(p.dataset("mine")))
-    fp = json.loads(read_watched("mine", p.dataset("mine")))
+    fp = json.loads(sources_text("mine", p.dataset("mine")))
     assert fp["kind"] == "folder" and fp["files"] == 1 and fp["files_missing"] == 0
 
 

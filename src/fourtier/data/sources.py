@@ -42,7 +42,7 @@ def _dumps(fp: dict) -> str:
     return json.dumps(fp, indent=1, sort_keys=True) + "\n"
 
 
-def read_watched(name: str, spec) -> str:
+def sources_text(name: str, spec) -> str:
     """data/sources/<name>.json's text: the kind alone, or the `watch` stage's fingerprint of the files."""
     if spec.kind not in OUTSIDE_KINDS:
         return _dumps({"kind": spec.kind})
