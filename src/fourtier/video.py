@@ -1,14 +1,15 @@
 """Reading videos: probe, full-decode check, and K keyframes at equal time intervals.
 
-ffmpeg is the binary that the `imageio-ffmpeg` wheel ships (no root, no system package). It has no
-ffprobe, so `probe` parses the stream header that `ffmpeg -i` prints. decord is the fast reader; it
-ignores rotation metadata and non-square pixels, so `read_keyframes` applies both itself, and falls
-back to ffmpeg (which applies rotation on its own) for containers decord cannot open.
+Probing and the decode check go through PyAV, whose wheel bundles FFmpeg's libraries (no root, no system
+package): streams, rotation, timestamps and decode errors come as data and exceptions. decord is the fast
+frame reader; it applies rotation but not non-square pixels, so each Keyframes carries the display size. PyAV
+is the fallback reader for containers decord cannot open. The ffmpeg binary that the `imageio-ffmpeg` wheel
+ships only writes videos (run_ffmpeg).
 """
 from __future__ import annotations
 
-import re
 import subprocess
+from contextlib import contextmanager
 from dataclasses import dataclass
 from fractions import Fraction
 from functools import lru_cache
@@ -68,54 +69,55 @@ class VideoInfo:
         return self.main_stream
 
 
-_STREAM_RE = re.compile(r"Stream #\d+:\d+.*?: Video: (?P<codec>\w+)[^,]*, (?P<pix>[\w]+)(?:\([^)]*\))?, "
-                        r".*?(?P<w>\d{2,5})x(?P<h>\d{2,5})(?P<rest>.*)")
-_SAR_RE = re.compile(r"SAR (\d+):(\d+)")
-_FPS_RE = re.compile(r"([\d.]+) fps")
-_DURATION_RE = re.compile(r"Duration: (\d+):(\d+):([\d.]+)")
-_ROTATION_RE = re.compile(r"rotation of (-?[\d.]+) degrees", re.IGNORECASE)
-_INPUT_RE = re.compile(r"Input #0, ([\w,]+), from")
+def _open(path: str):
+    import av
+
+    if not Path(path).is_file():
+        raise VideoError(f"file not found: {path}")
+    try:
+        return av.open(path, metadata_errors="ignore")
+    except av.error.FFmpegError as exc:
+        raise VideoError(f"cannot open as video: {exc.strerror or exc}") from None
+
+
+def _video_streams(container) -> list:
+    """The real video streams: an embedded cover picture (MP3 art, MP4 thumbnails) is not one."""
+    import av
+
+    return [s for s in container.streams.video if not s.disposition & av.stream.Disposition.attached_pic
+            and s.codec_context.width > 0 and s.codec_context.height > 0]
+
+
+def _rotation(container, stream) -> int:
+    """The display rotation in degrees (-180, 180], as FFmpeg gives it: its decoder attaches the stream's display
+    matrix to every frame, so the first frame says it. 0 if none decodes (decode_check then says why)."""
+    import av
+
+    try:
+        frame = next(container.decode(stream), None)
+    except av.error.FFmpegError:
+        frame = None
+    rotation = int(round(frame.rotation)) % 360 if frame is not None else 0
+    return rotation - 360 if rotation > 180 else rotation
 
 
 def probe(path: str | Path) -> VideoInfo:
-    """Header facts of every video stream; raises VideoError if ffmpeg cannot open the file."""
+    """Header facts of every video stream (PyAV); raises VideoError if FFmpeg cannot open the file."""
     path = str(path)
-    if not Path(path).is_file():
-        raise VideoError(f"file not found: {path}")
-    proc = run_ffmpeg(["-i", path], timeout=60)
-    text = proc.stderr.decode("utf-8", "replace")
-    if "Input #0" not in text:
-        last = text.strip().splitlines()[-1] if text.strip() else "no output"
-        raise VideoError(f"cannot open as video: {last}")
-    lines = text.splitlines()
-    streams = []
-    for i, line in enumerate(lines):
-        m = _STREAM_RE.search(line)
-        if not m or "attached pic" in line:
-            continue
-        sar = _SAR_RE.search(m.group("rest"))
-        sar_value = Fraction(int(sar.group(1)), int(sar.group(2))) if sar and int(sar.group(1)) > 0 else Fraction(1)
-        fps = _FPS_RE.search(line)
-        rotation = 0
-        # side data (display matrix) follows the stream line, indented, until the next stream
-        for follow in lines[i + 1:]:
-            if follow.lstrip().startswith("Stream #"):
-                break
-            r = _ROTATION_RE.search(follow)
-            if r:
-                rotation = int(round(float(r.group(1)))) % 360
-                rotation = rotation - 360 if rotation > 180 else rotation
-                break
-        streams.append(VideoStream(width=int(m.group("w")), height=int(m.group("h")), sar=sar_value,
-                                   rotation=rotation, fps=float(fps.group(1)) if fps else 0.0,
-                                   codec=m.group("codec"), pix_fmt=m.group("pix")))
-    if not streams:
-        raise VideoError("no video stream in file")
-    d = _DURATION_RE.search(text)
-    duration = int(d.group(1)) * 3600 + int(d.group(2)) * 60 + float(d.group(3)) if d else None
-    container = _INPUT_RE.search(text)
-    return VideoInfo(path=path, container=container.group(1) if container else "?", duration=duration,
-                     streams=tuple(streams))
+    with _open(path) as container:
+        streams = []
+        for s in _video_streams(container):
+            cc, sar = s.codec_context, s.sample_aspect_ratio or s.codec_context.sample_aspect_ratio
+            rate = s.average_rate or s.guessed_rate
+            streams.append(VideoStream(width=cc.width, height=cc.height,
+                                       sar=Fraction(sar) if sar and sar > 0 else Fraction(1),
+                                       rotation=_rotation(container, s), fps=float(rate) if rate else 0.0,
+                                       codec=cc.name, pix_fmt=cc.pix_fmt or "?"))
+            container.seek(0)
+        if not streams:
+            raise VideoError("no video stream in file")
+        duration = container.duration / 1e6 if container.duration else None  # in AV_TIME_BASE units
+        return VideoInfo(path=path, container=container.format.name, duration=duration, streams=tuple(streams))
 
 
 @dataclass(frozen=True)
@@ -125,24 +127,61 @@ class DecodeCheck:
     errors: tuple[str, ...]  # decoder error lines (first few)
 
 
-# Messages of the discarding output side, not of the decoder: irregular timestamps (variable frame rate phone
-# and screen recordings) round to equal dts in the null muxer's time base; the pictures decoded fine.
-_MUXER_MESSAGE = re.compile(r"^\s*\[(null|out#[^\]]*|vost#[^\]]*)( @ [^\]]*)?\]|to muxer")
+@contextmanager
+def _decoder_errors():
+    """FFmpeg's error-level messages while decoding, as "[component] message" lines. Decoders conceal most
+    damage and only log it, so the log is where a corrupt stream shows."""
+    import av.logging
+
+    previous = av.logging.get_level()
+    av.logging.set_level(av.logging.ERROR)
+    try:
+        with av.logging.Capture(local=False) as logs:  # frame threads log from threads of their own
+            lines: list[str] = []
+            yield lines
+        lines += [f"[{name}] {message.strip()}" for level, name, message in logs
+                  if level <= av.logging.ERROR and message.strip()]
+    finally:
+        av.logging.set_level(previous)
 
 
-def decode_check(path: str | Path, timeout: float = 600) -> DecodeCheck:
+def _decode(container, stream, errors: list[str]):
+    """Every frame of `stream` that decodes; a packet the decoder rejects is noted in `errors` and skipped, as
+    the ffmpeg command line does, so the frames after it still count."""
+    import av
+
+    try:
+        for packet in container.demux(stream):
+            try:
+                yield from packet.decode()
+            except av.error.InvalidDataError as exc:
+                errors.append(f"[{stream.codec_context.name}] {exc.strerror}")
+    except av.error.FFmpegError as exc:  # the demuxer cannot read on: a truncated or damaged file
+        errors.append(f"[{container.format.name}] {exc.strerror}")
+
+
+def _main_stream(container):
+    """The stream FFmpeg and decord read by default: the one with the most pixels."""
+    streams = _video_streams(container)
+    if not streams:
+        raise VideoError("no video stream in file")
+    return max(streams, key=lambda s: s.codec_context.width * s.codec_context.height)
+
+
+def decode_check(path: str | Path) -> DecodeCheck:
     """Decode the whole default video stream, discarding the pictures: the ground truth of what is readable."""
-    proc = run_ffmpeg(["-nostats", "-v", "error", "-i", str(path), "-an", "-sn", "-dn",
-                       "-f", "null", "-progress", "pipe:1", "-"], timeout=timeout)
-    out = proc.stdout.decode("utf-8", "replace")
-    frames = [int(x) for x in re.findall(r"^frame=(\d+)", out, re.M)]
-    times = re.findall(r"^out_time_us=(\d+)", out, re.M)
-    errors = tuple(line.strip() for line in proc.stderr.decode("utf-8", "replace").splitlines()
-                   if line.strip() and not line.strip().startswith("Last message repeated")
-                   and not _MUXER_MESSAGE.search(line))
-    return DecodeCheck(frames=frames[-1] if frames else 0,
-                       decoded_duration=int(times[-1]) / 1e6 if times else 0.0,
-                       errors=errors[:5])
+    frames, first, end = 0, None, 0.0
+    with _open(str(path)) as container, _decoder_errors() as errors:
+        stream = _main_stream(container)
+        rate = float(stream.average_rate or stream.guessed_rate or 25)
+        for frame in _decode(container, stream, errors):
+            frames += 1
+            if frame.time is not None:
+                first = frame.time if first is None else first
+                lasts = float(frame.duration * frame.time_base) if frame.duration else 1 / rate
+                end = max(end, frame.time + lasts)
+    return DecodeCheck(frames=frames, decoded_duration=end - first if first is not None else 0.0,
+                       errors=tuple(errors[:5]))
 
 
 def readability_problem(info: VideoInfo, check: DecodeCheck) -> str | None:
@@ -215,64 +254,44 @@ def _read_decord(path: str, k: int, info: VideoInfo) -> Keyframes:
     return Keyframes(frames, idx.tolist(), [round(float(pts[i]), 4) for i in idx], stream.display_size, n, "decord")
 
 
-_DECODE_ERROR_RE = re.compile(r"error|invalid|corrupt|partial file|overread", re.IGNORECASE)
-_PTS_TIME_RE = re.compile(r"n:\s*(\d+).*?pts_time:\s*(-?[\d.e+-]+)")
+def _display(frame) -> np.ndarray:
+    """A decoded frame as uint8 HxWx3 RGB, turned as its display matrix says (the ffmpeg command line's
+    autorotate; decord does the same). FFmpeg's angle is counter-clockwise, as numpy's rot90."""
+    rgb = frame.to_ndarray(format="rgb24")
+    turns = int(round(frame.rotation / 90)) % 4
+    return np.ascontiguousarray(np.rot90(rgb, turns)) if turns else rgb
 
 
-def _read_ffmpeg(path: str, k: int, info: VideoInfo) -> Keyframes:
-    """Two passes: timestamps of every decodable frame, then only the selected ones as PPM."""
-    proc = run_ffmpeg(["-i", path, "-an", "-sn", "-dn", "-vf", "showinfo", "-f", "null", "-"])
-    log = proc.stderr.decode("utf-8", "replace")
-    found = _PTS_TIME_RE.findall(log)
-    if not found:
-        raise VideoError("ffmpeg decoded no frames")
-    errors = [line for line in log.splitlines() if _DECODE_ERROR_RE.search(line) and "showinfo" not in line]
+def _read_pyav(path: str, k: int, info: VideoInfo) -> Keyframes:
+    """Two passes: timestamps of every decodable frame, then only the selected ones as RGB."""
+    with _open(path) as container, _decoder_errors() as errors:
+        pts = [frame.time for frame in _decode(container, _main_stream(container), errors)]
+    if not pts:
+        raise VideoError("FFmpeg decoded no frames")
     if errors:
-        raise VideoError(f"corrupt: decoder reported errors ({errors[0].strip()[:160]})")
-    pts = np.array([float(t) for _, t in found])
+        raise VideoError(f"corrupt: decoder reported errors ({errors[0][:160]})")
+    pts = np.array([np.nan if t is None else t for t in pts], dtype=np.float64)
     if not _valid_pts(pts):
         pts = np.arange(len(pts)) / (info.main_stream.fps or 25.0)
     span = float(pts[-1] - pts[0])
     if info.duration and span < 0.9 * info.duration - 0.5:
         raise VideoError(f"truncated: header says {info.duration:.2f} s, only {span:.2f} s ({len(pts)} frames) decode")
     idx = keyframe_indices(pts, k)
-    unique = sorted(set(idx.tolist()))
-    select = "+".join(f"eq(n\\,{i})" for i in unique)
-    proc = run_ffmpeg(["-i", path, "-an", "-sn", "-dn", "-vf", f"select={select}", "-fps_mode", "passthrough",
-                       "-f", "image2pipe", "-vcodec", "ppm", "pipe:1"])
-    decoded = _parse_ppm_stream(proc.stdout)
-    if len(decoded) != len(unique):
-        raise VideoError(f"ffmpeg returned {len(decoded)} of {len(unique)} selected frames")
-    by_index = dict(zip(unique, decoded))
-    stream = info.main_stream
+    wanted, by_index = set(idx.tolist()), {}
+    with _open(path) as container:
+        for i, frame in enumerate(_decode(container, _main_stream(container), [])):
+            if i in wanted:
+                by_index[i] = _display(frame)
+            if len(by_index) == len(wanted):
+                break
+    if len(by_index) != len(wanted):
+        raise VideoError(f"FFmpeg returned {len(by_index)} of {len(wanted)} selected frames on a second decode")
     return Keyframes([by_index[i] for i in idx], idx.tolist(), [round(float(pts[i]), 4) for i in idx],
-                     stream.display_size, len(pts), "ffmpeg")
-
-
-def _parse_ppm_stream(data: bytes) -> list[np.ndarray]:
-    frames, pos = [], 0
-    while pos < len(data):
-        # header: P6 <w> <h> <maxval> then one whitespace byte
-        fields, p = [], pos
-        while len(fields) < 4:
-            while data[p:p + 1].isspace():
-                p += 1
-            start = p
-            while not data[p:p + 1].isspace():
-                p += 1
-            fields.append(data[start:p])
-        if fields[0] != b"P6":
-            raise VideoError("ffmpeg produced an unexpected image stream")
-        w, h = int(fields[1]), int(fields[2])
-        p += 1
-        size = w * h * 3
-        frames.append(np.frombuffer(data[p:p + size], np.uint8).reshape(h, w, 3))
-        pos = p + size
-    return frames
+                     info.main_stream.display_size, len(pts), "pyav")
 
 
 def read_keyframes(path: str | Path, k: int, info: VideoInfo | None = None) -> Keyframes:
-    """K keyframes at equal time intervals; decord first, ffmpeg if decord fails or returns flat frames."""
+    """K keyframes at equal time intervals; decord first, PyAV if decord fails or returns flat frames."""
     path = str(path)
     info = info or probe(path)
     try:
@@ -281,7 +300,7 @@ def read_keyframes(path: str | Path, k: int, info: VideoInfo | None = None) -> K
             return key
     except VideoError:
         pass
-    key = _read_ffmpeg(path, k, info)
+    key = _read_pyav(path, k, info)
     if _all_flat(key.frames):
         raise VideoError("every keyframe is a single flat colour (blank or undecodable video)")
     return key
