@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from fourtier.evaluation import ci95_half_width
+from fourtier.evaluation.metrics import ci95_half_width
 from headline import ARMS, read_runs
 
 

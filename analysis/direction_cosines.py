@@ -22,8 +22,9 @@ import numpy as np
 import torch
 
 from fourtier import paths
-from fourtier.params import load_params
-from fourtier.text import make_encoder, read_captions
+from fourtier.config.base import load_params
+from fourtier.text.embed import read_captions
+from fourtier.text.encoder import make_encoder
 
 SWAPS = [("direction", "to the left", "to the right"), ("direction", "rising", "falling"),
          ("direction", "growing larger", "shrinking"), ("shape", "ball", "box"), ("colour", "red", "blue"),

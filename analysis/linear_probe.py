@@ -23,9 +23,9 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
 from fourtier import paths
-from fourtier.features import FeatureSource
-from fourtier.params import load_params
-from fourtier.training import stage2_model
+from fourtier.config.base import load_params
+from fourtier.features.source import FeatureSource
+from fourtier.train.finetune import stage2_model
 
 
 def main() -> None:

@@ -23,11 +23,12 @@ import torch
 from torch import nn
 
 from fourtier import paths
-from fourtier.evaluation import paired_gain, summarise
-from fourtier.features import FeatureSource
-from fourtier.optim import seed_everything
-from fourtier.params import load_params
-from fourtier.training import predict, stage2_model, train_classifier
+from fourtier.config.base import load_params
+from fourtier.evaluation.metrics import paired_gain, summarise
+from fourtier.evaluation.predict import predict
+from fourtier.features.source import FeatureSource
+from fourtier.train.finetune import stage2_model, train_classifier
+from fourtier.train.optim import seed_everything
 from headline import gain_cell, read_runs, spread_cell
 
 

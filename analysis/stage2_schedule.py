@@ -23,11 +23,12 @@ import numpy as np
 import torch
 
 from fourtier import paths
-from fourtier.evaluation import paired_gain, summarise
-from fourtier.features import FeatureSource
-from fourtier.parallel import run_parallel, run_slots
-from fourtier.params import load_params
-from fourtier.training import predict, stage2_model, train_classifier
+from fourtier.config.base import load_params
+from fourtier.evaluation.metrics import paired_gain, summarise
+from fourtier.evaluation.predict import predict
+from fourtier.features.source import FeatureSource
+from fourtier.runtime.parallel import run_parallel, run_slots
+from fourtier.train.finetune import stage2_model, train_classifier
 from headline import ARMS, gain_cell, spread_cell
 
 ALL = list(ARMS)

@@ -7,7 +7,7 @@ colour are the comparison.
 For every held-out clip of the pretraining corpus (split val) and every prompt of the stage-1 model
 (models/align/<arm>), each answer that contains one phrase of a pair is paired with itself with the phrase
 swapped for the other, in both directions (a -> b for answers with a, b -> a for answers with b). Both are encoded whole by the pipeline's text encoder, and scored against the clip the way the model's
-objective scores (align.objective: cosine of the pooled vectors, or fourtier.training.token_scores), with the
+objective scores (align.objective: cosine of the pooled vectors, or fourtier.train.losses.token_scores), with the
 clip's alignment output averaged over its views. Reported per pair of phrases, over all prompts' answers:
   answers      with phrase a, with phrase b
   prefers own  per direction, the fraction scored above their swapped twin
@@ -25,12 +25,13 @@ import numpy as np
 import torch
 
 from fourtier import paths
-from fourtier.features import open_features
+from fourtier.config.base import load_params
+from fourtier.evaluation.zeroshot import aligned_over_views, encode_texts
+from fourtier.features.source import open_features
 from fourtier.models.ftp import FTP
-from fourtier.params import load_params
-from fourtier.text import make_encoder, read_captions
-from fourtier.training import pairwise_scores
-from fourtier.zeroshot import aligned_over_views, encode_texts
+from fourtier.text.embed import read_captions
+from fourtier.text.encoder import make_encoder
+from fourtier.train.losses import pairwise_scores
 
 PAIRS = [("direction", "to the left", "to the right"), ("direction", "rising", "falling"),
          ("direction", "growing larger", "shrinking"), ("shape", "ball", "box"), ("colour", "red", "blue")]

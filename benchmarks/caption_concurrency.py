@@ -3,7 +3,7 @@ against the tests' local server (tests/fake_openai.py), which answers every requ
 
 The server runs in a process of its own, so that it does not share the client's interpreter lock.
 "before" asks the chunks one at a time (the stage before streaming: each chunk's tail runs with idle slots);
-"after" streams them through one backend run (fourtier.captioning.caption_chunks). The ideal is concurrency /
+"after" streams them through one backend run (fourtier.caption.runner.caption_chunks). The ideal is concurrency /
 latency answers per second. Prints both and appends them to benchmarks/results/caption_concurrency.jsonl.
 
     python benchmarks/caption_concurrency.py                       # 6 chunks of 256 requests, concurrency 32, 0.2 s
@@ -27,8 +27,9 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))
 
 from fake_openai import FakeOpenAI  # noqa: E402
-from fourtier.captioning import AnswerCache, answer_key, caption_chunks, run_captions  # noqa: E402
-from fourtier.vlm import PROMPT_IDS, Request, make_backend  # noqa: E402
+from fourtier.caption.backend import Request, make_backend  # noqa: E402
+from fourtier.caption.runner import AnswerCache, answer_key, caption_chunks, run_captions  # noqa: E402
+from fourtier.config.base import PROMPT_IDS  # noqa: E402
 
 RESULTS = REPO / "benchmarks/results/caption_concurrency.jsonl"
 

@@ -12,10 +12,11 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))
 
 from fourtier import paths  # noqa: E402
-from fourtier.captioning import answer_key  # noqa: E402
-from fourtier.store import ItemReader  # noqa: E402
-from fourtier.tiling import read_tile_index  # noqa: E402
-from fourtier.vlm import PROMPT_IDS, Request, make_backend  # noqa: E402
+from fourtier.caption.backend import Request, make_backend  # noqa: E402
+from fourtier.caption.runner import answer_key  # noqa: E402
+from fourtier.config.base import PROMPT_IDS  # noqa: E402
+from fourtier.data.store import ItemReader  # noqa: E402
+from fourtier.video.tiling import read_tile_index  # noqa: E402
 from tiny_vlm import build_tiny_llava, transformers_serve  # noqa: E402
 
 TILES = REPO / paths.tiles("synth-pretrain")
@@ -53,11 +54,11 @@ def main():
                           "timeout": 60}
                 rate = timed(make_backend("local", {"local": preset}, gen), reqs[:96])
                 print(f"openai backend -> transformers serve (tiny LLaVA), concurrency {concurrency}: {rate:.1f} answers/s")
-    from fourtier.text import make_encoder
+    from fourtier.text.encoder import make_encoder
 
     encoder = make_encoder("minilm", {"minilm": {"type": "minilm"}})
-    from fourtier.vlm.builtin import describe
-    from fourtier.vlm import decode_tile
+    from fourtier.caption.backend import decode_tile
+    from fourtier.caption.builtin import describe
 
     texts = []
     for r in reqs[::4][:64]:

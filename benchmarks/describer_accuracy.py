@@ -2,7 +2,7 @@
 
     python benchmarks/describer_accuracy.py [--tiles 600]   (after dvc repro; about a minute on 2 cores)
 
-On `--tiles` pretraining tiles of the workspace's K (drawn at random, seed 0), fourtier.vlm.perception analyses
+On `--tiles` pretraining tiles of the workspace's K (drawn at random, seed 0), fourtier.caption.perception analyses
 each tile as the describer does, and its facts are compared with what the generator drew:
   scene        the background's scene
   colour       the main actor's colour (the describer's first track)
@@ -19,9 +19,9 @@ from pathlib import Path
 import numpy as np
 
 from fourtier import paths
-from fourtier.params import load_params
-from fourtier.tiling import load_tile, read_tile_index
-from fourtier.vlm.perception import analyse_tile
+from fourtier.caption.perception import analyse_tile
+from fourtier.config.base import load_params
+from fourtier.video.tiling import load_tile, read_tile_index
 
 # SynthAct's action -> the describer's (motion, direction)
 MOTION = {"slide left": ("moves", "left"), "slide right": ("moves", "right"), "zigzag": ("zigzags", ""),

@@ -23,7 +23,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
 
-from fourtier.store import ItemWriter  # noqa: E402
+from fourtier.data.store import ItemWriter  # noqa: E402
 
 RESULTS = REPO / "benchmarks" / "results" / "dvc_files.jsonl"
 

@@ -26,11 +26,13 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
+from fourtier.config.base import OptimSettings  # noqa: E402
 from fourtier.data.contract import Annotation, write_dataset  # noqa: E402
-from fourtier.features import FeatureSource, OnTheFlyFeatures, compute_features  # noqa: E402
+from fourtier.features.cache import compute_features  # noqa: E402
+from fourtier.features.source import FeatureSource, OnTheFlyFeatures  # noqa: E402
 from fourtier.models.backbone import load_backbone  # noqa: E402
 from fourtier.models.ftp import FTP, FTPConfig  # noqa: E402
-from fourtier.training import OptimSettings, train_alignment  # noqa: E402
+from fourtier.train.align import train_alignment  # noqa: E402
 
 
 def write_clip(path: Path, seed: int, frames: int = 100, height: int = 320, width: int = 426) -> None:

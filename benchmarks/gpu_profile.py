@@ -9,9 +9,11 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]; sys.path.insert(0, str(ROOT / "benchmarks")); sys.path.insert(0, str(ROOT / "src"))
 import numpy as np, torch
 from gpu_features import make_dataset, make_backbone
-from fourtier.models.backbone import load_backbone, TinyVideoViT, save_tiny
-from fourtier.clips import load_views
-from fourtier.features import compute_features, FeatureSource, frames_to_m
+from fourtier.features.cache import compute_features
+from fourtier.features.decode import frames_to_m
+from fourtier.features.source import FeatureSource
+from fourtier.models.backbone import TinyVideoViT, load_backbone, save_tiny
+from fourtier.video.clips import load_views
 tmp = Path(tempfile.mkdtemp())
 ds = make_dataset(tmp / "raw", 512)
 b = load_backbone(make_backbone(tmp / "bb"))

@@ -18,15 +18,16 @@ import torch
 from torch.profiler import ProfilerActivity, profile
 
 from fourtier import paths
+from fourtier.caption.backend import decode_tile
+from fourtier.caption.builtin import describe
+from fourtier.config.base import PROMPT_IDS, load_params
+from fourtier.data.store import ItemReader
 from fourtier.data.synthact import encode_mp4, plan, render
 from fourtier.models.ftp import FTP, FTPConfig
-from fourtier.params import PROMPT_IDS, load_params
-from fourtier.plan import view_shape
-from fourtier.store import ItemReader
-from fourtier.text import make_encoder, read_captions
-from fourtier.tiling import read_tile_index
-from fourtier.vlm import decode_tile
-from fourtier.vlm.builtin import describe
+from fourtier.runtime.plan import view_shape
+from fourtier.text.embed import read_captions
+from fourtier.text.encoder import make_encoder
+from fourtier.video.tiling import read_tile_index
 
 
 def step_fn(batch: int):

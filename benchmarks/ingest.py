@@ -10,7 +10,7 @@ Ingest (fourtier.data.folder.ingest, as every public dataset uses it), in clips/
   reencoded  480x360 H.264: rescaled to 427x320 with libx264 (what every clip cost when it was re-encoded)
   resumed    the kept clips again, into the out_dir of a run whose journal lists them all (what a re-run
              after a kill costs for the clips already done)
-Each clip is 2 s at 25 fps (50 frames), generated with the project's ffmpeg (fourtier.video.ffmpeg_exe).
+Each clip is 2 s at 25 fps (50 frames), generated with the project's ffmpeg (fourtier.video.media.ffmpeg_exe).
 
 Download (fourtier.data.kinetics.fetch_parts): P tar.gz parts served on 127.0.0.1 by a server that holds each
 request `--delay` s before the first byte and sends at most `--rate` MB/s per connection (a stand-in for a
@@ -40,7 +40,7 @@ SHORT_SIDE = 320
 
 
 def make_clip(path: Path, size: str, codec: str, seed: int) -> None:
-    from fourtier.video import run_ffmpeg
+    from fourtier.video.media import run_ffmpeg
 
     # moving noise over a test pattern: real encoding work, and every clip different
     source = f"testsrc2=size={size}:rate=25:duration=2,noise=alls={20 + seed % 30}:allf=t"
@@ -60,7 +60,7 @@ KINDS = {"kept": ("320x240", "h264", ".mp4"), "remuxed": ("320x240", "vp9", ".we
 
 
 def make_clips(root: Path, n: int) -> dict[str, list[dict]]:
-    from fourtier.parallel import map_progress
+    from fourtier.runtime.parallel import map_progress
 
     jobs = [(root / kind / f"{kind}_{i:05d}{suffix}", size, codec, i)
             for kind, (size, codec, suffix) in KINDS.items() for i in range(n)]

@@ -22,11 +22,11 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))
 
 from fourtier import paths  # noqa: E402
-from fourtier.captioning import AnswerCache, answer_key, joint_requests, run_captions, write_captions  # noqa: E402
-from fourtier.params import load_params  # noqa: E402
-from fourtier.store import ItemReader  # noqa: E402
-from fourtier.tiling import read_tile_index  # noqa: E402
-from fourtier.vlm import PROMPT_IDS, Request, make_backend  # noqa: E402
+from fourtier.caption.backend import Request, make_backend  # noqa: E402
+from fourtier.caption.runner import AnswerCache, answer_key, joint_requests, run_captions, write_captions  # noqa: E402
+from fourtier.config.base import PROMPT_IDS, load_params  # noqa: E402
+from fourtier.data.store import ItemReader  # noqa: E402
+from fourtier.video.tiling import read_tile_index  # noqa: E402
 from tiny_vlm import build_tiny_llava, transformers_serve  # noqa: E402
 
 TILES = REPO / paths.tiles("synth-pretrain")

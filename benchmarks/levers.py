@@ -16,10 +16,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from fourtier.config.base import PROMPT_IDS
 from fourtier.data.synthact import encode_mp4, plan, render
 from fourtier.models.ftp import FTP, FTPConfig
-from fourtier.params import PROMPT_IDS
-from fourtier.training import info_nce
+from fourtier.train.losses import info_nce
 from hotspots import stage2_step  # the same step as the hotspot benchmark's
 
 OUT = Path(__file__).resolve().parent / "results" / "levers.txt"

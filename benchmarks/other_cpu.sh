@@ -3,7 +3,7 @@
 # tiles, the builtin VLM's captions) and one target's features, forced, with this machine posing as a CPU with
 # fewer SIMD extensions: numpy without its kernels above its baseline, glibc's libm without its AVX/FMA
 # variants, libjpeg-turbo without SIMD. x264 is covered by tests/test_synthact.py (cpu-independent against no
-# SIMD at all); torch by fourtier.runtime's fixed kernels (README, Scale and hardware). Writes
+# SIMD at all); torch by fourtier.runtime.hardware's fixed kernels (README, Scale and hardware). Writes
 # benchmarks/results/other_cpu.txt: the stages run and what `git diff dvc.lock` says afterwards (nothing, when
 # every output kept its bytes). Needs a current lock (`dvc status` clean for these stages); about 3 minutes.
 #

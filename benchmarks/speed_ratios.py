@@ -12,7 +12,7 @@ as ratios"). Prints one line per ratio with its bar; writes nothing else.
 4. stage 2 for N arm-and-seed runs (the FTP model on m of the default shape), three ways on the same steps:
    one run after another on every thread (the stages before), one batched ensemble of the N models
    (torch.func.stack_module_state + vmap, every thread), and single-threaded runs side by side in one process
-   per core (fourtier.parallel.run_parallel, what align and finetune do now).
+   per core (fourtier.runtime.parallel.run_parallel, what align and finetune do now).
 """
 import argparse
 import copy
@@ -29,23 +29,24 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))
 
 from fake_openai import FakeOpenAI  # noqa: E402
-from fourtier import paths, video  # noqa: E402
-from fourtier.features import FeatureSource, OnTheFlyFeatures  # noqa: E402
+from fourtier import paths  # noqa: E402
+from fourtier.caption.backend import Request, make_backend  # noqa: E402
+from fourtier.config.base import OptimSettings, PROMPT_IDS  # noqa: E402
+from fourtier.features.source import FeatureSource, OnTheFlyFeatures  # noqa: E402
 from fourtier.models.backbone import load_backbone  # noqa: E402
 from fourtier.models.ftp import FTP, FTPConfig  # noqa: E402
-from fourtier.params import PROMPT_IDS, OptimSettings  # noqa: E402
-from fourtier.tiling import tile_video  # noqa: E402
-from fourtier.training import train_alignment  # noqa: E402
-from fourtier.vlm import Request, make_backend  # noqa: E402
+from fourtier.train.align import train_alignment  # noqa: E402
+from fourtier.video import media  # noqa: E402
+from fourtier.video.tiling import tile_video  # noqa: E402
 
 K = 5
 
 
 def decode_all_then_keep_k(path: Path) -> int:
     """The naive way: every frame through ffmpeg as RGB, then K of them."""
-    info = video.probe(path)
+    info = media.probe(path)
     w, h = info.main_stream.width, info.main_stream.height
-    proc = video.run_ffmpeg(["-v", "error", "-i", str(path), "-an", "-f", "rawvideo", "-pix_fmt", "rgb24", "pipe:"])
+    proc = media.run_ffmpeg(["-v", "error", "-i", str(path), "-an", "-f", "rawvideo", "-pix_fmt", "rgb24", "pipe:"])
     frames = np.frombuffer(proc.stdout, np.uint8)
     n = len(frames) // (w * h * 3)
     kept = frames[: n * w * h * 3].reshape(n, h, w, 3)[np.linspace(0, n - 1, K).astype(int)]
@@ -110,15 +111,15 @@ def concurrency_ratio(n_requests: int, latency: float) -> str:
 
 
 def _default_shape() -> tuple[int, int, int, int]:
-    """(T', h, w, D) of the default backbone's m (fourtier.plan)."""
-    from fourtier.params import load_params
-    from fourtier.plan import view_shape
+    """(T', h, w, D) of the default backbone's m (fourtier.runtime.plan)."""
+    from fourtier.config.base import load_params
+    from fourtier.runtime.plan import view_shape
 
     return view_shape(load_params())[0]
 
 
 def _stage2_model(seed: int) -> FTP:
-    from fourtier.params import load_params
+    from fourtier.config.base import load_params
 
     t, h, w, d = _default_shape()
     torch.manual_seed(seed)

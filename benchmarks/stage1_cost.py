@@ -27,11 +27,12 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from fourtier.features import FeatureSource  # noqa: E402
+from fourtier.config.base import OptimSettings, PROMPT_IDS  # noqa: E402
+from fourtier.data.shards import ShardedArray, rows_per_shard  # noqa: E402
+from fourtier.features.source import FeatureSource  # noqa: E402
 from fourtier.models.ftp import FTP, FTPConfig  # noqa: E402
-from fourtier.params import PROMPT_IDS, OptimSettings  # noqa: E402
-from fourtier.shards import ShardedArray, rows_per_shard  # noqa: E402
-from fourtier.training import TokenTargets, train_alignment  # noqa: E402
+from fourtier.train.align import train_alignment  # noqa: E402
+from fourtier.train.targets import TokenTargets  # noqa: E402
 
 MEDIAN_TOKENS = {"A": 12, "B": 31, "C": 108, "D": 28}  # data/embeddings/meta.json of the default run
 

@@ -4,8 +4,8 @@ Writes into models/align/ the processors that finetune.arms needs, each as <arm>
 ftp (real captions), shuffled (captions permuted across videos: the control without the captions' meaning),
 random (the same processors untrained: the capacity control). models/align_metrics.json holds per-prompt video-to-text retrieval on
 held-out pretraining clips against chance. Ablations that train only the ftp arm skip the shuffled run.
-Data parallel over runtime.nproc_per_node x nnodes processes (fourtier.launch, fourtier.distributed). Every
-epoch is checkpointed (fourtier.checkpoints): a crash loses at most one epoch, and the same command resumes,
+Data parallel over runtime.nproc_per_node x nnodes processes (fourtier.runtime.launch, fourtier.runtime.distributed). Every
+epoch is checkpointed (fourtier.train.checkpoints): a crash loses at most one epoch, and the same command resumes,
 at any world size.
 """
 import functools
@@ -15,17 +15,23 @@ import time
 
 import numpy as np
 
-from fourtier import checkpoints, distributed, paths
+from fourtier import paths
+from fourtier.config.base import load_params
+from fourtier.config.data import DataParams
+from fourtier.config.runtime import RuntimeGroup
+from fourtier.config.train import TrainGroup
 from fourtier.errors import DataError, exits_cleanly
-from fourtier.features import open_features
-from fourtier.launch import relaunch, threads_per_process
+from fourtier.features.source import open_features
 from fourtier.models.ftp import FTP, FTPConfig
-from fourtier.parallel import run_parallel, run_slots
-from fourtier.params import load_params
-from fourtier.runtime import loader_workers, resolve_device
-from fourtier.text import load_embeddings
-from fourtier.optim import seed_everything
-from fourtier.training import PooledTargets, TokenTargets, train_alignment
+from fourtier.runtime import distributed
+from fourtier.runtime.hardware import loader_workers, resolve_device
+from fourtier.runtime.launch import relaunch, threads_per_process
+from fourtier.runtime.parallel import run_parallel, run_slots
+from fourtier.text.embed import load_embeddings
+from fourtier.train import checkpoints
+from fourtier.train.align import train_alignment
+from fourtier.train.optim import seed_everything
+from fourtier.train.targets import PooledTargets, TokenTargets
 
 
 STAGE1_PARTS = ("processors", "align_heads")
@@ -36,7 +42,7 @@ def _context() -> dict:
     """What both runs read, once per process (the spawned ones included): the features, the pooled text
     embeddings of the same clips (and their token-level ones for objective `tokens`), opened to be read a batch
     at a time, the split and the stage-1 model's shapes."""
-    params = load_params()
+    params = load_params(DataParams, TrainGroup, RuntimeGroup)
     device = resolve_device(params.runtime.device)
     corpus = params.pretrain[0]
     source = open_features(paths.features(corpus), paths.raw(corpus), paths.BACKBONE, device)
@@ -135,7 +141,7 @@ def train_arm(job: tuple[str, str], step) -> tuple[str, dict]:
 @exits_cleanly
 @distributed.names_rank
 def main() -> None:
-    params = load_params()
+    params = load_params(DataParams, TrainGroup, RuntimeGroup)
     relaunch(params.runtime, "align")
     device = resolve_device(params.runtime.device)
     distributed.setup(device, params.runtime.timeout_s)

@@ -16,15 +16,18 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from fourtier.clips import to_tensor
+from fourtier import paths
+from fourtier.config.base import load_params, resolve_preset
+from fourtier.config.data import DataParams
+from fourtier.config.model import ModelGroup
+from fourtier.config.runtime import RuntimeGroup
 from fourtier.data import registry
 from fourtier.data.contract import read_annotations
-from fourtier import paths
 from fourtier.errors import DataError, exits_cleanly
-from fourtier.features import FrameStore
+from fourtier.features.frames import FrameStore
 from fourtier.models.backbone import TinyVideoViT, obtain_hub_backbone, save_tiny, tiny_preprocess
-from fourtier.params import load_params, resolve_preset
-from fourtier.pretrain import pretrain_backbone
+from fourtier.train.pretrain import pretrain_backbone
+from fourtier.video.clips import to_tensor
 
 
 def label_parts(labels: list[str]) -> tuple[np.ndarray, list[list[str]]]:
@@ -52,7 +55,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--out", type=Path, default=paths.BACKBONE)
     args = parser.parse_args()
-    params = load_params()
+    params = load_params(DataParams, ModelGroup, RuntimeGroup)
     # written aside and swapped in on success: a failed run (an unknown hub id, a crash) leaves the old one
     work = args.out.with_name(f".{args.out.name}.new")
     shutil.rmtree(work, ignore_errors=True)

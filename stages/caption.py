@@ -3,7 +3,7 @@
 With an `hf` VLM and runtime.nproc_per_node x nnodes above 1 it runs under torchrun: a model per GPU, each rank
 its share of the missing answers, one answer cache and one output, the same as one process writes, a chunk of
 tiles at a time. Other backends run as one process (the server does the parallel work) over one stream of
-requests across every chunk (fourtier.captioning.caption_chunks), so a server stays at its concurrency from the
+requests across every chunk (fourtier.caption.runner.caption_chunks), so a server stays at its concurrency from the
 first request to the last; captions.jsonl is then written from the cache in a second pass over the chunks.
 
     python stages/caption.py synth-pretrain --dry-run   # calls, tokens and cost it would spend; spends nothing
@@ -12,13 +12,16 @@ import argparse
 import json
 import shutil
 
-from fourtier.captioning import (AnswerCache, build_requests, caption_chunks, joint_requests, missing_positions,
-                                 run_captions_ranked, write_captions)
-from fourtier import distributed, paths
+from fourtier.caption.runner import (AnswerCache, build_requests, caption_chunks, joint_requests, missing_positions, run_captions_ranked, write_captions)
+from fourtier import paths
+from fourtier.caption.backend import make_backend
+from fourtier.config.base import load_params
+from fourtier.config.caption import CaptionGroup
+from fourtier.config.data import DataParams
+from fourtier.config.runtime import RuntimeGroup
 from fourtier.errors import exits_cleanly
-from fourtier.launch import extra_rank, relaunch
-from fourtier.params import load_params
-from fourtier.vlm import make_backend
+from fourtier.runtime import distributed
+from fourtier.runtime.launch import extra_rank, relaunch
 
 
 @exits_cleanly
@@ -28,7 +31,7 @@ def main() -> None:
     parser.add_argument("dataset", help="a pretraining dataset, already tiled in data/tiles/<dataset>")
     parser.add_argument("--dry-run", action="store_true", help="print what the run would ask and cost, then stop")
     args = parser.parse_args()
-    params = load_params()
+    params = load_params(DataParams, CaptionGroup, RuntimeGroup)
     params.dataset(args.dataset)
     cap = params.caption
     backend = make_backend(params.vlm, params.vlms, {"max_new_tokens": cap.max_new_tokens,
@@ -39,7 +42,7 @@ def main() -> None:
         return
     if ranked:
         relaunch(params.runtime, f"caption {args.dataset}")
-        from fourtier.runtime import resolve_device
+        from fourtier.runtime.hardware import resolve_device
 
         distributed.setup(resolve_device(params.runtime.device), params.runtime.timeout_s)
     main_rank = distributed.is_main()

@@ -11,11 +11,13 @@ import shutil
 import time
 from pathlib import Path
 
+from fourtier import paths
+from fourtier.config.base import load_params
+from fourtier.config.data import DataParams
+from fourtier.config.runtime import RuntimeGroup
 from fourtier.data import registry
 from fourtier.data.contract import pack_videos, prune_videos
-from fourtier import paths
 from fourtier.errors import exits_cleanly
-from fourtier.params import load_params
 
 
 @exits_cleanly
@@ -24,7 +26,7 @@ def main() -> None:
     parser.add_argument("dataset", help="a name defined under 'datasets:' in params.yaml")
     parser.add_argument("--out", type=Path, help="output folder (default data/raw/<dataset>)")
     args = parser.parse_args()
-    params = load_params()
+    params = load_params(DataParams, RuntimeGroup)
     spec = params.dataset(args.dataset)
     out = args.out or paths.raw(args.dataset)
     work = out.parent / ".partial" / out.name  # keeps the dataset's name, which the manifest records

@@ -7,12 +7,17 @@ import time
 
 import torch
 
-from fourtier import distributed, paths
+from fourtier import paths
+from fourtier.config.base import load_params
+from fourtier.config.data import DataParams
+from fourtier.config.runtime import RuntimeGroup
+from fourtier.config.text import TextGroup
 from fourtier.errors import DataError, exits_cleanly
-from fourtier.launch import relaunch, threads_per_process
-from fourtier.params import load_params
-from fourtier.runtime import resolve_device
-from fourtier.text import embed_captions, make_encoder
+from fourtier.runtime import distributed
+from fourtier.runtime.hardware import resolve_device
+from fourtier.runtime.launch import relaunch, threads_per_process
+from fourtier.text.embed import embed_captions
+from fourtier.text.encoder import make_encoder
 
 
 @exits_cleanly
@@ -21,7 +26,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("dataset", help="a captioned pretraining dataset (data/captions/<dataset>)")
     args = parser.parse_args()
-    params = load_params()
+    params = load_params(DataParams, TextGroup, RuntimeGroup)
     params.dataset(args.dataset)
     relaunch(params.runtime, f"embed {args.dataset}")
     torch.set_num_threads(threads_per_process(params.workers))

@@ -14,16 +14,19 @@ import json
 import numpy as np
 import torch
 
-from fourtier import distributed, paths
+from fourtier import paths
+from fourtier.config.base import load_params
+from fourtier.config.data import DataParams
+from fourtier.config.runtime import RuntimeGroup
 from fourtier.errors import DataError, exits_cleanly
-from fourtier.evaluation import accuracy_metrics, latency_ms, load_classifier, overhead, paired_gain, summarise
-from fourtier.features import open_features
-from fourtier.launch import relaunch, threads_per_process
+from fourtier.evaluation.metrics import accuracy_metrics, latency_ms, load_classifier, overhead, paired_gain, summarise
+from fourtier.evaluation.plots import placeholder, plot_tsne, write_class_table
+from fourtier.evaluation.predict import classifier_features, predict
+from fourtier.features.source import open_features
 from fourtier.models.backbone import load_backbone
-from fourtier.params import load_params
-from fourtier.runtime import loader_workers, resolve_device
-from fourtier.plots import placeholder, plot_tsne, write_class_table
-from fourtier.training import classifier_features, predict
+from fourtier.runtime import distributed
+from fourtier.runtime.hardware import loader_workers, resolve_device
+from fourtier.runtime.launch import relaunch, threads_per_process
 
 
 def arm_and_seed(path) -> tuple[str, int]:
@@ -38,7 +41,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("dataset")
     args = parser.parse_args()
-    params = load_params()
+    params = load_params(DataParams, RuntimeGroup)
     params.dataset(args.dataset)
     relaunch(params.runtime, f"evaluate {args.dataset}")
     torch.set_num_threads(threads_per_process(params.workers))

@@ -7,13 +7,17 @@ import time
 
 import torch
 
-from fourtier import distributed, paths
+from fourtier import paths
+from fourtier.config.base import load_params
+from fourtier.config.data import DataParams
+from fourtier.config.model import ModelGroup
+from fourtier.config.runtime import RuntimeGroup
 from fourtier.errors import exits_cleanly
-from fourtier.features import compute_features
-from fourtier.launch import relaunch, threads_per_process
+from fourtier.features.cache import compute_features
 from fourtier.models.backbone import load_backbone
-from fourtier.params import load_params
-from fourtier.runtime import resolve_device
+from fourtier.runtime import distributed
+from fourtier.runtime.hardware import resolve_device
+from fourtier.runtime.launch import relaunch, threads_per_process
 
 
 @exits_cleanly
@@ -22,7 +26,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("dataset")
     args = parser.parse_args()
-    params = load_params()
+    params = load_params(DataParams, ModelGroup, RuntimeGroup)
     params.dataset(args.dataset)
     relaunch(params.runtime, f"features {args.dataset}")
     threads = threads_per_process(params.workers)

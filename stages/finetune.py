@@ -6,9 +6,9 @@ Every arm in finetune.arms is trained for every seed in finetune.seeds:
   ftp       processors from stage 1 on the real captions
   random    the same processors untrained: the gain from capacity alone
   shuffled  processors from stage 1 on captions permuted across videos: the gain without their meaning
-A crash loses at most one epoch: each run checkpoints every epoch and resumes from there (fourtier.checkpoints).
-On the CPU the runs go side by side, one per core (fourtier.parallel.run_slots); each run's numbers do not depend
-on which process runs it. With runtime.nproc_per_node x nnodes above 1 (fourtier.launch) the runs are spread over
+A crash loses at most one epoch: each run checkpoints every epoch and resumes from there (fourtier.train.checkpoints).
+On the CPU the runs go side by side, one per core (fourtier.runtime.parallel.run_slots); each run's numbers do not depend
+on which process runs it. With runtime.nproc_per_node x nnodes above 1 (fourtier.runtime.launch) the runs are spread over
 the ranks, one per GPU at a time (runtime.stage2_parallel: runs, the same bytes as one process), or each run is
 data parallel over all of them (ddp; the same experiment at any world size, up to float rounding).
 """
@@ -19,21 +19,26 @@ import shutil
 import time
 from pathlib import Path
 
-from fourtier import checkpoints, distributed, paths
+from fourtier import paths
+from fourtier.config.base import load_params
+from fourtier.config.data import DataParams
+from fourtier.config.runtime import RuntimeGroup
+from fourtier.config.train import TrainGroup
 from fourtier.errors import exits_cleanly
-from fourtier.features import open_features
-from fourtier.fewshot import few_shot_subset
-from fourtier.launch import relaunch, threads_per_process
-from fourtier.params import load_params
-from fourtier.runtime import loader_workers, resolve_device
-from fourtier.parallel import run_parallel, run_slots
-from fourtier.training import stage2_model, train_classifier
+from fourtier.evaluation.fewshot import few_shot_subset
+from fourtier.features.source import open_features
+from fourtier.runtime import distributed
+from fourtier.runtime.hardware import loader_workers, resolve_device
+from fourtier.runtime.launch import relaunch, threads_per_process
+from fourtier.runtime.parallel import run_parallel, run_slots
+from fourtier.train import checkpoints
+from fourtier.train.finetune import stage2_model, train_classifier
 
 
 @functools.cache
 def _context(dataset: str) -> dict:
     """What every run of this stage reads, once per process (the spawned ones included)."""
-    params = load_params()
+    params = load_params(DataParams, TrainGroup, RuntimeGroup)
     device = resolve_device(params.runtime.device)
     cfg = params.finetune
     source = open_features(paths.features(dataset), paths.raw(dataset), paths.BACKBONE, device)
@@ -55,7 +60,7 @@ def end_live(live) -> None:
 
 def train_run(job: tuple[str, str, int, str], step) -> tuple[str, float]:
     """One arm and seed, start to saved model (resuming its checkpoint if one is there). Runs in this process or
-    in a worker (fourtier.parallel.run_parallel); step() is called after every epoch."""
+    in a worker (fourtier.runtime.parallel.run_parallel); step() is called after every epoch."""
     dataset, arm, seed, checkpoints = job
     ctx = _context(dataset)
     params, source, device = ctx["params"], ctx["source"], ctx["device"]
@@ -86,7 +91,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("dataset")
     args = parser.parse_args()
-    params = load_params()
+    params = load_params(DataParams, TrainGroup, RuntimeGroup)
     params.dataset(args.dataset)
     relaunch(params.runtime, f"finetune {args.dataset}")
     device = resolve_device(params.runtime.device)

@@ -8,9 +8,10 @@ fingerprint did, so `download` re-runs for that dataset alone.
 import argparse
 
 from fourtier import paths
+from fourtier.config.base import load_params
+from fourtier.config.data import DataParams
 from fourtier.data.sources import sources_text
 from fourtier.errors import exits_cleanly
-from fourtier.params import load_params
 
 
 @exits_cleanly
@@ -18,7 +19,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("dataset", help="a name defined under 'datasets:' in params.yaml")
     args = parser.parse_args()
-    params = load_params()
+    params = load_params(DataParams)
     text = sources_text(args.dataset, params.dataset(args.dataset))
     out = paths.sources(args.dataset)
     out.parent.mkdir(parents=True, exist_ok=True)

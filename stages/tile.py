@@ -3,9 +3,12 @@ import argparse
 from pathlib import Path
 
 from fourtier import paths
+from fourtier.config.base import load_params
+from fourtier.config.caption import CaptionGroup
+from fourtier.config.data import DataParams
+from fourtier.config.runtime import RuntimeGroup
 from fourtier.errors import exits_cleanly
-from fourtier.params import load_params
-from fourtier.tiling import tile_dataset
+from fourtier.video.tiling import tile_dataset
 
 
 @exits_cleanly
@@ -15,7 +18,7 @@ def main() -> None:
     parser.add_argument("--raw", type=Path, help="dataset folder (default data/raw/<dataset>)")
     parser.add_argument("--out", type=Path, help="output folder (default data/tiles/<dataset>)")
     args = parser.parse_args()
-    params = load_params()
+    params = load_params(DataParams, CaptionGroup, RuntimeGroup)
     params.dataset(args.dataset)
     summary = tile_dataset(args.raw or paths.raw(args.dataset), args.out or paths.tiles(args.dataset),
                            params.K, params.tile, params.workers)

@@ -6,9 +6,10 @@ only when the label CSV or a listed video changed. See fourtier.data.sources.
 import argparse
 
 from fourtier import paths
+from fourtier.config.base import load_params
+from fourtier.config.data import DataParams
 from fourtier.data.sources import fingerprint_text
 from fourtier.errors import exits_cleanly
-from fourtier.params import load_params
 
 
 @exits_cleanly
@@ -16,7 +17,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("dataset", help="a name listed under 'watch:' in params.yaml")
     args = parser.parse_args()
-    spec = load_params().dataset(args.dataset)
+    spec = load_params(DataParams).dataset(args.dataset)
     out = paths.watched(args.dataset)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(fingerprint_text(spec))

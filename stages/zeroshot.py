@@ -13,16 +13,21 @@ import time
 
 import torch
 
-from fourtier import distributed, paths
-from fourtier.classtexts import class_texts
+from fourtier import paths
+from fourtier.config.base import load_params
+from fourtier.config.data import DataParams
+from fourtier.config.runtime import RuntimeGroup
+from fourtier.config.text import TextGroup
+from fourtier.config.train import TrainGroup
 from fourtier.errors import DataError, exits_cleanly
-from fourtier.features import open_features
-from fourtier.launch import relaunch, threads_per_process
+from fourtier.evaluation.zeroshot import aligned_over_views, class_scores, encode_class_texts, zero_shot_metrics
+from fourtier.features.source import open_features
 from fourtier.models.ftp import FTP
-from fourtier.params import load_params
-from fourtier.runtime import loader_workers, resolve_device
-from fourtier.text import make_encoder
-from fourtier.zeroshot import aligned_over_views, class_scores, encode_class_texts, zero_shot_metrics
+from fourtier.runtime import distributed
+from fourtier.runtime.hardware import loader_workers, resolve_device
+from fourtier.runtime.launch import relaunch, threads_per_process
+from fourtier.text.classtexts import class_texts
+from fourtier.text.encoder import make_encoder
 
 
 @exits_cleanly
@@ -31,7 +36,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("dataset")
     args = parser.parse_args()
-    params = load_params()
+    params = load_params(DataParams, TextGroup, TrainGroup, RuntimeGroup)
     spec = params.dataset(args.dataset)
     relaunch(params.runtime, f"zeroshot {args.dataset}")
     torch.set_num_threads(threads_per_process(params.workers))

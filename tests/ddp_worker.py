@@ -12,11 +12,13 @@ import sys
 import numpy as np
 import torch
 
-from fourtier import distributed
+from fourtier.runtime import distributed
 from helpers import ArraySource
+from fourtier.config.base import OptimSettings
 from fourtier.models.ftp import FTP, FTPConfig
-from fourtier.training import (AlignmentModel, OptimSettings, alignment_backward, caption_groups,
-                               classifier_backward, train_alignment, train_classifier)
+from fourtier.train.align import AlignmentModel, alignment_backward, train_alignment
+from fourtier.train.finetune import classifier_backward, train_classifier
+from fourtier.train.losses import caption_groups
 
 T, H, W, D = 2, 2, 2, 8
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from fourtier.video import run_ffmpeg
+from fourtier.video.media import run_ffmpeg
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -65,7 +65,7 @@ class ArraySource:
         return self.to_m(self.load(indices, views))
 
 
-# --- jobs for fourtier.parallel.run_parallel: module-level, so that a spawned worker can import them -------------
+# --- jobs for fourtier.runtime.parallel.run_parallel: module-level, so that a spawned worker can import them -------------
 
 def sleepy_job(job, step):
     """Later jobs finish first; reports two steps; fails on a negative job; job 99 kills its own process."""
@@ -92,9 +92,9 @@ def stage2_job(seed, step):
     """A short stage-2 run on fixed random m; returns its trained weights."""
     import torch
 
+    from fourtier.config.base import OptimSettings
     from fourtier.models.ftp import FTP, FTPConfig
-    from fourtier.params import OptimSettings
-    from fourtier.training import train_classifier
+    from fourtier.train.finetune import train_classifier
 
     rng = np.random.default_rng(0)
     m = rng.normal(size=(24, 2, 4, 2, 3, 16)).astype(np.float32)

@@ -4,8 +4,8 @@ import json
 import pytest
 import torch
 
-from fourtier.clips import Preprocess, load_views, segment_indices, to_tensor
 from fourtier.models.backbone import TinyVideoViT, load_backbone, save_tiny
+from fourtier.video.clips import Preprocess, load_views, segment_indices, to_tensor
 
 
 def hub_models():

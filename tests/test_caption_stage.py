@@ -15,7 +15,7 @@ import yaml
 from PIL import Image
 
 from fake_openai import FakeOpenAI
-from fourtier.tiling import INDEX_COLUMNS
+from fourtier.video.tiling import INDEX_COLUMNS
 from helpers import REPO
 
 SECRET = "sk-proj-" + "Zq7" * 16
@@ -177,8 +177,8 @@ def test_a_killed_batch_run_resumes_its_batches_without_submitting_them_again(tm
 def test_the_streamed_run_writes_the_bytes_of_a_chunk_by_chunk_run(tmp_path):
     """The stage streams every chunk through the backend, then writes captions.jsonl from the cache: the same bytes
     as asking and writing one chunk at a time (the stage before streaming), here with the builtin describer."""
-    from fourtier.captioning import AnswerCache, build_requests, caption_chunks, run_captions, write_captions
-    from fourtier.vlm import make_backend
+    from fourtier.caption.backend import make_backend
+    from fourtier.caption.runner import AnswerCache, build_requests, caption_chunks, run_captions, write_captions
 
     root = make_project(tmp_path, "http://127.0.0.1:9/v1")
     prompts = yaml.safe_load((REPO / "params.yaml").read_text())["caption"]["prompts"]
@@ -205,7 +205,7 @@ def test_the_streamed_run_writes_the_bytes_of_a_chunk_by_chunk_run(tmp_path):
 
 
 def _open_cache(path: str) -> int:
-    from fourtier.captioning import AnswerCache
+    from fourtier.caption.runner import AnswerCache
 
     AnswerCache(Path(path)).close()
     return 0

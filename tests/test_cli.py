@@ -113,14 +113,14 @@ def test_predict_prints_the_top5_for_real_clips(trained_project, testvideos, cap
 
 
 def test_predict_makes_pixels_square_before_reading_frames(testvideos, tmp_path):
-    from fourtier import video
     from fourtier.cli import _decodable
+    from fourtier.video import media
 
     src = testvideos / "mmaction2_demo.mp4"
     out = _decodable(str(src), tmp_path)
-    stream = video.probe(out).main_stream
+    stream = media.probe(out).main_stream
     assert out != str(src) and stream.sar == 1
-    display = video.probe(src).main_stream.display_size  # 427 x 256; yuv420p needs even sizes
+    display = media.probe(src).main_stream.display_size  # 427 x 256; yuv420p needs even sizes
     assert abs(stream.width - display[0]) <= 1 and stream.height == display[1]
     assert _decodable(str(testvideos / "mmaction2_test.avi"), tmp_path) == str(testvideos / "mmaction2_test.avi")
 

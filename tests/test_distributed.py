@@ -70,8 +70,8 @@ def test_a_resume_on_another_world_size_continues_the_same_run(tmp_path):
 HANGS = """
 import sys, time
 import torch
-from fourtier import distributed
 from fourtier.errors import exits_cleanly
+from fourtier.runtime import distributed
 
 @exits_cleanly
 @distributed.names_rank
@@ -100,9 +100,10 @@ EMBEDS = """
 import sys
 from pathlib import Path
 import torch
-from fourtier import distributed
-from fourtier.params import load_params
-from fourtier.text import embed_captions, make_encoder
+from fourtier.config.base import load_params
+from fourtier.runtime import distributed
+from fourtier.text.embed import embed_captions
+from fourtier.text.encoder import make_encoder
 
 distributed.setup(torch.device("cpu"))
 torch.set_num_threads(1)
@@ -156,16 +157,15 @@ def test_a_crashed_run_resumed_on_the_same_world_size_is_bit_identical(tmp_path)
 def test_srun_jobs_on_one_node_meet_at_their_own_ports(tmp_path, monkeypatch):
     """Under srun the rendezvous is on this (the first) node at a port of the job's own: two jobs that share a
     node do not collide, and one job's command says the same port wherever it is built."""
-    import dataclasses
 
-    from fourtier.launch import torchrun_command
-    from fourtier.params import load_params
+    from fourtier.config.base import load_params
+    from fourtier.runtime.launch import torchrun_command
     from helpers import REPO
 
     (tmp_path / "srun").write_text("#!/bin/sh\n")
     (tmp_path / "srun").chmod(0o755)
     monkeypatch.setenv("PATH", f"{tmp_path}{os.pathsep}{os.environ['PATH']}")
-    rt = dataclasses.replace(load_params(REPO / "params.yaml").runtime, nnodes=2, launcher="srun")
+    rt = load_params(REPO / "params.yaml").runtime.model_copy(update={"nnodes": 2, "launcher": "srun"})
 
     def endpoint(job: str) -> str:
         monkeypatch.setenv("SLURM_JOB_ID", job)

@@ -2,7 +2,7 @@
 import pytest
 
 from fourtier.errors import ParamsError
-from fourtier.experiments import PROMPT_GROUPS, ablation_runs, collect, report
+from fourtier.evaluation.experiments import PROMPT_GROUPS, ablation_runs, collect, report
 
 
 def test_prompt_groups_are_table_7():

@@ -12,14 +12,16 @@ import numpy as np
 import pytest
 import torch
 
+from fourtier.config.base import OptimSettings
 from fourtier.data.contract import Annotation, write_dataset
+from fourtier.data.shards import ShardedArray
 from fourtier.errors import DataError, ParamsError
-from fourtier.features import FeatureSource, OnTheFlyFeatures, compute_features, open_features
+from fourtier.features.cache import compute_features
+from fourtier.features.source import FeatureSource, OnTheFlyFeatures, open_features
 from fourtier.models.backbone import TinyVideoViT, load_backbone, save_tiny
 from fourtier.models.ftp import FTP, FTPConfig
-from fourtier.runtime import resolve_device
-from fourtier.shards import ShardedArray
-from fourtier.training import OptimSettings, train_alignment
+from fourtier.runtime.hardware import resolve_device
+from fourtier.train.align import train_alignment
 from helpers import index_frames, write_video
 
 CPU = torch.device("cpu")
@@ -78,7 +80,7 @@ def test_cache_and_on_the_fly_give_the_same_numbers(dataset, backbone, tmp_path)
 def test_shards_workers_and_batches_do_not_change_the_bytes(dataset, backbone, tmp_path):
     compute_features(backbone, dataset, tmp_path / "one", 2, 1, batch_size=2, workers=0)
     # 1 MB shards hold 2**20 / 1024 bytes-per-view = 1024 views: force several with a tiny row budget instead
-    import fourtier.features as features
+    import fourtier.features.cache as features  # what compute_features calls
 
     compute_features(backbone, dataset, tmp_path / "two", 2, 1, batch_size=2, workers=2)
     assert files(tmp_path / "one") == files(tmp_path / "two")
@@ -99,7 +101,7 @@ def test_shards_workers_and_batches_do_not_change_the_bytes(dataset, backbone, t
 KILLABLE = """
 import sys, time
 from pathlib import Path
-import fourtier.features as f
+import fourtier.features.cache as f
 from fourtier.models.backbone import load_backbone
 slow = f.frames_to_m
 def frames_to_m(*args):
@@ -205,7 +207,7 @@ def test_features_on_the_gpu_match_the_cpu(dataset, backbone, tmp_path):
 
 
 def test_loader_workers_feed_training_the_same_batches(dataset, backbone, tmp_path):
-    from fourtier.training import train_classifier
+    from fourtier.train.finetune import train_classifier
 
     compute_features(backbone, dataset, tmp_path / "f", 2, 1, batch_size=4, workers=0)
     source = FeatureSource(tmp_path / "f")
@@ -223,8 +225,8 @@ RANKED = """
 import os, sys, time
 from pathlib import Path
 import torch
-from fourtier import distributed
-import fourtier.features as f
+from fourtier.runtime import distributed
+import fourtier.features.cache as f
 from fourtier.models.backbone import load_backbone
 distributed.setup(torch.device("cpu"))
 if sys.argv[4] == "slow":  # slow enough to be killed part-way; says which process is which rank

@@ -5,12 +5,12 @@ import os
 
 import pytest
 
-from fourtier import video
+from fourtier.config.data import FolderSpec
 from fourtier.data import folder
 from fourtier.data.contract import read_annotations
 from fourtier.errors import DataError
-from fourtier.params import FolderSpec
-from fourtier.video import run_ffmpeg
+from fourtier.video import media
+from fourtier.video.media import run_ffmpeg
 from helpers import index_frames, with_rotation, write_video
 
 
@@ -96,22 +96,22 @@ def test_variable_frame_rate_and_rotated_clips_are_valid(tmp_path):
     root.mkdir()
     vfr_clip(root / "phone.mp4")
     with_rotation(vfr_clip(tmp_path / "plain.mp4", 0.03), root / "rotated.mp4", 90)
-    check = video.decode_check(root / "phone.mp4")
+    check = media.decode_check(root / "phone.mp4")
     assert check.frames == 60 and check.errors == ()  # the muxer's dts complaint is not a decode error
     csv_path = write_csv(tmp_path / "labels.csv", [["phone.mp4", "x"], ["rotated.mp4", "y"]])
     manifest = folder.download(spec_for(root, csv_path), tmp_path / "raw", workers=1)
     assert manifest["skipped"] == [] and manifest["num_videos"] == 2
     for a in read_annotations(tmp_path / "raw"):  # and the rest of the pipeline reads them
-        keyframes = video.read_keyframes(tmp_path / "raw" / a.path, 5)
+        keyframes = media.read_keyframes(tmp_path / "raw" / a.path, 5)
         assert len(keyframes.frames) == 5
         if a.video_id == "rotated":
             assert keyframes.frames[0].shape[:2] == (160, 120)  # the rotation is applied
 
 
 def test_a_real_decode_error_still_counts(testvideos):
-    check = video.decode_check(testvideos / "decord_corrupted.mp4")
+    check = media.decode_check(testvideos / "decord_corrupted.mp4")
     assert check.errors and "h264" in check.errors[0]
-    assert video.readability_problem(video.probe(testvideos / "decord_corrupted.mp4"), check).startswith("corrupt")
+    assert media.readability_problem(media.probe(testvideos / "decord_corrupted.mp4"), check).startswith("corrupt")
 
 
 def test_predict_accepts_a_variable_frame_rate_clip(tmp_path):
@@ -222,8 +222,8 @@ def test_symlink_loops_and_broken_symlinks_are_skipped_with_what_they_are(tmp_pa
 KILL_AFTER = """
 import os, signal, sys
 from pathlib import Path
+from fourtier.config.data import FolderSpec
 from fourtier.data import folder
-from fourtier.params import FolderSpec
 
 done, original = [0], folder.ingest_one
 
@@ -312,7 +312,7 @@ def test_a_resumed_ingest_redoes_clips_whose_source_or_stored_file_changed(tmp_p
     manifest = folder.download(spec_for(root, csv_path, short_side=32), out, workers=1)
     assert calls == ["c1", "c2", "c5", "c6", "c7"]
     assert (out / "videos" / "c1.mp4").read_bytes() == (root / "c1.mp4").read_bytes()
-    assert manifest["num_videos"] == 8 and video.decode_check(out / "videos" / "c2.mp4").frames == 6
+    assert manifest["num_videos"] == 8 and media.decode_check(out / "videos" / "c2.mp4").frames == 6
 
     kill_ingest_after(root, csv_path, out, clips=3)  # the same clips, another short side: nothing is reused
     calls.clear()

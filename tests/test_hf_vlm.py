@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from fourtier.vlm import PROMPT_IDS, VLMError, make_backend
+from fourtier.caption.backend import VLMError, make_backend
+from fourtier.config.base import PROMPT_IDS
 from test_openai_backend import requests_for
 from tiny_vlm import SENTENCES, build_tiny_llava, transformers_serve
 
@@ -135,7 +136,7 @@ def test_qwen2_vl_captions_without_torchvision(tiny_qwen2_vl):
 
 @pytest.mark.skipif(has_torchvision(), reason="torchvision is installed: AutoProcessor loads the video processor")
 def test_a_processor_that_cannot_do_without_torchvision_names_it(tiny_qwen2_vl, monkeypatch):
-    import fourtier.vlm.hf_backend as hf
+    import fourtier.caption.hf_backend as hf
 
     monkeypatch.setattr(hf, "image_only_processor_class", lambda model_id, local_only: None)
     with pytest.raises(VLMError) as err:

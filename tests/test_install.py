@@ -49,7 +49,7 @@ def test_every_dependency_is_pinned_inside_its_range():
 
 
 def test_cpu_kernels_are_the_same_on_every_x86_machine():
-    """Importing fourtier.runtime (every module that runs a network does) fixes MKL's, ATen's and oneDNN's instruction set at AVX2 (unless the environment says
+    """Importing fourtier.runtime.hardware (every module that runs a network does) fixes MKL's, ATen's and oneDNN's instruction set at AVX2 (unless the environment says
     otherwise), so a CPU with AVX-512 computes the committed lock's bytes too."""
     import platform
     import subprocess
@@ -57,7 +57,7 @@ def test_cpu_kernels_are_the_same_on_every_x86_machine():
 
     if platform.machine().lower() not in ("x86_64", "amd64"):
         return
-    code = ("import torch, fourtier.runtime, os; torch.randn(4).exp(); "
+    code = ("import torch, fourtier.runtime.hardware, os; torch.randn(4).exp(); "
             "print(torch.backends.cpu.get_cpu_capability(), os.environ['MKL_CBWR'], os.environ['ONEDNN_MAX_CPU_ISA'])")
     env = {k: v for k, v in __import__("os").environ.items() if k not in ("MKL_CBWR", "ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA")}
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout
@@ -68,7 +68,7 @@ def test_tsne_is_the_same_whatever_the_thread_count():
     import numpy as np
     from threadpoolctl import threadpool_limits
 
-    from fourtier.plots import tsne_2d
+    from fourtier.evaluation.plots import tsne_2d
 
     x = np.random.default_rng(0).normal(size=(120, 16)).astype(np.float32)
     with threadpool_limits(2):

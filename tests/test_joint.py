@@ -8,8 +8,10 @@ import pytest
 from PIL import Image
 
 from fake_openai import FakeOpenAI
-from fourtier.captioning import AnswerCache, answer_key, joint_requests, run_captions, write_captions
-from fourtier.vlm import JOINT_ID, PROMPT_IDS, Request, VLMError, format_joint, joint_prompt, make_backend, parse_joint
+from fourtier.caption.backend import Request, VLMError, make_backend
+from fourtier.caption.joint import JOINT_ID, format_joint, joint_prompt, parse_joint
+from fourtier.caption.runner import AnswerCache, answer_key, joint_requests, run_captions, write_captions
+from fourtier.config.base import PROMPT_IDS
 from fourtier.data.synthact import plan, render
 
 PROMPTS = {"A": "What is the action category?", "B": "Describe the action components in the image",

@@ -4,9 +4,9 @@ from pathlib import Path
 
 import pytest
 
+from fourtier.config.data import dataset_spec
 from fourtier.data.kinetics import clip_name, k710_rows
 from fourtier.errors import ParamsError
-from fourtier.params import _dataset_spec
 
 
 def _rows(version_rows):
@@ -33,10 +33,10 @@ def test_k710_merges_dedupes_and_keeps_validation_videos_out_of_training():
 
 def test_kinetics_params_are_checked():
     with pytest.raises(ParamsError, match="'datasets.k.version' is '500'"):
-        _dataset_spec("k", {"type": "kinetics", "version": 500})
+        dataset_spec("k", {"type": "kinetics", "version": 500})
     with pytest.raises(ParamsError, match=r"'datasets.k.splits\[0\]' is 'test'"):
-        _dataset_spec("k", {"type": "kinetics", "splits": ["test"]})
-    spec = _dataset_spec("k400", {"type": "kinetics", "version": 400, "parts": 2})
+        dataset_spec("k", {"type": "kinetics", "splits": ["test"]})
+    spec = dataset_spec("k400", {"type": "kinetics", "version": 400, "parts": 2})
     assert spec.version == "400" and spec.splits == ("train", "val") and spec.parts == 2 and spec.short_side == 320
 
 
@@ -77,7 +77,7 @@ def test_kinetics_from_a_local_mirror(tmp_path):
                     tf.add(src, arcname=f"part_{p}")
                 parts.append(f"{url}/400/{split}/part_{p}.tar.gz")
             (www / "400" / split / f"k400_{split}_path.txt").write_text("\n".join(parts) + "\n")
-        spec = _dataset_spec("k400", {"type": "kinetics", "version": 400, "short_side": 32, "base_url": url,
+        spec = dataset_spec("k400", {"type": "kinetics", "version": 400, "short_side": 32, "base_url": url,
                                       "cache_dir": str(tmp_path / "cache")})
         manifest = download(spec, tmp_path / "raw" / "k400", workers=1)
     finally:
@@ -153,7 +153,7 @@ def test_k710_parts_of_three_versions_download_in_parallel(tmp_path):
                                  "val": [("v3", "baking cookies")]}}
         for folder, clips in versions.items():
             _cvdf_version(www, tmp_path / "build", url, folder, clips)
-        spec = _dataset_spec("k710", {"type": "k710", "short_side": 32, "base_url": url,
+        spec = dataset_spec("k710", {"type": "k710", "short_side": 32, "base_url": url,
                                       "cache_dir": str(tmp_path / "cache")})
         manifest = download(spec, tmp_path / "raw" / "k710", workers=1, parallel=3)
     finally:

@@ -12,18 +12,21 @@ import numpy as np
 import pytest
 import torch
 
+from fourtier.config.base import OptimSettings, PROMPT_IDS
+from fourtier.data.shards import NpyRows
 from fourtier.errors import DataError
-from fourtier.params import PROMPT_IDS
-from fourtier.shards import NpyRows
-from fourtier.text import embed_captions, index_captions, make_encoder
 from fourtier.models.ftp import FTP, FTPConfig
-from fourtier.training import OptimSettings, PooledTargets, caption_groups, train_alignment
+from fourtier.text.embed import embed_captions, index_captions
+from fourtier.text.encoder import make_encoder
+from fourtier.train.align import train_alignment
+from fourtier.train.losses import caption_groups
+from fourtier.train.targets import PooledTargets
 from helpers import REPO, ArraySource
 
 
 @pytest.fixture(scope="module")
 def encoder():
-    from fourtier.params import load_params
+    from fourtier.config.base import load_params
 
     params = load_params(REPO / "params.yaml")
     return make_encoder(params.text_encoder, params.text_encoders, 24, "cpu")  # short max_length: head() cuts soon
@@ -75,8 +78,9 @@ EMBED_RSS = """
 import json, resource, sys
 from pathlib import Path
 import torch
-from fourtier.params import load_params
-from fourtier.text import embed_captions, make_encoder
+from fourtier.config.base import load_params
+from fourtier.text.embed import embed_captions
+from fourtier.text.encoder import make_encoder
 
 torch.set_num_threads(1)
 params = load_params(sys.argv[1])
@@ -181,7 +185,7 @@ def test_align_from_the_file_trains_the_weights_of_the_in_memory_array(tmp_path)
 FREED_BLOCKS = r"""
 import ctypes, sys
 if sys.argv[1] == "fourtier":
-    import fourtier.runtime  # fixes glibc's mmap threshold on import
+    import fourtier.runtime.hardware  # fixes glibc's mmap threshold on import
 libc = ctypes.CDLL("libc.so.6")  # malloc itself, as torch's CPU allocator calls it
 libc.malloc.restype, libc.malloc.argtypes = ctypes.c_void_p, [ctypes.c_size_t]
 libc.free.argtypes, libc.memset.argtypes = [ctypes.c_void_p], [ctypes.c_void_p, ctypes.c_int, ctypes.c_size_t]
@@ -196,6 +200,9 @@ def touched(size):
     libc.memset(block, 1, size)
     return block
 
+# fill the heap's holes first, so that the small blocks below come from its top, after each large one (with
+# holes left by start-up, which depend on as little as this script's length, they would not pin anything)
+holes = [touched(256) for _ in range(20000)]
 before = anon_mb()
 libc.free(touched(16 << 20))  # freeing a 16 MiB block raises glibc's dynamic threshold to 16 MiB
 blocks, small = [], []
@@ -212,7 +219,7 @@ print(anon_mb() - before)
 def test_freed_batch_sized_blocks_go_back_to_the_system(tmp_path):
     """After a large block is freed glibc takes later blocks of that size from the heap, which small live
     allocations pin: freed batches then stay resident and a stage's peak grows with its corpus. With
-    fourtier.runtime imported (every stage that runs a network) the 6 MiB blocks are mapped on their own and
+    fourtier.runtime.hardware imported (every stage that runs a network) the 6 MiB blocks are mapped on their own and
     given back when freed."""
     def kept_mb(mode: str) -> float:
         out = subprocess.run([sys.executable, "-c", FREED_BLOCKS, mode], capture_output=True, text=True, check=True)

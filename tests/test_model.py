@@ -3,10 +3,14 @@ import numpy as np
 import pytest
 import torch
 
+from fourtier.config.base import OptimSettings
+from fourtier.evaluation.retrieval import retrieval
 from fourtier.models.backbone import TinyVideoViT
 from fourtier.models.ftp import FTP, FTPConfig
-from fourtier.training import (OptimSettings, TokenTargets, caption_groups, info_nce, retrieval, token_scores,
-                               train_alignment, train_classifier)
+from fourtier.train.align import train_alignment
+from fourtier.train.finetune import train_classifier
+from fourtier.train.losses import caption_groups, info_nce, token_scores
+from fourtier.train.targets import TokenTargets
 from helpers import ArraySource
 
 B, T, H, W, D = 3, 4, 2, 3, 16
@@ -304,7 +308,7 @@ def test_stage1_parts_load_into_a_stage2_model_and_mismatches_are_refused(tmp_pa
 
 def test_every_arm_of_a_seed_starts_stage2_from_the_same_classifier(tmp_path, monkeypatch):
     from fourtier import paths
-    from fourtier.training import stage2_model
+    from fourtier.train.finetune import stage2_model
 
     monkeypatch.chdir(tmp_path)
     for arm, seed in (("ftp", 5), ("random", 6)):  # stage 1's processors, different for each arm

@@ -14,10 +14,10 @@ from pathlib import Path
 
 import pytest
 
+from fourtier.caption.backend import VLMError, make_backend
+from fourtier.caption.openai_backend import OpenAIBackend
 from fourtier.models.backbone import BackboneError, obtain_hub_backbone
-from fourtier.text import TextEncoderError, make_encoder
-from fourtier.vlm import VLMError, make_backend
-from fourtier.vlm.openai_backend import OpenAIBackend
+from fourtier.text.encoder import TextEncoderError, make_encoder
 from test_openai_backend import requests_for
 
 GEN = {"max_new_tokens": 6, "temperature": 0.0}
@@ -136,13 +136,13 @@ def test_a_hub_that_never_answers_fails_within_the_bound(monkeypatch):
 
 @pytest.mark.parametrize("how", ["HF_HUB_OFFLINE", "preset"])
 def test_offline_mode_never_tries_the_hub(how, monkeypatch, tmp_path):
-    import fourtier.hub
+    import fourtier.runtime.hub
 
     def no_probe(*args, **kwargs):
         raise AssertionError("the hub was tried in offline mode")
 
     point_hub_at(monkeypatch, f"http://127.0.0.1:{closed_port()}")
-    monkeypatch.setattr(fourtier.hub, "hub_unreachable", no_probe)
+    monkeypatch.setattr(fourtier.runtime.hub, "hub_unreachable", no_probe)
     if how == "HF_HUB_OFFLINE":
         monkeypatch.setenv("HF_HUB_OFFLINE", "1")
         calls = [(TextEncoderError, lambda: make_encoder("hf:some-org/not-cached", {}), "HF_HUB_OFFLINE=1"),
@@ -169,7 +169,7 @@ def run_python(code: str, env: dict) -> tuple[str, float]:
     return proc.stdout + proc.stderr, time.perf_counter() - start
 
 
-ENCODE = ("from fourtier.text import TextEncoderError, make_encoder\n"
+ENCODE = ("from fourtier.text.encoder import TextEncoderError, make_encoder\n"
           "try:\n    make_encoder('hf:some-org/not-cached', {})\n"
           "except TextEncoderError as exc:\n    print('error:', exc)\n")
 

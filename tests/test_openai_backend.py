@@ -11,10 +11,11 @@ import pytest
 from PIL import Image
 
 from fake_openai import FakeOpenAI
-from fourtier.captioning import AnswerCache, answer_key, caption_chunks, run_captions
+from fourtier.caption.backend import Request, VLMError
+from fourtier.caption.openai_backend import OpenAIBackend
+from fourtier.caption.runner import AnswerCache, answer_key, caption_chunks, run_captions
+from fourtier.config.base import PROMPT_IDS
 from fourtier.errors import DataError
-from fourtier.vlm import PROMPT_IDS, Request, VLMError
-from fourtier.vlm.openai_backend import OpenAIBackend
 
 GEN = {"max_new_tokens": 32, "temperature": 0.0}
 FAST = {"retry_base_delay": 0.01, "retry_max_delay": 0.5, "timeout": 2, "max_retries": 4}

@@ -1,10 +1,10 @@
-"""Independent training runs side by side (fourtier.parallel): how many at once, results in order, errors, and
+"""Independent training runs side by side (fourtier.runtime.parallel): how many at once, results in order, errors, and
 the same numbers as one run at a time."""
 import pytest
 import torch
 
 from fourtier.errors import DataError, FourtierError
-from fourtier.parallel import run_parallel, run_slots
+from fourtier.runtime.parallel import run_parallel, run_slots
 from helpers import REPO, sleepy_job, stage2_job
 
 

@@ -3,8 +3,8 @@ import copy
 import pytest
 import yaml
 
+from fourtier.config.base import load_params, parse_params
 from fourtier.errors import ParamsError
-from fourtier.params import load_params, parse_params
 from helpers import REPO
 
 DEFAULT = yaml.safe_load((REPO / "params.yaml").read_text())
@@ -241,10 +241,50 @@ def test_every_stage_script_validates_before_it_works(tmp_path):
 def test_a_model_selector_means_the_same_in_every_stage(tmp_path):
     """vlm, backbone and text_encoder name a preset, hf:<model id> or a local model folder; params, the VLM and
     text-encoder factories, the backbone stage and `fourtier plan` all read it through resolve_preset."""
-    from fourtier.params import resolve_preset
+    from fourtier.config.base import resolve_preset
 
     presets = {"tiny": {"type": "tiny", "size": 64}}
     assert resolve_preset("tiny", presets) == {"type": "tiny", "size": 64}
     assert resolve_preset("hf:MCG-NJU/videomae-base", presets) == {"type": "hf", "model": "MCG-NJU/videomae-base"}
     assert resolve_preset(str(tmp_path), presets) == {"type": "hf", "model": str(tmp_path)}
     assert resolve_preset("hf:", presets) is None and resolve_preset("tinny", presets) is None
+
+
+def test_a_stage_gets_its_groups_and_the_whole_file_is_still_checked():
+    """load_params(groups) holds only those sections, but a bad value anywhere stops any stage at once."""
+    from fourtier.config.base import parse_params
+    from fourtier.config.caption import CaptionGroup
+    from fourtier.config.data import DataParams
+
+    params = parse_params(with_change(), DataParams, CaptionGroup)
+    assert params.K == 5 and params.dataset("synth-scenes").variant == "scenes"
+    with pytest.raises(AttributeError):
+        params.finetune  # noqa: B018  (not a section this stage reads)
+    with pytest.raises(ParamsError, match="finetune.epochs"):
+        parse_params(section_change("finetune", epochs=0), DataParams, CaptionGroup)
+
+
+def test_each_groups_validators_have_their_own_names():
+    """A stage's model inherits every group it reads; a validator named as another group's would replace it
+    silently (pydantic keeps one per name), dropping that group's cross-checks."""
+    from fourtier.config.base import all_groups
+
+    seen = {}
+    for group in all_groups():
+        for name in group.__pydantic_decorators__.field_validators | group.__pydantic_decorators__.model_validators:
+            if name == "_known_keys":
+                continue
+            assert name not in seen, f"{group.__name__}.{name} hides {seen[name]}.{name}"
+            seen[name] = group.__name__
+
+
+def test_a_schema_is_a_dep_only_of_the_stages_that_read_its_group():
+    """Editing one group's schema re-runs only its stages: tile and caption do not depend on the training
+    schema, align does not depend on the caption schema."""
+    import yaml
+
+    stages = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
+    deps = {name: set(stage.get("do", stage)["deps"]) for name, stage in stages.items()}
+    assert "src/fourtier/config/train.py" not in deps["tile"] | deps["caption"] | deps["embed"] | deps["features-target"]
+    assert "src/fourtier/config/caption.py" not in deps["align"] | deps["finetune"] | deps["features-target"]
+    assert "src/fourtier/config/text.py" not in deps["finetune"] | deps["tile"]

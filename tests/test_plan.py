@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 import yaml
 
-from fourtier.params import parse_params
-from fourtier.plan import CacheLink, _disk_lines, dvc_cache_link, plan, sharded_files
+from fourtier.config.base import parse_params
+from fourtier.runtime.plan import CacheLink, _disk_lines, dvc_cache_link, plan, sharded_files
 from helpers import REPO
 
 
@@ -110,8 +110,8 @@ def test_plan_counts_the_files_dvc_tracks_from_the_shard_settings(tmp_path, monk
 
 def test_the_planned_file_counts_are_what_the_writers_write(tmp_path):
     """store.ItemWriter (tiles, sharded videos) and shards.ShardedArray (m) write the files plan counts."""
-    from fourtier.shards import ShardedArray, rows_per_shard
-    from fourtier.store import ItemWriter
+    from fourtier.data.shards import ShardedArray, rows_per_shard
+    from fourtier.data.store import ItemWriter
 
     for items, above in ((12, 5), (5, 5)):
         out = tmp_path / f"items-{items}-{above}"
@@ -211,7 +211,7 @@ def caption_row(text: str, dataset: str) -> list[str]:
 def test_the_captioning_bill_of_an_openai_preset_needs_no_api_key(tmp_path, monkeypatch):
     """Requests, tokens and price from OpenAI's published rule (85 tokens per image at detail low; 85 + 170 per
     512-px square at high) and the estimate's prompt tokens (len // 4 + 10), computed here by hand."""
-    from fourtier.vlm import joint_prompt
+    from fourtier.caption.joint import joint_prompt
 
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("OPENAI_API_KEY", raising=False)

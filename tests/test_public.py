@@ -59,8 +59,8 @@ def test_ucf101_download_from_a_local_mirror_accounts_for_every_listed_video(sta
 
     from helpers import index_frames, write_video
 
+    from fourtier.config.data import dataset_spec
     from fourtier.data.registry import download
-    from fourtier.params import _dataset_spec
 
     www, url = static_server
     videos = tmp_path / "build" / "UCF-101"
@@ -79,7 +79,7 @@ def test_ucf101_download_from_a_local_mirror_accounts_for_every_listed_video(sta
                     "Basketball/v_Basketball_g09_c01.avi 2\r\n")
         zf.writestr("ucfTrainTestlist/testlist01.txt",
                     "ApplyEyeMakeup/v_ApplyEyeMakeup_g01_c01.avi\r\nBasketball/v_Basketball_g01_c01.avi\r\n")
-    spec = _dataset_spec("ucf101", {"type": "ucf101", "split": 1, "short_side": 32, "cache_dir": str(tmp_path / "cache"),
+    spec = dataset_spec("ucf101", {"type": "ucf101", "split": 1, "short_side": 32, "cache_dir": str(tmp_path / "cache"),
                                     "archive_url": f"{url}/UCF101.tar.gz", "splits_url": f"{url}/splits.zip"})
     out = tmp_path / "raw" / "ucf101"
     manifest = download(spec, out, workers=1)

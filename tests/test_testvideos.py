@@ -5,11 +5,12 @@ from fractions import Fraction
 import numpy as np
 import pytest
 
-from fourtier import video
+from fourtier.config.caption import TileParams
+from fourtier.config.data import FolderSpec
 from fourtier.data import folder
 from fourtier.data.contract import read_annotations
-from fourtier.params import FolderSpec, TileParams
-from fourtier.tiling import load_tile, read_tile_index, tile_dataset
+from fourtier.video import media
+from fourtier.video.tiling import load_tile, read_tile_index, tile_dataset
 
 # display size (square pixels, rotation applied) and decodable frames, from MANIFEST.md.
 # torchcodec_nasa has two video streams; like ffmpeg and decord we read the larger one (480x270, 390 frames).
@@ -45,7 +46,7 @@ def ingested(testvideos, tmp_path_factory):
     spec = FolderSpec(name="testvideos", root=testvideos, csv=make_csv(testvideos, clips, tmp / "labels.csv"),
                       val_fraction=0.0, short_side=0, seed=0)
     manifest = folder.download(spec, tmp / "raw", workers=2)
-    summary = tile_dataset(tmp / "raw", tmp / "tiles", K, TileParams(HEIGHT, 90, 5000, 1000), workers=2)
+    summary = tile_dataset(tmp / "raw", tmp / "tiles", K, TileParams(height=HEIGHT, jpeg_quality=90, shard_above=5000, shard_size=1000), workers=2)
     return tmp, manifest, summary
 
 
@@ -85,7 +86,7 @@ def test_webm_without_duration_is_stream_copied_at_ingest_and_tiled_through_ffmp
     row = next(r for r in read_tile_index(tmp / "tiles") if r["video_id"] == "imageio_test")
     assert row["reader"] == "decord" and row["status"] == "ok"
     # the original file itself still tiles, through the PyAV reader
-    key = video.read_keyframes(testvideos / "imageio_test.webm", K)
+    key = media.read_keyframes(testvideos / "imageio_test.webm", K)
     assert key.reader == "pyav" and key.n_frames == 94 and key.display_size == (640, 480)
 
 
@@ -93,13 +94,13 @@ def test_webm_without_duration_is_stream_copied_at_ingest_and_tiled_through_ffmp
 def test_decord_pyav_and_the_ffmpeg_command_line_agree_on_orientation(testvideos, name):
     """The reference is the ffmpeg command line's own autorotated decode of the same frames."""
     path = str(testvideos / name)
-    info = video.probe(path)
-    fast, fallback = video._read_decord(path, 3, info), video._read_pyav(path, 3, info)
+    info = media.probe(path)
+    fast, fallback = media._read_decord(path, 3, info), media._read_pyav(path, 3, info)
     assert fast.indices == fallback.indices
     unique = sorted(set(fallback.indices))
     select = "+".join(f"eq(n\\,{i})" for i in unique)
     h, w = fallback.frames[0].shape[:2]
-    raw = video.run_ffmpeg(["-i", path, "-vf", f"select={select}", "-fps_mode", "passthrough", "-f", "rawvideo",
+    raw = media.run_ffmpeg(["-i", path, "-vf", f"select={select}", "-fps_mode", "passthrough", "-f", "rawvideo",
                             "-pix_fmt", "rgb24", "pipe:1"]).stdout
     assert len(raw) == len(unique) * h * w * 3, "the command line gave frames of another size"
     reference = dict(zip(unique, np.frombuffer(raw, np.uint8).reshape(-1, h, w, 3)))
@@ -117,7 +118,7 @@ def test_normalisation_applies_rotation_and_square_pixels(testvideos, tmp_path):
     manifest = folder.download(spec, tmp_path / "raw", workers=2)
     assert manifest["normalised"] == 4 and not manifest["skipped"]
     for a in read_annotations(tmp_path / "raw"):
-        stream = video.probe(tmp_path / "raw" / a.path).main_stream
+        stream = media.probe(tmp_path / "raw" / a.path).main_stream
         name = next(n for n in names if n.startswith(a.video_id))
         (dw, dh), _ = EXPECTED[name]
         assert stream.rotation == 0 and stream.sar == 1, name

@@ -5,10 +5,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from fourtier import video
+from fourtier.data.store import ItemReader, ItemWriter
 from fourtier.errors import DataError, VideoError
-from fourtier.store import ItemReader, ItemWriter
-from fourtier.tiling import make_tile, tile_video
+from fourtier.video import media
+from fourtier.video.tiling import make_tile, tile_video
 from helpers import index_frames, reencode, with_rotation, write_video
 
 H = 64
@@ -29,15 +29,15 @@ def grey_level(panel):
 
 def test_keyframe_indices_are_centres_of_equal_time_segments():
     pts = np.arange(20) / 10.0
-    assert video.keyframe_indices(pts, 5).tolist() == [2, 6, 10, 14, 18]
-    assert video.keyframe_indices(pts, 1).tolist() == [10]
+    assert media.keyframe_indices(pts, 5).tolist() == [2, 6, 10, 14, 18]
+    assert media.keyframe_indices(pts, 1).tolist() == [10]
     # fewer frames than K: frames repeat, in order (the frame on screen at each centre time)
-    assert video.keyframe_indices(np.arange(3) / 30, 5).tolist() == [0, 0, 1, 2, 2]
+    assert media.keyframe_indices(np.arange(3) / 30, 5).tolist() == [0, 0, 1, 2, 2]
 
 
 def test_keyframe_indices_follow_time_not_index_for_variable_frame_rate():
     pts = np.concatenate([np.arange(10) * 0.05, 0.5 + np.arange(10) * 0.2])  # 20 fps, then 5 fps
-    idx = video.keyframe_indices(pts, 5)
+    idx = media.keyframe_indices(pts, 5)
     # clip spans 0..2.5 s; frames on screen at 0.25, 0.75, 1.25, 1.75, 2.25 s (index centres: 2, 6, 10, 14, 18)
     assert idx.tolist() == [5, 11, 13, 16, 18]
 
@@ -77,7 +77,7 @@ def test_variable_frame_rate_is_sampled_by_time(tmp_path):
 def test_non_square_pixels_widen_the_panel(tmp_path):
     src = write_video(tmp_path / "v.mp4", index_frames(10))
     anamorphic = reencode(src, tmp_path / "sar.mp4", after_input=["-vf", "setsar=2/1"])
-    stream = video.probe(anamorphic).main_stream
+    stream = media.probe(anamorphic).main_stream
     assert stream.sar == 2 and stream.display_size == (320, 96)
     panels = panels_of(tile_video(anamorphic, 3, H, 95, "sar"), 3)
     assert panels[0].shape[1] == round(H * 320 / 96)
@@ -86,12 +86,12 @@ def test_non_square_pixels_widen_the_panel(tmp_path):
 def test_rotation_metadata_is_applied(tmp_path):
     src = write_video(tmp_path / "v.mp4", index_frames(10))
     rotated = with_rotation(src, tmp_path / "rot.mp4", 90)
-    info = video.probe(rotated)
+    info = media.probe(rotated)
     assert info.main_stream.rotation == 90 and info.main_stream.display_size == (96, 160)
     # the PyAV reader turns frames as the display matrix says (checked against the ffmpeg command line's
     # autorotate in test_testvideos.py)
-    reference = video._read_pyav(str(rotated), 3, info)
-    fast = video._read_decord(str(rotated), 3, info)
+    reference = media._read_pyav(str(rotated), 3, info)
+    fast = media._read_decord(str(rotated), 3, info)
     assert fast.frames[0].shape == reference.frames[0].shape
     assert np.abs(fast.frames[1].astype(int) - reference.frames[1]).mean() < 3
     panel = panels_of(tile_video(rotated, 3, H, 95, "rot"), 3)[0]
@@ -104,7 +104,7 @@ def test_rotation_metadata_is_applied(tmp_path):
 @pytest.mark.parametrize("pix_fmt, codec, ext", [("yuv444p", "libx264", "mp4"), ("gray", "ffv1", "mkv")])
 def test_yuv444_and_grayscale_input(tmp_path, pix_fmt, codec, ext):
     path = write_video(tmp_path / f"{pix_fmt}.{ext}", index_frames(10), pix_fmt=pix_fmt, codec=codec)
-    assert video.probe(path).main_stream.pix_fmt == pix_fmt
+    assert media.probe(path).main_stream.pix_fmt == pix_fmt
     panels = panels_of(tile_video(path, 2, H, 95, pix_fmt), 2)
     for i, panel in zip([2, 7], panels):
         assert abs(grey_level(panel) - (20 + 9 * i)) < 4
@@ -117,7 +117,7 @@ def test_unreadable_file_is_skipped_with_reason(tmp_path):
     assert result.jpeg is None and result.row["status"] == "skipped"
     assert "cannot open" in result.row["reason"]
     with pytest.raises(VideoError, match="file not found"):
-        video.probe(tmp_path / "missing.mp4")
+        media.probe(tmp_path / "missing.mp4")
 
 
 def test_a_tile_wider_than_jpeg_allows_is_a_clear_error_not_a_pillow_traceback(tmp_path):
@@ -158,16 +158,16 @@ def test_other_codecs_and_containers_probe_check_and_give_the_right_frames(tmp_p
     the frames at the centres of K equal segments, in order (frame i's grey level is 20 + 9 i)."""
     if codec == "gif":  # a palette made from the clip, so each frame's grey is exact (the default one has 6 greys)
         src, path = write_video(tmp_path / "src.mp4", index_frames(10)), tmp_path / "clip.gif"
-        proc = video.run_ffmpeg(["-i", str(src), "-vf", "split[a][b];[a]palettegen[p];[b][p]paletteuse=dither=none",
+        proc = media.run_ffmpeg(["-i", str(src), "-vf", "split[a][b];[a]palettegen[p];[b][p]paletteuse=dither=none",
                                  str(path)])
         assert proc.returncode == 0, proc.stderr.decode()[-300:]
     else:
         path = write_video(tmp_path / f"clip.{ext}", index_frames(10), pix_fmt=pix_fmt, codec=codec)
-    info = video.probe(path)
+    info = media.probe(path)
     assert (info.main_stream.width, info.main_stream.height) == (160, 96) and info.main_stream.pix_fmt == decoded_as
-    check = video.decode_check(path)
-    assert video.readability_problem(info, check) is None and check.frames == 10, check
-    key = video.read_keyframes(path, 5, info)
+    check = media.decode_check(path)
+    assert media.readability_problem(info, check) is None and check.frames == 10, check
+    key = media.read_keyframes(path, 5, info)
     assert key.indices == [1, 3, 5, 7, 9]
     levels = [int(np.median(f[48:, 80:, 1])) for f in key.frames]  # away from the white corner square
     assert all(abs(level - (20 + 9 * i)) <= 3 for level, i in zip(levels, key.indices)), levels

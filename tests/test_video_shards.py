@@ -5,10 +5,10 @@ import zipfile
 
 import numpy as np
 
-from fourtier.clips import Preprocess, load_views
 from fourtier.data.contract import Annotation, pack_videos, prune_videos, read_annotations, write_dataset
-from fourtier.store import local_file, open_item
-from fourtier import video
+from fourtier.data.store import local_file, open_item
+from fourtier.video import media
+from fourtier.video.clips import Preprocess, load_views
 
 from helpers import index_frames, write_video
 
@@ -60,13 +60,13 @@ def test_a_clip_in_a_shard_decodes_to_the_frames_of_its_file(tmp_path):
     ds = tmp_path / "ds"
     small_dataset(ds, 3)
     from_files = {r.video_id: load_views(str(ds / r.path), PRE, 2, 1) for r in read_annotations(ds)}
-    keyframes = {r.video_id: video.read_keyframes(ds / r.path, 3).frames for r in read_annotations(ds)}
+    keyframes = {r.video_id: media.read_keyframes(ds / r.path, 3).frames for r in read_annotations(ds)}
     pack_videos(ds, shard_above=1, shard_size=2)
     for r in read_annotations(ds):
         with local_file(ds, r.path) as path:
             assert path.suffix == ".mp4" and path.exists()
             np.testing.assert_array_equal(load_views(str(path), PRE, 2, 1), from_files[r.video_id])
-            for a, b in zip(video.read_keyframes(path, 3).frames, keyframes[r.video_id]):
+            for a, b in zip(media.read_keyframes(path, 3).frames, keyframes[r.video_id]):
                 np.testing.assert_array_equal(a, b)
         assert not path.exists()  # the temporary copy is gone
     with local_file(ds, "annotations.csv") as path:  # a plain file is read where it is

@@ -6,15 +6,15 @@ import numpy as np
 import pytest
 import torch
 
-from fourtier.classtexts import class_texts, synthact_descriptions, template_texts
 from fourtier.data import synthact
 from fourtier.errors import DataError
-from fourtier.experiments import ablation_runs, collect, few_shot_points, gain_ci, report, write_few_shot_table
-from fourtier.fewshot import few_shot_subset
+from fourtier.text.classtexts import class_texts, synthact_descriptions, template_texts
+from fourtier.evaluation.experiments import (ablation_runs, collect, few_shot_points, gain_ci, report, write_few_shot_table)
+from fourtier.config.base import OptimSettings, PROMPT_IDS
+from fourtier.evaluation.fewshot import few_shot_subset
+from fourtier.evaluation.zeroshot import aligned_over_views, class_scores, zero_shot_metrics
 from fourtier.models.ftp import FTP, FTPConfig
-from fourtier.params import OptimSettings, PROMPT_IDS
-from fourtier.training import train_alignment
-from fourtier.zeroshot import aligned_over_views, class_scores, zero_shot_metrics
+from fourtier.train.align import train_alignment
 from helpers import ArraySource
 
 T, H, W, D, P = 2, 2, 2, 16, 8

@@ -19,9 +19,9 @@ import tempfile
 from pathlib import Path
 
 from fourtier import paths
+from fourtier.config.train import ARMS
 from fourtier.errors import DataError, VideoError, exits_cleanly
-from fourtier.experiments import ABLATIONS
-from fourtier.params import ARMS
+from fourtier.evaluation.experiments import ABLATIONS
 
 
 def _video(path: str) -> str:
@@ -45,8 +45,8 @@ def _decodable(path: str, tmp: Path) -> str:
 def _video_m(video: str, backbone, params, device):
     """m of every view of one video, as the features stage computes it (float16, then float32 on `device`),
     so that a trained model sees what it was trained on."""
-    from fourtier.clips import load_views
-    from fourtier.features import frames_to_m
+    from fourtier.features.decode import frames_to_m
+    from fourtier.video.clips import load_views
 
     cfg = params.features
     with tempfile.TemporaryDirectory() as tmp:
@@ -70,13 +70,13 @@ def predict_open(args) -> None:
     """Zero-shot: stage 1's FTP processors and alignment heads against class-name templates, no stage 2."""
     import torch
 
-    from fourtier.classtexts import class_texts
+    from fourtier.config.base import load_params
+    from fourtier.evaluation.zeroshot import aligned_embeddings, class_scores, encode_class_texts
     from fourtier.models.backbone import load_backbone
     from fourtier.models.ftp import FTP
-    from fourtier.params import load_params
-    from fourtier.runtime import resolve_device
-    from fourtier.text import make_encoder
-    from fourtier.zeroshot import aligned_embeddings, class_scores, encode_class_texts
+    from fourtier.runtime.hardware import resolve_device
+    from fourtier.text.classtexts import class_texts
+    from fourtier.text.encoder import make_encoder
 
     params = load_params()
     names = _class_names(args)
@@ -108,10 +108,10 @@ def predict(args) -> None:
         return predict_open(args)
     import torch
 
-    from fourtier.evaluation import load_classifier
-    from fourtier.runtime import resolve_device
+    from fourtier.config.base import load_params
+    from fourtier.evaluation.metrics import load_classifier
     from fourtier.models.backbone import load_backbone
-    from fourtier.params import load_params
+    from fourtier.runtime.hardware import resolve_device
 
     params = load_params()
     dataset = args.dataset or params.targets[0]
@@ -137,9 +137,9 @@ def predict(args) -> None:
 
 
 def describe(args) -> None:
-    from fourtier.params import load_params
-    from fourtier.tiling import tile_video
-    from fourtier.vlm import PROMPT_IDS, Record, Request, VLMError, make_backend
+    from fourtier.caption.backend import Record, Request, VLMError, make_backend
+    from fourtier.config.base import PROMPT_IDS, load_params
+    from fourtier.video.tiling import tile_video
 
     params = load_params()
     k = args.K or params.K
@@ -157,7 +157,7 @@ def describe(args) -> None:
     if backend.joint:  # one request for the four prompts, as the caption stage asks it (a throw-away cache)
         import tempfile
 
-        from fourtier.captioning import AnswerCache, run_captions
+        from fourtier.caption.runner import AnswerCache, run_captions
 
         with tempfile.TemporaryDirectory() as tmp:
             cache = AnswerCache(Path(tmp) / "answers.sqlite")
@@ -182,7 +182,7 @@ def describe(args) -> None:
 
 
 def info(args) -> None:
-    from fourtier.params import load_params
+    from fourtier.config.base import load_params
 
     params = load_params()
     print("selectors:")
@@ -211,7 +211,7 @@ def ablate(args) -> None:
     import shlex
     import subprocess
 
-    from fourtier.experiments import ablation_runs
+    from fourtier.evaluation.experiments import ablation_runs
 
     runs = ablation_runs(args.kind, args.values, [s for s in args.set or []])
     for run in runs:
@@ -228,8 +228,7 @@ def ablate(args) -> None:
 def report(args) -> None:
     import subprocess
 
-    from fourtier.experiments import (collect, few_shot_points, gain_per_dataset, plot_gains, report as render,
-                                      write_few_shot_table)
+    from fourtier.evaluation.experiments import (collect, few_shot_points, gain_per_dataset, plot_gains, report as render, write_few_shot_table)
 
     if args.json:
         raw = Path(args.json).read_text()
@@ -259,8 +258,8 @@ def report(args) -> None:
 
 
 def plan_command(args) -> None:
-    from fourtier.params import load_params
-    from fourtier.plan import plan
+    from fourtier.config.base import load_params
+    from fourtier.runtime.plan import plan
 
     print(plan(load_params()))
 

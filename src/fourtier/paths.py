@@ -54,7 +54,7 @@ def watched(dataset: str) -> Path:
 
 
 def class_texts(dataset: str) -> Path:
-    """A user's class descriptions per prompt for zero-shot (optional; fourtier.classtexts)."""
+    """A user's class descriptions per prompt for zero-shot (optional; fourtier.text.classtexts)."""
     return CLASS_TEXTS / f"{dataset}.json"
 
 

@@ -3,7 +3,7 @@
 data/raw/<ds>/
   videos/...         the videos; above download.shard_above clips, shards/shard-NNNNN.zip instead (`pack_videos`)
   annotations.csv    video_id, path (relative to the dataset folder, or shards/shard-NNNNN.zip:videos/<file> for a
-                     video in a shard: a location of fourtier.store), label, split
+                     video in a shard: a location of fourtier.data.store), label, split
   classes.txt        line i = class i (the class index map, versioned with the data)
   manifest.json      counts per split and class, skipped items with reasons, source, version, checksums
 """
@@ -18,8 +18,8 @@ from dataclasses import dataclass, replace
 from operator import itemgetter
 from pathlib import Path
 
+from fourtier.data.store import ItemWriter, open_item
 from fourtier.errors import DataError
-from fourtier.store import ItemWriter, open_item
 
 ANNOTATION_COLUMNS = ("video_id", "path", "label", "split")
 SPLITS = ("train", "val", "test")

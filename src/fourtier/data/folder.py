@@ -38,10 +38,10 @@ import unicodedata
 from itertools import groupby
 from pathlib import Path
 
-from fourtier.data.contract import SPLITS, Annotation, prune_videos, write_dataset
+from fourtier.data.contract import Annotation, SPLITS, prune_videos, write_dataset
 from fourtier.errors import DataError, VideoError
-from fourtier.parallel import map_progress
-from fourtier import video
+from fourtier.runtime.parallel import map_progress
+from fourtier.video import media
 
 VERSION = "folder-1"
 
@@ -77,6 +77,15 @@ def listed_file(root: Path, path: str) -> Path:
     """The file a CSV row names: relative to root, or absolute (pathlib keeps an absolute path as it is).
     download reads it and the sources fingerprint (fourtier.data.sources) stats it: one rule for both."""
     return Path(root) / path
+
+
+def watched(spec) -> tuple[dict, list[Path]]:
+    """What identifies the label file, and the videos it lists (fourtier.data.sources fingerprints them)."""
+    from fourtier.data.contract import sha256_file
+
+    csv_path = label_csv(spec)
+    files = [listed_file(spec.root, r["path"]) for r in read_label_csv(csv_path)]
+    return {"csv": str(csv_path), "csv_sha256": sha256_file(csv_path)}, files
 
 
 def label_csv(spec) -> Path:
@@ -137,7 +146,7 @@ def _split_for(row: dict, seed: int, val_fraction: float, where: str) -> str:
     return "val" if h < val_fraction else "train"
 
 
-def normalised_size(stream: video.VideoStream, short_side: int) -> tuple[int, int] | None:
+def normalised_size(stream: media.VideoStream, short_side: int) -> tuple[int, int] | None:
     """Target (width, height) with square pixels and rotation applied, or None if the video conforms."""
     dw, dh = stream.display_size
     scale = min(1.0, short_side / min(dw, dh))
@@ -175,7 +184,7 @@ def _remux(src: Path, dst_stem: Path) -> Path | None:
     for suffix in (".mp4", ".mkv"):
         dst = dst_stem.parent / stored_name(dst_stem.name, suffix)
         partial = _partial(dst)
-        proc = video.run_ffmpeg(["-y", "-i", str(src), "-an", "-sn", "-dn", "-c:v", "copy", "-map_metadata", "-1",
+        proc = media.run_ffmpeg(["-y", "-i", str(src), "-an", "-sn", "-dn", "-c:v", "copy", "-map_metadata", "-1",
                                  str(partial)])
         if proc.returncode == 0 and decord_opens(partial):
             os.replace(partial, dst)
@@ -188,8 +197,8 @@ def ingest_one(job) -> dict:
     """(src, dst_stem, short_side) -> {ok, file, normalised, remuxed} or {ok: False, reason}."""
     src, dst_stem, short_side = job
     try:
-        info = video.probe(src)
-        problem = video.readability_problem(info, video.decode_check(src))
+        info = media.probe(src)
+        problem = media.readability_problem(info, media.decode_check(src))
         if problem:
             return {"ok": False, "reason": problem}
         target = normalised_size(info.main_stream, short_side) if short_side else None
@@ -207,7 +216,7 @@ def ingest_one(job) -> dict:
         # is then kept as displayed
         dst = dst_stem.parent / stored_name(dst_stem.name, ".mp4")
         w, h = target or [max(2, round(v / 2) * 2) for v in info.main_stream.display_size]  # yuv420p: even
-        proc = video.run_ffmpeg(["-y", "-i", str(src), "-an", "-sn", "-dn", "-vf", f"scale={w}:{h},setsar=1",
+        proc = media.run_ffmpeg(["-y", "-i", str(src), "-an", "-sn", "-dn", "-vf", f"scale={w}:{h},setsar=1",
                                  "-c:v", "libx264", "-crf", "18", "-preset", "fast", "-pix_fmt", "yuv420p",
                                  "-threads", "1", "-map_metadata", "-1", str(_partial(dst))])
         if proc.returncode != 0:

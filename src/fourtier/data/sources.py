@@ -1,7 +1,7 @@
 """Fingerprints of what a dataset's `download` reads from outside the workspace.
 
 DVC hashes only paths that dvc.yaml names, and a stage's deps cannot depend on which kind of dataset a name
-is. So the datasets that read files from outside (params.OUTSIDE_KINDS) are listed under `watch:`, and the
+is. So the datasets that read files from outside (`reads_outside` in fourtier.config.data) are listed under `watch:`, and the
 `watch` stage (always run, about a second) writes one small JSON for each: the label CSV's sha256 and every
 listed video's size and modification time, folded into one digest. The `sources` stage copies it to
 data/sources/<ds>.json, which `download` depends on: editing a label, adding a row or replacing a video
@@ -20,10 +20,8 @@ import os
 from pathlib import Path
 
 from fourtier import paths
-from fourtier.data.contract import sha256_file
-from fourtier.data.folder import label_csv, listed_file, read_label_csv
+from fourtier.data.registry import module_of
 from fourtier.errors import ParamsError
-from fourtier.params import OUTSIDE_KINDS
 
 
 def _files_digest(paths: list[Path]) -> dict:
@@ -44,7 +42,7 @@ def _dumps(fp: dict) -> str:
 
 def sources_text(name: str, spec) -> str:
     """data/sources/<name>.json's text: the kind alone, or the `watch` stage's fingerprint of the files."""
-    if spec.kind not in OUTSIDE_KINDS:
+    if not spec.reads_outside:
         return _dumps({"kind": spec.kind})
     try:
         return paths.watched(name).read_text()
@@ -55,19 +53,12 @@ def sources_text(name: str, spec) -> str:
 
 
 def fingerprint(spec) -> dict:
-    """The JSON that stages/watch.py writes: for a kind in OUTSIDE_KINDS, what it reads from outside."""
-    if spec.kind == "folder":
-        csv_path = label_csv(spec)
-        rows = read_label_csv(csv_path)
-        paths = [listed_file(spec.root, r["path"]) for r in rows]
-        return {"kind": "folder", "csv": str(csv_path), "csv_sha256": sha256_file(csv_path), **_files_digest(paths)}
-    if spec.kind == "ssv2":
-        from fourtier.data.ssv2 import EXPECTED, ssv2_rows
-
-        rows, _ = ssv2_rows(spec.root)
-        labels = {name: sha256_file(spec.root / name) for name in EXPECTED[1:]}
-        return {"kind": "ssv2", "labels_sha256": labels, **_files_digest([listed_file(spec.root, r["path"]) for r in rows])}
-    raise ValueError(f"{spec.kind} datasets read nothing from outside the workspace")
+    """The JSON that stages/watch.py writes for a kind that reads outside the workspace: what identifies its
+    label files and a digest of every video it lists, both as its module says (`watched`)."""
+    if not spec.reads_outside:
+        raise ValueError(f"{spec.kind} datasets read nothing from outside the workspace")
+    identity, files = module_of(spec).watched(spec)
+    return {"kind": spec.kind, **identity, **_files_digest(files)}
 
 
 def fingerprint_text(spec) -> str:

@@ -39,6 +39,16 @@ def ssv2_rows(root: Path) -> tuple[list[dict], list[str]]:
     return rows, classes
 
 
+def watched(spec) -> tuple[dict, list[Path]]:
+    """What identifies the label files, and the videos they list (fourtier.data.sources fingerprints them)."""
+    from fourtier.data.contract import sha256_file
+    from fourtier.data.folder import listed_file
+
+    rows, _ = ssv2_rows(spec.root)
+    labels = {name: sha256_file(spec.root / name) for name in EXPECTED[1:]}
+    return {"labels_sha256": labels}, [listed_file(spec.root, r["path"]) for r in rows]
+
+
 def download(spec, out_dir: Path, workers: int) -> dict:
     rows, classes = ssv2_rows(spec.root)
     source = {"kind": "ssv2", "version": VERSION, "root": str(spec.root), "short_side": spec.short_side}

@@ -420,7 +420,7 @@ def encode_mp4(frames: np.ndarray, fps: int, crf: int, path) -> None:
     import ffmpeg
 
     from fourtier.errors import DataError
-    from fourtier.video import ffmpeg_exe
+    from fourtier.video.media import ffmpeg_exe
 
     n, h, w, _ = frames.shape
     stream = ffmpeg.input("pipe:", format="rawvideo", pix_fmt="rgb24", s=f"{w}x{h}", framerate=fps).output(
@@ -453,7 +453,7 @@ def download(spec, out_dir, workers: int) -> dict:
     from functools import partial
 
     from fourtier.data.contract import Annotation, write_dataset
-    from fourtier.parallel import map_progress
+    from fourtier.runtime.parallel import map_progress
 
     out_dir = Path(out_dir)
     (out_dir / "videos").mkdir(parents=True, exist_ok=True)

@@ -17,8 +17,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from fourtier.clips import Preprocess
 from fourtier.errors import FourtierError
+from fourtier.video.clips import Preprocess
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -178,8 +178,8 @@ def save_tiny(model: TinyVideoViT, out_dir: Path, extra: dict) -> None:
 
 def obtain_hub_backbone(model_id: str, out_dir: Path, offline: bool = False) -> None:
     """Save a hub video model (weights, config, image processor) into out_dir/hf: a local folder, else the local
-    cache, else the hub when it answers (fourtier.hub.load_pretrained); any failure is a BackboneError."""
-    from fourtier.hub import load_pretrained
+    cache, else the hub when it answers (fourtier.runtime.hub.load_pretrained); any failure is a BackboneError."""
+    from fourtier.runtime.hub import load_pretrained
 
     def fetch(local_only: bool):
         from transformers import AutoConfig, AutoImageProcessor, AutoModel

@@ -12,7 +12,7 @@
     attention  learned attention pooling with position embeddings, small residual MLPs as projections
     paper      the paper as written (§3.1, Table 1): average pooling, a trainable linear projection
 and two stage-1 objectives (`align.objective`): `pooled` matches one vector per v_i with the pooled e_i,
-`tokens` gives every v_i token a vector in the text-token space, scored token-wise (fourtier.training). The
+`tokens` gives every v_i token a vector in the text-token space, scored token-wise (fourtier.train.losses). The
 README ("The model and its two training stages") compares them. The integration projections start at zero,
 so stage 2 starts from the baseline's f = m.
 
@@ -30,9 +30,9 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from fourtier import distributed
+from fourtier.config.train import OBJECTIVES, PROCESSORS
 from fourtier.errors import DataError
-from fourtier.params import OBJECTIVES, PROCESSORS
+from fourtier.runtime import distributed
 
 FORMAT = "fourtier-ftp/1"
 PARTS = ("processors", "align_heads", "integration", "classifier")
@@ -172,7 +172,7 @@ class Integration(nn.Module):
 
 
 class GlobalBatchDropout(nn.Dropout):
-    """nn.Dropout whose mask is drawn for the global batch under DDP (fourtier.distributed.dropout), so the
+    """nn.Dropout whose mask is drawn for the global batch under DDP (fourtier.runtime.distributed.dropout), so the
     world size does not change the experiment."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
