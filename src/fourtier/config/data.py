@@ -47,6 +47,7 @@ class SynthActSpec(DatasetSpec):
     train_per_class: StrictInt = Field(0, ge=1)  # targets only
     val_per_class: StrictInt = Field(0, ge=1)  # targets only
     seconds: tuple[Real, Real] = (2.0, 4.0)  # clip duration, drawn uniformly in this range
+    shift: Literal["none", "deploy"] = "none"  # deploy: the shifted test (README, "A shifted test")
 
     @field_validator("seconds")
     @classmethod

@@ -44,6 +44,15 @@ COLOURS = {
     "orange": (246, 140, 20),
     "purple": (150, 60, 204),
 }
+# object colours that no training clip shows, for the `deploy` shift only (README, "A shifted test")
+HELD_OUT_COLOURS = {
+    "cyan": (0, 206, 222),
+    "pink": (250, 128, 196),
+    "lime": (172, 250, 60),
+    "brown": (118, 66, 28),
+}
+PALETTE = {**COLOURS, **HELD_OUT_COLOURS}
+SHIFTS = ("none", "deploy")
 SHAPES = ("ball", "box", "triangle", "ring", "cross")
 FAMILY = {
     "slide left": "translation", "slide right": "translation", "zigzag": "translation",
@@ -136,18 +145,24 @@ def _pick(rng: np.random.Generator, options):
     return options[int(rng.integers(len(options)))]
 
 
-def _object_colour(rng, scene: str, exclude: str = "") -> str:
-    """A colour that stands out from the scene (and from the other object)."""
+def _object_colour(rng, scene: str, exclude: str = "", colours: dict = COLOURS) -> str:
+    """A colour of `colours` that stands out from the scene (and from the other object)."""
     base = np.array(SCENES[scene], float)
-    usable = [c for c, rgb in COLOURS.items() if c != exclude and np.linalg.norm(np.array(rgb) - base) > 110]
+    usable = [c for c, rgb in colours.items() if c != exclude and np.linalg.norm(np.array(rgb) - base) > 110]
     return _pick(rng, usable)
 
 
 def make_clip_spec(variant: str, seed: int, index: int, label: str, split: str,
-                   seconds: tuple[float, float] = (2.0, 4.0)) -> ClipSpec:
+                   seconds: tuple[float, float] = (2.0, 4.0), shift: str = "none") -> ClipSpec:
     """The clip's content and nuisances, drawn from its own generator (seed, variant, index). `seconds` is the
     duration range: a motion runs over the whole clip whatever its length, so a shorter clip shows the same kind
-    of motion in fewer frames (the encoder samples a fixed number of frames either way)."""
+    of motion in fewer frames (the encoder samples a fixed number of frames either way).
+
+    shift `deploy` (README, "A shifted test") draws the same classes under what a deployed model meets and no
+    training clip shows: object colours from HELD_OUT_COLOURS, camera shake of 3-4 px (training: 0-2), sensor
+    noise of sigma 6-10 (training: 0-6) and 16-24 fps (training: 8-15, so each sampled frame is a shorter step of
+    the motion). A class's defining property is untouched: shape, motion family and scene for `scenes`, the
+    action for `motion`. The draws are made in the same order, so `none` gives the clips it always gave."""
     clip_seed = int(np.random.SeedSequence([seed, SYNTH_VARIANT_IDS[variant], index]).generate_state(1)[0])
     rng = np.random.default_rng(clip_seed)
     if variant == "pretrain":
@@ -163,19 +178,23 @@ def make_clip_spec(variant: str, seed: int, index: int, label: str, split: str,
         family = FAMILY[action]
         shape = _pick(rng, SPIN_SHAPES if action == "spin" else SHAPES)
         scene = _pick(rng, tuple(SCENES))
-    colour = _object_colour(rng, scene)
+    if shift not in SHIFTS:
+        raise ValueError(f"unknown SynthAct shift {shift!r}; use one of {SHIFTS}")
+    deploy = shift == "deploy"
+    colours = HELD_OUT_COLOURS if deploy else COLOURS
+    colour = _object_colour(rng, scene, colours=colours)
     two = action in TWO_OBJECT_ACTIONS or (family != "static" and rng.random() < 0.3)
     second_shape = _pick(rng, SHAPES) if two else ""
-    second_colour = _object_colour(rng, scene, exclude=colour) if two else ""
+    second_colour = _object_colour(rng, scene, exclude=colour, colours=colours) if two else ""
     height, width = SIZES[int(rng.integers(len(SIZES)))]
-    fps = int(rng.integers(8, 16))
+    fps = int(rng.integers(16, 25) if deploy else rng.integers(8, 16))
     duration = float(rng.uniform(*seconds))
     return ClipSpec(
         video_id=f"{variant}-{index:06d}", label=label, split=split, action=action, family=family,
         shape=shape, colour=colour, scene=scene, second_shape=second_shape, second_colour=second_colour,
         height=height, width=width, fps=fps, n_frames=max(8, round(fps * duration)),
-        crf=int(rng.integers(20, 31)), shake=float(rng.choice([0.0, 0.0, 1.0, 2.0])),
-        flicker=float(rng.choice([0.0, 0.0, 0.05, 0.1])), noise=float(rng.uniform(0.0, 6.0)),
+        crf=int(rng.integers(20, 31)), shake=float(rng.choice([3.0, 3.0, 4.0, 4.0] if deploy else [0.0, 0.0, 1.0, 2.0])),
+        flicker=float(rng.choice([0.0, 0.0, 0.05, 0.1])), noise=float(rng.uniform(6.0, 10.0) if deploy else rng.uniform(0.0, 6.0)),
         distractors=int(rng.choice([0, 0, 1, 2])), seed=clip_seed,
     )
 
@@ -195,6 +214,7 @@ class Plan:
     train_per_class: int
     val_per_class: int
     seconds: tuple[float, float] = (2.0, 4.0)
+    shift: str = "none"  # make_clip_spec
 
     def __len__(self) -> int:
         if self.variant == "pretrain":
@@ -212,7 +232,7 @@ class Plan:
         else:
             c, j = divmod(index, self.train_per_class + self.val_per_class)
             label, split = _class_names(self.variant)[c], "train" if j < self.train_per_class else "val"
-        return make_clip_spec(self.variant, self.seed, index, label, split, self.seconds)
+        return make_clip_spec(self.variant, self.seed, index, label, split, self.seconds, self.shift)
 
 
 def plan(variant: str, seed: int, clips: int, val_fraction: float, train_per_class: int,
@@ -399,7 +419,7 @@ def render(spec: ClipSpec) -> np.ndarray:
             frame += (6 * _sin(yy[:, :1] * 0.6 + i * 0.8))[..., None]
         for shape, colour, rad, (x, y, scale, angle) in objects:
             mask = _shape_mask(shape, xx, yy, x[i] * w, y[i] * h, rad * scale[i], angle[i])
-            frame[mask] = COLOURS[colour]
+            frame[mask] = PALETTE[colour]
         gain = 1.0 + spec.flicker * float(_sin(flicker_phase + 2 * math.pi * flicker_freq * i / spec.fps))
         frame = frame * gain + rng.normal(0, spec.noise, (h, w, 1)).astype(np.float32)
         if spec.shake:
@@ -458,7 +478,7 @@ def download(spec, out_dir, workers: int) -> dict:
     out_dir = Path(out_dir)
     (out_dir / "videos").mkdir(parents=True, exist_ok=True)
     clips = Plan(spec.variant, spec.seed, spec.clips, spec.val_fraction, spec.train_per_class, spec.val_per_class,
-                 spec.seconds)
+                 spec.seconds, spec.shift)
     rows = []
     # generator metadata, for analysis and tests only: the VLM and the models never read it
     with open(out_dir / "attributes.csv", "w", newline="") as fh:
@@ -470,5 +490,6 @@ def download(spec, out_dir, workers: int) -> dict:
                               desc=f"generate {out_dir.name}"):
             writer.writerow(spec_row(c))
             rows.append(Annotation(c.video_id, f"videos/{c.video_id}.mp4", c.label, c.split))
-    source = {"kind": "synthact", "version": VERSION, "variant": spec.variant, "seed": spec.seed}
+    source = {"kind": "synthact", "version": VERSION, "variant": spec.variant, "seed": spec.seed,
+              **({"shift": spec.shift} if spec.shift != "none" else {})}
     return write_dataset(out_dir, rows, class_names(spec.variant), source, skipped=[])
