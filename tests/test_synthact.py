@@ -138,3 +138,25 @@ def test_motion_is_visible_in_the_pixels():
         return np.nonzero(mask)[1].mean()
 
     assert centre_x(frames[-1]) - centre_x(frames[0]) > 0.3 * spec.width
+
+
+def test_the_deploy_shift_keeps_each_classs_definition_and_shows_nothing_of_training():
+    """README, "A shifted test": the same classes, each with its defining property (shape, family and scene for
+    scenes; the action for motion), under held-out colours, more shake and noise, and a higher frame rate; and
+    the unshifted plan draws exactly the clips it drew before the shift existed."""
+    for variant in ("scenes", "motion"):
+        plain = S.Plan(variant, 3, 0, 0.0, 0, 20)
+        shifted = S.Plan(variant, 3, 0, 0.0, 0, 20, shift="deploy")
+        assert S.Plan(variant, 3, 0, 0.0, 0, 20, shift="none")[7] == plain[7]
+        for i in range(len(shifted)):
+            c, p = shifted[i], plain[i]
+            assert c.label == p.label and c.split == p.split
+            if variant == "scenes":
+                shape, family, scenes = S.SCENE_CLASSES[c.label]
+                assert (c.shape, c.family) == (shape, family) and c.scene in scenes
+            else:
+                assert c.action == S.MOTION_CLASSES[c.label]
+            assert c.colour in S.HELD_OUT_COLOURS and c.colour not in S.COLOURS
+            assert c.second_colour == "" or c.second_colour in S.HELD_OUT_COLOURS
+            assert 3 <= c.shake <= 4 and 6 <= c.noise <= 10 and 16 <= c.fps <= 24
+            assert p.colour in S.COLOURS and p.shake <= 2 and p.noise <= 6 and p.fps <= 15
