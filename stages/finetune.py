@@ -68,7 +68,8 @@ def train_run(job: tuple[str, str, int, str], step) -> tuple[str, float]:
     from dvclive import Live
 
     start = time.perf_counter()
-    model = stage2_model(arm, list(params.prompts), source.dim, source.grid, len(source.classes), seed)
+    model = stage2_model(arm, list(params.prompts), source.dim, source.grid, len(source.classes), seed,
+                         params.finetune.head)
     live = Live(str(paths.finetune_log(dataset) / f"{arm}-seed{seed}"), dvcyaml=False,
                 save_dvc_exp=False, report=None) if distributed.is_main() else None
     history = train_classifier(model, source, ctx["train_idx"], source.labels, cfg.optim, seed,

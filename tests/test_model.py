@@ -326,3 +326,34 @@ def test_every_arm_of_a_seed_starts_stage2_from_the_same_classifier(tmp_path, mo
     assert not all(torch.equal(v, other[k]) for k, v in base.items())  # another seed, another start
     with pytest.raises(Exception, match="shuffled.safetensors is missing"):
         stage2_model("shuffled", ["A", "C"], D, (T, H, W), 4, seed=3)
+
+
+def test_the_flat_head_keeps_where_and_when_and_the_arms_of_a_seed_share_it(tmp_path, monkeypatch):
+    """finetune.head flat: one weight per (time, position, channel) of f, so moving a feature to another place
+    changes the output, where the pooled head's mean over tokens could not tell; every arm of a seed starts from
+    the baseline's flat head, and a saved model says which head it has (the default's file says nothing)."""
+    import json
+
+    from fourtier import paths
+    from fourtier.models.ftp import FlatHead
+    from fourtier.train.finetune import stage2_model
+
+    monkeypatch.chdir(tmp_path)
+    torch.manual_seed(5)
+    FTP(FTPConfig(D, (T, H, W), ["A"], n_classes=1, text_dim=8)).save(paths.align_model("ftp"),
+                                                                       ("processors", "align_heads"))
+    flat = {arm: stage2_model(arm, ["A"], D, (T, H, W), 3, seed=2, head="flat") for arm in ("baseline", "ftp")}
+    assert isinstance(flat["ftp"].classifier, FlatHead)
+    assert torch.equal(flat["ftp"].classifier.head.weight, flat["baseline"].classifier.head.weight)
+    head = flat["baseline"].classifier
+    f = torch.zeros(1, T, H, W, D)
+    f[0, 0, 0, 0, 0] = 1.0
+    moved = torch.zeros(1, T, H, W, D)
+    moved[0, T - 1, H - 1, W - 1, 0] = 1.0  # the same feature, at the last time and position
+    assert head.features(f)[0, 0] == 1.0 and head.features(moved)[0, (T * H * W - 1) * D] == 1.0  # t, h, w, d order
+    assert not torch.allclose(head(f), head(moved))
+    flat["ftp"].save(tmp_path / "flat", ("classifier",))
+    assert json.loads((tmp_path / "flat.json").read_text())["config"]["head"] == "flat"
+    assert isinstance(FTP.load(tmp_path / "flat")[0].classifier, FlatHead)
+    stage2_model("baseline", [], D, (T, H, W), 3, seed=2).save(tmp_path / "pooled", ("classifier",))
+    assert "head" not in json.loads((tmp_path / "pooled.json").read_text())["config"]

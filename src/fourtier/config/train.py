@@ -25,6 +25,7 @@ class FinetuneParams(Optimised):
     mixup_prob: Real = Field(ge=0.0, le=1.0)
     shots: StrictInt = Field(0, ge=0)  # labelled training clips per class; 0 = all (fourtier.evaluation.fewshot)
     shots_seed: StrictInt = Field(0, ge=0)  # which clips: the same for every arm and seed
+    head: Literal["pooled", "flat"] = "pooled"  # pooled: the paper's (§3.1) | flat: a linear map of the whole f
 
     @field_validator("arms")
     @classmethod

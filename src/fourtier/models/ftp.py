@@ -219,6 +219,24 @@ class Classifier(nn.Module):
         return self.head(self.features(f))
 
 
+class FlatHead(nn.Module):
+    """The position-keeping stage-2 head (finetune.head: flat): one linear map of the flattened f, a weight for
+    every time, position and channel; weight decay is its only regularisation."""
+
+    def __init__(self, size: int, n_classes: int):
+        super().__init__()
+        self.head = nn.Linear(size, n_classes)
+
+    def features(self, f: torch.Tensor) -> torch.Tensor:
+        return f.flatten(1)
+
+    def forward(self, f: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(f))
+
+
+HEADS = ("pooled", "flat")  # the paper's head (Classifier, §3.1) | FlatHead
+
+
 @dataclass(frozen=True)
 class FTPConfig:
     """Everything that fixes the model's shapes. text_dim 0: no alignment heads (stage 2 and inference)."""
@@ -229,6 +247,7 @@ class FTPConfig:
     text_dim: int = 0
     processor: str = "attention"  # attention | paper
     objective: str = "pooled"  # pooled | tokens: the shape of the alignment heads' output
+    head: str = "pooled"  # the stage-2 classifier: pooled (the paper's) | flat (HEADS)
 
     def __post_init__(self):
         object.__setattr__(self, "grid", tuple(int(g) for g in self.grid))
@@ -268,15 +287,17 @@ class FTP(nn.Module):
         dim, prompts = config.dim, list(config.prompts)
         self.config = config
         self.prompts = prompts
-        if config.processor not in PROCESSORS or config.objective not in OBJECTIVES:
-            raise DataError(f"unknown processor {config.processor!r} or objective {config.objective!r}")
+        if config.processor not in PROCESSORS or config.objective not in OBJECTIVES or config.head not in HEADS:
+            raise DataError(f"unknown processor {config.processor!r}, objective {config.objective!r} or head "
+                            f"{config.head!r}")
         paper = config.processor == "paper"
         self.processors = nn.ModuleDict(
             {p: PaperProcessor(dim) if paper else FeatureProcessor(dim, frames, h * w) for p in prompts})
         self.align_heads = nn.ModuleDict(
             {p: self._align_head(dim, frames + h * w, config) for p in prompts} if config.text_dim else {})
         self.integration = Integration(dim, prompts)
-        self.classifier = Classifier(dim, frames * h * w, config.n_classes)
+        self.classifier = (Classifier(dim, frames * h * w, config.n_classes) if config.head == "pooled"
+                           else FlatHead(frames * h * w * dim, config.n_classes))
 
     @staticmethod
     def _align_head(dim: int, length: int, config: FTPConfig) -> nn.Module:
@@ -296,7 +317,10 @@ class FTP(nn.Module):
         state = {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items() if k.split(".")[0] in parts}
         save_file(state, str(weights) + ".tmp")
         os.replace(str(weights) + ".tmp", weights)
-        text = json.dumps({"format": FORMAT, "config": asdict(self.config), "parts": list(parts),
+        config = asdict(self.config)
+        if config["head"] == "pooled":  # the default is left out: files saved before heads were a choice match
+            del config["head"]
+        text = json.dumps({"format": FORMAT, "config": config, "parts": list(parts),
                            "meta": meta or {}}, indent=1)
         info.with_suffix(".json.tmp").write_text(text + "\n")
         os.replace(info.with_suffix(".json.tmp"), info)

@@ -15,24 +15,25 @@ from fourtier.train.optim import log_epoch, make_optimizer, seed_everything
 from fourtier.train.sampler import EpochPlan
 
 
-def stage2_model(arm: str, prompts: list[str], dim: int, grid: tuple[int, int, int], n_classes: int, seed: int):
+def stage2_model(arm: str, prompts: list[str], dim: int, grid: tuple[int, int, int], n_classes: int, seed: int,
+                 head: str = "pooled"):
     """The model an arm starts stage 2 from. Every arm of a seed starts from the same classifier, the baseline's
     (drawn from the seed alone), and the integration starts at zero, so the arms of a seed differ only by their
     stage-1 processors: seeds are paired in initial weights as well as in data order. The baseline has no
-    processors; the other arms load theirs from stage 1 (models/align/<arm>)."""
+    processors; the other arms load theirs from stage 1 (models/align/<arm>). head: finetune.head."""
     from fourtier import paths
     from fourtier.errors import DataError
     from fourtier.models.ftp import FTP, FTPConfig, read_saved
 
     seed_everything(seed)
-    baseline = FTP(FTPConfig(dim, grid, [], n_classes))
+    baseline = FTP(FTPConfig(dim, grid, [], n_classes, head=head))
     if arm == "baseline":
         return baseline
     saved = paths.align_model(arm)
     if not saved.with_suffix(".safetensors").exists():
         raise DataError(f"{saved}.safetensors is missing: align trains the arms in finetune.arms; re-run align "
                         "(dvc repro)")
-    model = FTP(FTPConfig(dim, grid, prompts, n_classes, processor=read_saved(saved)["config"].processor))
+    model = FTP(FTPConfig(dim, grid, prompts, n_classes, processor=read_saved(saved)["config"].processor, head=head))
     model.classifier.load_state_dict(baseline.classifier.state_dict())
     model.load_parts(saved, ("processors",))
     return model
