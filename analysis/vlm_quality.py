@@ -73,10 +73,10 @@ def main() -> None:
             ftp, baseline, builtin = per_target[t], base[t]["baseline"]["top1"][:SEEDS], rows["builtin"][t]
             s = summarise(ftp)
             cells.append(f"{100 * s['mean']:.1f} +- {100 * s['std']:.1f}")
-            for other in (baseline, builtin):
-                g = paired_gain(ftp, other)
+            for other in (baseline, None if name == "builtin" else builtin):  # builtin against itself: "-"
+                g = paired_gain(ftp, other) if other is not None else None
                 cells.append(f"{100 * g['mean']:+.1f} [{100 * g['ci95_low']:+.1f}, {100 * g['ci95_high']:+.1f}]"
-                             if other is not ftp else "-")
+                             if g else "-")
         lines.append(f"| {labels[name]} | " + " | ".join(cells) + " |")
     text = "\n".join(lines) + "\n"
     args.out.mkdir(parents=True, exist_ok=True)

@@ -107,7 +107,7 @@ from fourtier.text.encoder import make_encoder
 
 distributed.setup(torch.device("cpu"))
 torch.set_num_threads(1)
-params = load_params(sys.argv[3])
+params = load_params(path=sys.argv[3])
 encoder = make_encoder(params.text_encoder, params.text_encoders, params.embed.max_length, "cpu")
 embed_captions(Path(sys.argv[1]), Path(sys.argv[2]), encoder, batch_size=3, max_tokens=8)
 distributed.teardown()
@@ -165,7 +165,7 @@ def test_srun_jobs_on_one_node_meet_at_their_own_ports(tmp_path, monkeypatch):
     (tmp_path / "srun").write_text("#!/bin/sh\n")
     (tmp_path / "srun").chmod(0o755)
     monkeypatch.setenv("PATH", f"{tmp_path}{os.pathsep}{os.environ['PATH']}")
-    rt = load_params(REPO / "params.yaml").runtime.model_copy(update={"nnodes": 2, "launcher": "srun"})
+    rt = load_params(path=REPO / "params.yaml").runtime.model_copy(update={"nnodes": 2, "launcher": "srun"})
 
     def endpoint(job: str) -> str:
         monkeypatch.setenv("SLURM_JOB_ID", job)

@@ -28,7 +28,7 @@ from helpers import REPO, ArraySource
 def encoder():
     from fourtier.config.base import load_params
 
-    params = load_params(REPO / "params.yaml")
+    params = load_params(path=REPO / "params.yaml")
     return make_encoder(params.text_encoder, params.text_encoders, 24, "cpu")  # short max_length: head() cuts soon
 
 
@@ -83,7 +83,7 @@ from fourtier.text.embed import embed_captions
 from fourtier.text.encoder import make_encoder
 
 torch.set_num_threads(1)
-params = load_params(sys.argv[1])
+params = load_params(path=sys.argv[1])
 encoder = make_encoder(params.text_encoder, params.text_encoders, params.embed.max_length, "cpu")
 tmp = Path(sys.argv[2])
 embed_captions(tmp / "small.jsonl", tmp / "small", encoder, 8, 4)  # warm: the model's own memory

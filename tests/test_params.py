@@ -17,7 +17,7 @@ def with_change(**changes):
 
 
 def test_default_params_load():
-    p = load_params(REPO / "params.yaml")
+    p = load_params(path=REPO / "params.yaml")
     assert p.vlm == "builtin" and p.K == 5 and p.prompts == ("A", "B", "C", "D")
     assert p.pretrain == ("synth-pretrain",) and set(p.targets) == {"synth-scenes", "synth-motion"}
     assert p.dataset("synth-pretrain").clips >= 500  # the captioned stage-1 corpus

@@ -42,7 +42,7 @@ class Invalid(ValueError):
 
 class Section(BaseModel):
     """A params section (or dataset spec): typed, immutable, and no key it does not define."""
-    model_config = ConfigDict(extra="forbid", frozen=True, arbitrary_types_allowed=True)
+    model_config = ConfigDict(extra="forbid", frozen=True)
     _raw: dict = PrivateAttr(default_factory=dict)
 
     @property
@@ -80,6 +80,20 @@ def _real(value: Any) -> float:
 
 
 Real = Annotated[float, BeforeValidator(_real)]
+
+
+def _presets(value: Any) -> dict[str, dict]:
+    """A presets section (vlms, backbones, text_encoders): name -> mapping, backend keys checked by the backend."""
+    if not isinstance(value, dict) or not value:
+        raise Invalid("'{at}' must define at least one preset")
+    for name, preset in value.items():
+        if not isinstance(preset, dict):
+            raise Invalid(f"preset '{{at}}.{name}' must be a mapping, got {preset!r}")
+    return value
+
+
+Presets = Annotated[dict, BeforeValidator(_presets)]
+
 
 @dataclass(frozen=True)
 class OptimSettings:
@@ -199,13 +213,7 @@ def parse_params(raw: Any, *groups: type[Section]):
     if not isinstance(raw, dict):
         raise ParamsError("params.yaml must be a mapping at the top level")
     everything = all_groups()
-    known = [k for g in everything for k, f in g.model_fields.items() if not f.exclude]
-    for key in raw:
-        if key not in known:
-            close = difflib.get_close_matches(str(key), known, n=1)
-            hint = f"; did you mean '{close[0]}'?" if close else ""
-            raise ParamsError(f"params.yaml: unknown key '{key}'{hint}")
-    full = validate(_combined(everything), {k: v for k, v in raw.items()})
+    full = validate(_combined(everything), raw)  # a top-level typo too: Section._known_keys of the whole model
     wanted = groups or everything
     view = _combined(wanted)
     params = view.model_construct(**{name: getattr(full, name) for name in view.model_fields})
@@ -213,11 +221,9 @@ def parse_params(raw: Any, *groups: type[Section]):
     return params
 
 
-def load_params(*groups, path: str | Path = "params.yaml"):
-    """params.yaml (or the file given first), validated whole; the returned object holds the sections of
-    `groups` (default: all)."""
-    if groups and isinstance(groups[0], (str, Path)):
-        path, groups = groups[0], groups[1:]
+def load_params(*groups: type[Section], path: str | Path = "params.yaml"):
+    """params.yaml (or `path`), validated whole; the returned object holds the sections of `groups` (default:
+    all)."""
     return parse_params(read_yaml(path), *groups)
 
 
@@ -242,14 +248,6 @@ def check_selector(value: str, presets: dict[str, dict], key: str, presets_key: 
     return value
 
 
-def presets(value: Any, key: str) -> dict[str, dict]:
-    """A presets section (vlms, backbones, text_encoders): name -> mapping, backend keys checked by the backend."""
-    if not isinstance(value, dict) or not value:
-        raise Invalid(f"'{key}' must define at least one preset")
-    for name, preset in value.items():
-        if not isinstance(preset, dict):
-            raise Invalid(f"preset '{key}.{name}' must be a mapping, got {preset!r}")
-    return value
 
 
 def unique(values, at: str, what: str):

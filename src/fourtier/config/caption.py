@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pydantic import Field, StrictInt, StrictStr, field_validator, model_validator
 
-from fourtier.config.base import Invalid, PROMPT_IDS, Real, Section, check_selector, presets
+from fourtier.config.base import PROMPT_IDS, Invalid, Presets, Real, Section, check_selector
 
 JPEG_MAX_SIDE = 65500  # JPEG's limit on a side, in px (fourtier.video.tiling writes tiles as JPEG)
 
@@ -39,15 +39,10 @@ class CaptionParams(Section):
 
 class CaptionGroup(Section):
     vlm: StrictStr
-    vlms: dict
+    vlms: Presets
     K: StrictInt
     tile: TileParams
     caption: CaptionParams
-
-    @field_validator("vlms", mode="before")
-    @classmethod
-    def _vlm_presets(cls, value):
-        return presets(value, "vlms")
 
     @field_validator("K")
     @classmethod

@@ -2,9 +2,9 @@
 pretraining (`backbone_train`) and `features` (the cached feature map m, its views and shards)."""
 from __future__ import annotations
 
-from pydantic import Field, StrictBool, StrictInt, StrictStr, field_validator, model_validator
+from pydantic import Field, StrictBool, StrictInt, StrictStr, model_validator
 
-from fourtier.config.base import Invalid, Optimised, Section, check_selector, presets
+from fourtier.config.base import Invalid, Optimised, Presets, Section, check_selector
 
 
 class BackboneTrainParams(Optimised):
@@ -25,14 +25,9 @@ class FeaturesParams(Section):
 
 class ModelGroup(Section):
     backbone: StrictStr
-    backbones: dict
+    backbones: Presets
     backbone_train: BackboneTrainParams
     features: FeaturesParams
-
-    @field_validator("backbones", mode="before")
-    @classmethod
-    def _backbone_presets(cls, value):
-        return presets(value, "backbones")
 
     @model_validator(mode="after")
     def _model_checks(self):

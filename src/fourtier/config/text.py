@@ -2,9 +2,9 @@
 `embed` (paper §3.2: the e_i)."""
 from __future__ import annotations
 
-from pydantic import Field, StrictInt, StrictStr, field_validator, model_validator
+from pydantic import Field, StrictInt, StrictStr, model_validator
 
-from fourtier.config.base import Section, check_selector, presets
+from fourtier.config.base import Presets, Section, check_selector
 
 
 class EmbedParams(Section):
@@ -15,13 +15,8 @@ class EmbedParams(Section):
 
 class TextGroup(Section):
     text_encoder: StrictStr
-    text_encoders: dict
+    text_encoders: Presets
     embed: EmbedParams
-
-    @field_validator("text_encoders", mode="before")
-    @classmethod
-    def _encoder_presets(cls, value):
-        return presets(value, "text_encoders")
 
     @model_validator(mode="after")
     def _text_checks(self):
