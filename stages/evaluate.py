@@ -3,7 +3,9 @@ and the controls, FLOPs/params overhead (data/eval/<ds>), with the confusion mat
 features and per-class top-1 (per_class.csv, plotted as FTP minus baseline) as plots.
 
 metrics.json holds scalars only (mean, sample std, paired gains with ci95_low / ci95_high), which is what
-`dvc metrics show/diff` and `dvc exp show` display; runs.json holds every seed's numbers. The CPU latency depends
+`dvc metrics show/diff` and `dvc exp show` display; runs.json holds every seed's numbers. A dataset run on several
+official splits (README, "Three splits") is reported as the protocol asks: per arm, each split's mean over seeds,
+then their mean and sample std over splits, gains paired by split, and each split's own summary under split<k>. The CPU latency depends
 on the machine, so it goes to data/timings/evaluate-<ds>.json, outside the stage's outputs and dvc.lock.
 With runtime.nproc_per_node x nnodes above 1 the validation clips are dealt out to the ranks in the chunks one
 process uses, and gathered (the same bytes); rank 0 writes everything."""
@@ -19,7 +21,8 @@ from fourtier.config.base import load_params
 from fourtier.config.data import DataParams
 from fourtier.config.runtime import RuntimeGroup
 from fourtier.errors import DataError, exits_cleanly
-from fourtier.evaluation.metrics import accuracy_metrics, latency_ms, load_classifier, overhead, paired_gain, summarise
+from fourtier.evaluation.metrics import (KINDS, accuracy_metrics, arm_summary, gain_lines, latency_ms, load_classifier,
+                                         over_splits, overhead)
 from fourtier.evaluation.plots import placeholder, plot_tsne, write_class_table
 from fourtier.evaluation.predict import classifier_features, predict
 from fourtier.features.source import open_features
@@ -29,10 +32,9 @@ from fourtier.runtime.hardware import loader_workers, resolve_device
 from fourtier.runtime.launch import relaunch, threads_per_process
 
 
-def arm_and_seed(path) -> tuple[str, int]:
-    """A finetune model's arm and seed from its name, <arm>-seed<seed>."""
-    arm, seed = path.stem.rsplit("-seed", 1)
-    return arm, int(seed)
+def run_order(path) -> tuple:
+    arm, fold, seed = paths.finetune_run(path)
+    return arm, fold or 0, seed
 
 
 @exits_cleanly
@@ -50,24 +52,31 @@ def main() -> None:
     main_rank = distributed.is_main()
     workers = loader_workers(params.runtime.loader_workers, device)
     source = open_features(paths.features(args.dataset), paths.raw(args.dataset), paths.BACKBONE, device)
-    idx = source.split("val")
+    folds = source.fold_ids  # [None]: one split; else the official splits, each with its own models
+    val = {fold: source.split("val", fold) for fold in folds}
+    idx = val[folds[0]]  # the plots (confusion, t-SNE) show the first split
     labels = source.labels[idx]
-    runs = sorted(paths.finetune_dir(args.dataset).glob("*-seed*.safetensors"), key=arm_and_seed)  # seed order
+    runs = sorted(paths.finetune_dir(args.dataset).glob("*-seed*.safetensors"), key=run_order)  # seed order
     if not runs:
         raise DataError(f"no trained models in {paths.finetune_dir(args.dataset)}: run finetune first (dvc repro)")
     out = paths.evaluation(args.dataset)
     out.mkdir(parents=True, exist_ok=True)
-    results: dict[str, list[dict]] = {}
+    results: dict[int | None, dict[str, list[dict]]] = {fold: {} for fold in folds}
     models = {}
     for arm in ("ftp", "baseline"):  # declared outputs exist even when finetune.arms leaves an arm out
         if main_rank:
             (out / f"confusion_{arm}.csv").write_text("actual,predicted\n")
     for path in runs:
-        arm, seed = arm_and_seed(path)
+        arm, fold, seed = paths.finetune_run(path)
+        if fold not in results:
+            raise DataError(f"{path} is a model of {'official split ' + str(fold) if fold else 'one split'}, but "
+                            f"{args.dataset}'s features have {folds}: re-run finetune (dvc repro)")
         model = load_classifier(path.with_suffix(""), source.classes).to(device)
+        probs = predict(model, source, val[fold], workers=workers)
+        results[fold].setdefault(arm, []).append(accuracy_metrics(probs, source.labels[val[fold]], source.classes))
+        if fold != folds[0]:
+            continue
         models.setdefault(arm, model)
-        probs = predict(model, source, idx, workers=workers)
-        results.setdefault(arm, []).append(accuracy_metrics(probs, labels, source.classes))
         if seed == 0 and arm in ("ftp", "baseline") and main_rank:  # the two declared confusion plots
             with open(out / f"confusion_{arm}.csv", "w", newline="") as fh:
                 writer = csv.writer(fh)
@@ -78,30 +87,33 @@ def main() -> None:
     distributed.teardown()
     if not main_rank:  # rank 0 writes what was gathered
         return
-    seeds = sorted({arm_and_seed(path)[1] for path in runs})
-    metrics = {"val_clips": int(len(idx)), "classes": len(source.classes), "seeds": len(seeds),
-               "views": {"temporal": source.meta["temporal_views"], "spatial": source.meta["spatial_views"]}}
-    kinds = ("top1", "top5", "mean_class_accuracy")
-    per_seed = {"seeds": seeds, **{arm: {k: [round(r[k], 4) for r in rs] for k in kinds} for arm, rs in results.items()}}
+    seeds = sorted({paths.finetune_run(path)[2] for path in runs})
+    views = {"temporal": source.meta["temporal_views"], "spatial": source.meta["spatial_views"]}
+
+    def seed_table(rs: dict[str, list[dict]]) -> dict:
+        return {"seeds": seeds, **{arm: {k: [round(r[k], 4) for r in of_arm] for k in KINDS} for arm, of_arm in rs.items()}}
+
+    if folds == [None]:
+        metrics = {"val_clips": int(len(idx)), "classes": len(source.classes), "seeds": len(seeds), "views": views,
+                   **arm_summary(results[None])}
+        per_seed = seed_table(results[None])
+    else:
+        metrics = {"splits": len(folds), "val_clips": {f"split{f}": int(len(val[f])) for f in folds},
+                   "classes": len(source.classes), "seeds": len(seeds), "views": views, **over_splits(results)}
+        per_seed = {f"split{fold}": seed_table(rs) for fold, rs in results.items()}
     (out / "runs.json").write_text(json.dumps(per_seed, indent=1) + "\n")
-    for arm, rs in results.items():
-        metrics[arm] = {k: summarise([r[k] for r in rs]) for k in kinds}
-    if "baseline" in results:
-        base = np.array([r["top1"] for r in results["baseline"]])
-        for arm, rs in results.items():
-            if arm != "baseline":
-                metrics[f"{arm}_gain_top1"] = paired_gain([r["top1"] for r in rs], list(base))
-    if "ftp" in results:  # what the captions add beyond the processors' capacity and beyond captions at random
-        ftp = [r["top1"] for r in results["ftp"]]
-        for control in ("random", "shuffled"):
-            if control in results:
-                metrics[f"ftp_minus_{control}_top1"] = paired_gain(ftp, [r["top1"] for r in results[control]])
+    every = {}  # every run of every split, per arm
+    for rs in results.values():
+        for arm, runs_of_arm in rs.items():
+            every.setdefault(arm, []).extend(runs_of_arm)
     per_class = {arm: {c: float(np.mean([r["per_class"].get(c, 0.0) for r in rs])) for c in source.classes}
-                 for arm, rs in results.items()}
+                 for arm, rs in every.items()}
     write_class_table(per_class, out / "per_class.csv")
     if "ftp" not in models or "baseline" not in models:
         placeholder(out / "tsne.png", f"tsne.png compares FTP with the baseline; finetune.arms trained only "
                                       f"{', '.join(sorted(models))}")
+    elif len(idx) < 3:  # t-SNE's perplexity (at least 2) must be below the number of points
+        placeholder(out / "tsne.png", f"{len(idx)} validation clips: too few for a t-SNE")
     else:
         plot_tsne(features, labels, source.classes, out / "tsne.png",
                   f"t-SNE of classifier features, {args.dataset}: validation clips, seed 0")
@@ -116,13 +128,12 @@ def main() -> None:
     (out / "metrics.json").write_text(json.dumps(metrics, indent=1) + "\n")
     paths.TIMINGS.mkdir(parents=True, exist_ok=True)
     paths.timings("evaluate", args.dataset).write_text(json.dumps({"cpu_latency_ms_per_clip": latency}, indent=1) + "\n")
-    line = ", ".join(f"{arm} {metrics[arm]['top1']['mean']:.3f}+-{metrics[arm]['top1']['std']:.3f}" for arm in results)
-    print(f"evaluate {args.dataset}: top-1 {line}")
-    for key in [k for k in metrics if k.endswith("_top1")]:
-        gain = metrics[key]
-        ci = f" [{gain['ci95_low']:+.3f}, {gain['ci95_high']:+.3f}]" if "ci95_low" in gain else ""
-        print(f"  {key.removesuffix('_top1').replace('_gain', ' - baseline').replace('_minus_', ' - ')}: "
-              f"{gain['mean']:+.3f}{ci} (paired over {len(seeds)} seeds, 95% interval)")
+    over = f"{len(seeds)} seeds" if folds == [None] else f"{len(folds)} official splits, each the mean of {len(seeds)} seeds"
+    line = ", ".join(f"{arm} {metrics[arm]['top1']['mean']:.3f}+-{metrics[arm]['top1']['std']:.3f}"
+                     for arm in every if arm in metrics)
+    print(f"evaluate {args.dataset}: top-1 {line}" + ("" if folds == [None] else f" (mean +- sample std over {over})"))
+    for line in gain_lines(metrics, over):
+        print(line)
     print("  CPU latency per clip: " + ", ".join(f"{arm} {ms} ms" for arm, ms in latency.items()))
 
 

@@ -1,7 +1,8 @@
 """finetune stage (training stage 2), per target dataset: backbone and processors frozen; the integration
 projection, the two transformer blocks and the classifier train with cross-entropy.
 
-Every arm in finetune.arms is trained for every seed in finetune.seeds:
+Every arm in finetune.arms is trained for every seed in finetune.seeds (and, for a dataset run on several official
+splits, on each split's training clips: README, "Three splits"):
   baseline  no processors (prompts: []), the paper's group 1
   ftp       processors from stage 1 on the real captions
   random    the same processors untrained: the gain from capacity alone
@@ -42,7 +43,9 @@ def _context(dataset: str) -> dict:
     device = resolve_device(params.runtime.device)
     cfg = params.finetune
     source = open_features(paths.features(dataset), paths.raw(dataset), paths.BACKBONE, device)
-    train_idx = few_shot_subset(source.split("train"), source.labels, cfg.shots, cfg.shots_seed, source.classes)
+    # one training set per official split (README, "Three splits"); fold None: the dataset's one split
+    train_idx = {fold: few_shot_subset(source.split("train", fold), source.labels, cfg.shots, cfg.shots_seed,
+                                       source.classes) for fold in source.fold_ids}
     return {"params": params, "device": device, "source": source, "train_idx": train_idx,
             "workers": loader_workers(params.runtime.loader_workers, device)}
 
@@ -58,10 +61,11 @@ def end_live(live) -> None:
             raise
 
 
-def train_run(job: tuple[str, str, int, str], step) -> tuple[str, float]:
-    """One arm and seed, start to saved model (resuming its checkpoint if one is there). Runs in this process or
-    in a worker (fourtier.runtime.parallel.run_parallel); step() is called after every epoch."""
-    dataset, arm, seed, checkpoints = job
+def train_run(job: tuple[str, str, int, int | None, str], step) -> tuple[str, float]:
+    """One arm, seed and official split (None: the dataset's one split), start to saved model (resuming its
+    checkpoint if one is there). Runs in this process or in a worker (fourtier.runtime.parallel.run_parallel);
+    step() is called after every epoch."""
+    dataset, arm, seed, fold, checkpoints = job
     ctx = _context(dataset)
     params, source, device = ctx["params"], ctx["source"], ctx["device"]
     cfg = params.finetune
@@ -70,19 +74,23 @@ def train_run(job: tuple[str, str, int, str], step) -> tuple[str, float]:
     start = time.perf_counter()
     model = stage2_model(arm, list(params.prompts), source.dim, source.grid, len(source.classes), seed,
                          params.finetune.head)
-    live = Live(str(paths.finetune_log(dataset) / f"{arm}-seed{seed}"), dvcyaml=False,
+    name = paths.finetune_model(dataset, arm, seed, fold).name
+    live = Live(str(paths.finetune_log(dataset) / name), dvcyaml=False,
                 save_dvc_exp=False, report=None) if distributed.is_main() else None
-    history = train_classifier(model, source, ctx["train_idx"], source.labels, cfg.optim, seed,
+    history = train_classifier(model, source, ctx["train_idx"][fold], source.labels, cfg.optim, seed,
                                cfg.label_smoothing, cfg.mixup_alpha, cfg.mixup_prob,
-                               checkpoint=Path(checkpoints) / f"{arm}-{seed}.pt", live=live, tag="train",
+                               checkpoint=Path(checkpoints) / (f"{arm}-{seed}.pt" if fold is None else f"{name}.pt"),
+                               live=live, tag="train",
                                device=device, workers=ctx["workers"], on_epoch=step)
     if live is not None:
         end_live(live)
     if not distributed.is_main():
         return "", history[-1]["loss"]
-    model.cpu().save(paths.finetune_model(dataset, arm, seed), ("processors", "integration", "classifier"),
-                     {"classes": source.classes, "arm": arm, "seed": seed, "backbone": source.meta["backbone"]})
-    return (f"finetune {dataset} {arm} seed {seed}: final loss {history[-1]['loss']:.3f} "
+    info = {"classes": source.classes, "arm": arm, "seed": seed, "backbone": source.meta["backbone"]}
+    model.cpu().save(paths.finetune_model(dataset, arm, seed, fold), ("processors", "integration", "classifier"),
+                     info if fold is None else {**info, "split": fold})
+    where = "" if fold is None else f" split {fold}"
+    return (f"finetune {dataset} {arm}{where} seed {seed}: final loss {history[-1]['loss']:.3f} "
             f"[{time.perf_counter() - start:.0f} s]"), history[-1]["loss"]
 
 
@@ -100,8 +108,12 @@ def main() -> None:
     cfg = params.finetune
     ctx = _context(args.dataset)
     source = ctx["source"]
+    folds = source.fold_ids
     if cfg.shots and distributed.is_main():
-        print(f"finetune {args.dataset}: few-shot, {cfg.shots} labelled clips per class ({len(ctx['train_idx'])} in all)")
+        print(f"finetune {args.dataset}: few-shot, {cfg.shots} labelled clips per class "
+              f"({len(ctx['train_idx'][folds[0]])} in all)")
+    if folds != [None] and distributed.is_main():
+        print(f"finetune {args.dataset}: official splits {folds}, every arm and seed trained on each")
     prompts = list(params.prompts)
     out = paths.finetune_dir(args.dataset)
     out.mkdir(parents=True, exist_ok=True)
@@ -116,7 +128,8 @@ def main() -> None:
     for arm in skipped:
         if distributed.is_main():
             print(f"finetune {args.dataset}: arm {arm} skipped (prompts: [] leaves only the baseline)")
-    jobs = [(args.dataset, arm, seed, str(run_dir)) for arm in cfg.arms if arm not in skipped for seed in cfg.seeds]
+    jobs = [(args.dataset, arm, seed, fold, str(run_dir))
+            for fold in folds for arm in cfg.arms if arm not in skipped for seed in cfg.seeds]
     if distributed.world() > 1 and params.runtime.stage2_parallel == "runs":
         # each rank its own runs, as one process trains them (no DDP): rank r takes runs r, r + W, ...
         world, main_rank = distributed.world(), distributed.is_main()

@@ -104,3 +104,72 @@ def stage2_job(seed, step):
     train_classifier(model, ArraySource(m), np.arange(24), labels, OptimSettings(2, 8, 1e-2, 0.05, (0.9, 0.999), 0),
                      seed=seed, label_smoothing=0.1, mixup_alpha=0.8, mixup_prob=0.5, on_epoch=step)
     return "", {k: v.clone() for k, v in model.state_dict().items()}
+
+
+class served_directory:
+    """`with served_directory(root) as url`: files under root over HTTP on 127.0.0.1 (a dataset's mirror)."""
+
+    def __init__(self, root: Path):
+        self.root = Path(root)
+
+    def __enter__(self) -> str:
+        import functools
+        import threading
+        from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+
+        handler = functools.partial(SimpleHTTPRequestHandler, directory=str(self.root))
+        handler.log_message = lambda *a: None
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+        return f"http://127.0.0.1:{self.httpd.server_address[1]}"
+
+    def __exit__(self, *exc) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+def ucf_mirror(www: Path, build: Path, classes: list[str], groups: int = 3) -> None:
+    """A UCF-101-style archive (UCF101.tar.gz) and split zip (splits.zip) in www: `groups` videos per class,
+    v_<class>_g0<g>_c01.avi; official split k tests on group k and trains on the others (every video is in every
+    split, as in UCF-101)."""
+    import tarfile
+    import zipfile
+
+    videos = build / "UCF-101"
+    for c, cls in enumerate(classes):
+        (videos / cls).mkdir(parents=True)
+        for g in range(1, groups + 1):
+            write_video(videos / cls / f"v_{cls}_g0{g}_c01.avi", index_frames(12, 48, 64) // (1 + c), codec="mpeg4")
+    with tarfile.open(www / "UCF101.tar.gz", "w:gz") as tf:
+        tf.add(videos, arcname="UCF-101")
+    with zipfile.ZipFile(www / "splits.zip", "w") as zf:
+        zf.writestr("ucfTrainTestlist/classInd.txt", "".join(f"{i} {c}\r\n" for i, c in enumerate(classes, 1)))
+        for k in range(1, 4):
+            train = [f"{c}/v_{c}_g0{g}_c01.avi {i}" for i, c in enumerate(classes, 1) for g in range(1, groups + 1) if g != k]
+            test = [f"{c}/v_{c}_g0{k}_c01.avi" for c in classes]
+            zf.writestr(f"ucfTrainTestlist/trainlist0{k}.txt", "\r\n".join(train) + "\r\n")
+            zf.writestr(f"ucfTrainTestlist/testlist0{k}.txt", "\r\n".join(test) + "\r\n")
+
+
+# HMDB51's split files tag each video per split: 1 train, 2 test, 0 not used. Video a, b, c of every class:
+HMDB_TAGS = {1: {"a": 1, "b": 2, "c": 0}, 2: {"a": 0, "b": 1, "c": 2}, 3: {"a": 2, "b": 0, "c": 1}}
+
+
+def hmdb_mirror(www: Path, build: Path, classes: list[str]) -> None:
+    """An HMDB51-style archive (hmdb51.tar.gz, a folder per class) and split archive (splits.zip with
+    testTrainMulti_7030_splits/<class>_test_split<k>.txt, tagged as HMDB_TAGS says)."""
+    import tarfile
+    import zipfile
+
+    videos = build / "hmdb51"
+    for c, cls in enumerate(classes):
+        (videos / cls).mkdir(parents=True)
+        for v in "abc":
+            write_video(videos / cls / f"{v}.avi", index_frames(12, 48, 64) // (1 + c), codec="mpeg4")
+    with tarfile.open(www / "hmdb51.tar.gz", "w:gz") as tf:
+        tf.add(videos, arcname="hmdb51")
+    with zipfile.ZipFile(www / "splits.zip", "w") as zf:
+        for cls in classes:
+            for k, tags in HMDB_TAGS.items():
+                zf.writestr(f"testTrainMulti_7030_splits/{cls}_test_split{k}.txt",
+                            "".join(f"{v}.avi {t} \n" for v, t in tags.items()))

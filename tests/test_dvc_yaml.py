@@ -17,6 +17,7 @@ from helpers import REPO
 SRC = REPO / "src"
 STAGES = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
 ITEM, CORPUS = "some-dataset", "synth-pretrain"
+CROSS = ("train-dataset", "test-dataset", "maps/some.csv")  # a cross_dataset entry: train, test, class_map
 
 
 def module_file(name: str) -> Path | None:
@@ -72,6 +73,8 @@ def stage_entries(stage: dict, key: str) -> list[str]:
     out = []
     for entry in body.get(key, []) or []:
         name = next(iter(entry)) if isinstance(entry, dict) else entry
+        for key, value in zip(("train", "test", "class_map"), CROSS):
+            name = name.replace(f"${{item.{key}}}", value)
         out.append(name.replace("${item}", ITEM).replace("${pretrain[0]}", CORPUS))
     return out
 
@@ -105,7 +108,7 @@ def test_artifact_paths_are_those_of_the_paths_module(name):
     outs = set()
     for key in ("outs", "metrics", "plots"):
         outs |= set(stage_entries(STAGES[name], key))
-    assert (data_deps, outs) == paths.stage_io(name, ITEM, CORPUS)
+    assert (data_deps, outs) == paths.stage_io(name, CROSS if name == "cross-dataset" else ITEM, CORPUS)
 
 
 def test_the_closure_sees_imports_inside_functions(tmp_path):

@@ -381,6 +381,65 @@ def test_attention_processor_with_the_token_wise_objective_runs_from_embed_to_ze
     assert {"baseline", "ftp", "shuffled"} <= set(metrics)
 
 
+def test_three_splits_and_a_cross_dataset_test_on_local_mirrors_of_ucf101_and_hmdb51(repo, params_file, tmp_path):
+    """UCF-101 with split: all and HMDB51 (split 1) from mirrors on 127.0.0.1, both targets: the videos are
+    ingested and their m computed once, stage 2 trains every arm and seed on each official split's training clips,
+    and evaluate reports the mean and sample std over splits of each split's mean over seeds (the protocol of
+    the paper and its peers); the cross-dataset stage tests the UCF-101 models on HMDB51's clips of the classes
+    the class map pairs."""
+    import json
+    import statistics
+
+    from helpers import ucf_mirror, hmdb_mirror, served_directory
+
+    dst, _ = repo
+    www = tmp_path / "www"
+    for kind in ("ucf", "hmdb"):
+        (www / kind).mkdir(parents=True)
+    ucf_mirror(www / "ucf", tmp_path / "build-ucf", ["Biking", "PushUps"])
+    hmdb_mirror(www / "hmdb", tmp_path / "build-hmdb", ["pushup", "ride_bike", "smile"])
+    (dst / "maps").mkdir(exist_ok=True)
+    (dst / "maps/ucf_hmdb.csv").write_text("train_class,test_class\nBiking,ride_bike\nPushUps,pushup\n")
+    with served_directory(www) as url:
+        raw = yaml.safe_load(params_file.read_text())
+        common = {"short_side": 0, "cache_dir": str(tmp_path / "cache")}
+        raw["datasets"]["ucf"] = {"type": "ucf101", "split": "all", **common, "archive_url": f"{url}/ucf/UCF101.tar.gz",
+                                  "splits_url": f"{url}/ucf/splits.zip"}
+        raw["datasets"]["hmdb"] = {"type": "hmdb51", "split": 1, **common, "archive_url": f"{url}/hmdb/hmdb51.tar.gz",
+                                   "splits_url": f"{url}/hmdb/splits.zip"}
+        raw["targets"] = [*raw["targets"], "ucf", "hmdb"]
+        raw["cross_dataset"] = [{"train": "ucf", "test": "hmdb", "class_map": "maps/ucf_hmdb.csv", "on": "all"}]
+        params_file.write_text(yaml.safe_dump(raw, sort_keys=False))
+        proc = run(["dvc", "repro", "evaluate@ucf", "cross-dataset@0"], dst)
+    stages = ran(proc.stdout)
+    assert stages.count("features-target@ucf") == 1 and "finetune@hmdb" not in stages  # m once; no stage 2 on hmdb
+    with open(dst / "data/raw/ucf/annotations.csv") as fh:
+        rows = list(csv.DictReader(fh))
+    assert len(rows) == 6 and all(r["folds"] for r in rows)
+    assert sorted((dst / "models/finetune/ucf").glob("*.safetensors")) == sorted(
+        dst / f"models/finetune/ucf/{arm}-split{k}-seed{seed}.safetensors"
+        for arm in ("baseline", "ftp", "random", "shuffled") for k in (1, 2, 3) for seed in (0, 1))
+    runs = json.loads((dst / "data/eval/ucf/runs.json").read_text())
+    metrics = json.loads((dst / "data/eval/ucf/metrics.json").read_text())
+    assert metrics["splits"] == 3 and metrics["val_clips"] == {"split1": 2, "split2": 2, "split3": 2}
+    for arm in ("baseline", "ftp"):
+        per_split = [statistics.mean(runs[f"split{k}"][arm]["top1"]) for k in (1, 2, 3)]
+        assert metrics[arm]["top1"]["mean"] == round(statistics.mean(per_split), 4)
+        assert metrics[arm]["top1"]["std"] == round(statistics.stdev(per_split), 4)  # sample std over splits
+        assert metrics["split2"][arm]["top1"]["mean"] == round(statistics.mean(runs["split2"][arm]["top1"]), 4)
+    gain = [statistics.mean(runs[f"split{k}"]["ftp"]["top1"]) - statistics.mean(runs[f"split{k}"]["baseline"]["top1"])
+            for k in (1, 2, 3)]
+    assert metrics["ftp_gain_top1"]["mean"] == round(statistics.mean(gain), 4)  # paired by split
+    assert "(mean +- sample std over 3 official splits, each the mean of 2 seeds)" in proc.stdout
+    cross = json.loads((dst / "data/eval/cross/ucf_to_hmdb/metrics.json").read_text())
+    # HMDB split 1 lists a (train) and b (test) of each class; c is unused; smile has no counterpart
+    assert (cross["test_clips"], cross["test_clips_unmapped"], cross["shared_classes"]) == (4, 2, 2)
+    assert cross["train_split"] == 1 and {"baseline", "ftp", "ftp_gain_top1"} <= set(cross)
+    crossed = json.loads((dst / "data/eval/cross/ucf_to_hmdb/runs.json").read_text())
+    assert set(crossed["per_class"]["ftp"]) == {"pushup", "ride_bike"}
+    assert "cross-dataset ucf -> hmdb: 4 clips of 2 shared classes" in proc.stdout
+
+
 def default_copy(dst: Path, work: Path) -> Path:
     """A copy of the tiny repository (cache and run-cache included) back on the tiny profile's params, its
     outputs brought back to them by `dvc repro` (mostly restored from the run-cache): other tests of this module

@@ -36,18 +36,12 @@ def test_hmdb51_split_files(tmp_path):
 
 @pytest.fixture
 def static_server(tmp_path):
-    import functools
-    import threading
-    from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+    from helpers import served_directory
 
     root = tmp_path / "www"
     root.mkdir()
-    handler = functools.partial(SimpleHTTPRequestHandler, directory=str(root))
-    handler.log_message = lambda *a: None
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    threading.Thread(target=httpd.serve_forever, daemon=True).start()
-    yield root, f"http://127.0.0.1:{httpd.server_address[1]}"
-    httpd.shutdown()
+    with served_directory(root) as url:
+        yield root, url
 
 
 def test_ucf101_download_from_a_local_mirror_accounts_for_every_listed_video(static_server, tmp_path):
@@ -119,3 +113,60 @@ def test_ssv2_local_copy_names_the_files_it_expects_then_reads_the_templates(tmp
                      "label": "Pushing something from left to right", "split": "train"},
                     {"path": "20bn-something-something-v2/9.webm", "video_id": "9",
                      "label": "Approaching something with your camera", "split": "val"}]
+
+
+def test_three_splits_give_every_video_once_with_its_role_in_each(tmp_path):
+    """split: all on UCF-101- and HMDB51-style split files: each video is listed once, and `folds` says what it
+    is in each official split, video by video (UCF: test in its group's split, train in the others; HMDB: the
+    0/1/2 tag of each split file, 0 = unused); `split` is its role in the first split."""
+    import zipfile
+
+    from helpers import HMDB_TAGS
+
+    from fourtier.data.contract import parse_folds
+    from fourtier.data.public import split_rows
+
+    classes = ["Biking", "PushUps"]
+    d = tmp_path / "ucf" / "ucfTrainTestlist"
+    d.mkdir(parents=True)
+    (d / "classInd.txt").write_text("1 Biking\r\n2 PushUps\r\n")
+    for k in (1, 2, 3):
+        (d / f"trainlist0{k}.txt").write_text("".join(f"{c}/v_{c}_g0{g}_c01.avi {i}\r\n" for i, c in enumerate(classes, 1)
+                                                      for g in (1, 2, 3) if g != k))
+        (d / f"testlist0{k}.txt").write_text("".join(f"{c}/v_{c}_g0{k}_c01.avi\r\n" for c in classes))
+    rows, got = split_rows("ucf101", tmp_path / "ucf", (1, 2, 3))
+    assert got == classes and len(rows) == 6
+    for row in rows:
+        group = int(row["path"].split("_g0")[1][0])
+        assert parse_folds(row["folds"]) == {k: "val" if k == group else "train" for k in (1, 2, 3)}, row
+        assert row["split"] == parse_folds(row["folds"])[1] and row["label"] == row["path"].split("/")[0]
+    rows, _ = split_rows("ucf101", tmp_path / "ucf", (3, 1))  # a list, in its order: split follows the first
+    assert {r["path"]: r["split"] for r in rows}["Biking/v_Biking_g03_c01.avi"] == "val"
+    assert all(set(parse_folds(r["folds"])) == {1, 3} for r in rows)
+    single, _ = split_rows("ucf101", tmp_path / "ucf", (2,))
+    assert all("folds" not in r for r in single)  # one split: the contract as before
+
+    with zipfile.ZipFile(tmp_path / "hmdb.zip", "w") as zf:
+        for cls in ("pushup", "ride_bike"):
+            for k, tags in HMDB_TAGS.items():
+                zf.writestr(f"testTrainMulti_7030_splits/{cls}_test_split{k}.txt",
+                            "".join(f"{v}.avi {t} \n" for v, t in tags.items()))
+    zipfile.ZipFile(tmp_path / "hmdb.zip").extractall(tmp_path / "hmdb")
+    rows, got = split_rows("hmdb51", tmp_path / "hmdb", (1, 2, 3))
+    assert got == ["pushup", "ride_bike"] and len(rows) == 6
+    role = {0: "unused", 1: "train", 2: "val"}
+    for row in rows:
+        video = row["path"].split("/")[1][0]
+        assert parse_folds(row["folds"]) == {k: role[HMDB_TAGS[k][video]] for k in (1, 2, 3)}, row
+
+
+def test_public_split_param_takes_a_split_a_list_or_all():
+    from fourtier.config.data import dataset_spec
+    from fourtier.errors import ParamsError
+
+    assert dataset_spec("u", {"type": "ucf101"}).splits == (1,)
+    assert dataset_spec("u", {"type": "ucf101", "split": "all"}).splits == (1, 2, 3)
+    assert dataset_spec("h", {"type": "hmdb51", "split": [2, 3]}).splits == (2, 3)
+    for bad in (4, [1, 1], [], "every", [0, 2]):
+        with pytest.raises(ParamsError, match="official split"):
+            dataset_spec("u", {"type": "ucf101", "split": bad})

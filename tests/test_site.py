@@ -68,9 +68,17 @@ def tracked() -> list[str]:
 
 
 def stage_outputs() -> list[str]:
-    """Every output path dvc.lock records (they exist after `dvc pull` or `dvc repro`, not in git)."""
+    """Every output path dvc.lock records (they exist after `dvc pull` or `dvc repro`, not in git), and the
+    templated outputs of the stages the defaults do not instantiate (cross-dataset: `cross_dataset: []`), their
+    ${...} read as any name."""
     lock = yaml.safe_load((REPO / "dvc.lock").read_text())
-    return [out["path"] for stage in lock["stages"].values() for out in stage.get("outs", [])]
+    recorded = [out["path"] for stage in lock["stages"].values() for out in stage.get("outs", [])]
+    templated = []
+    for stage in yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"].values():
+        for key in ("outs", "metrics", "plots"):
+            for entry in stage.get("do", stage).get(key, []) or []:
+                templated.append(re.sub(r"\$\{[^}]+\}", "*", next(iter(entry)) if isinstance(entry, dict) else entry))
+    return recorded + templated
 
 
 COMMAND = re.compile(r"(?:python3?|bash) ((?:benchmarks|analysis|docs)/[\w./-]+\.(?:py|sh))")

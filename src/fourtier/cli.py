@@ -116,10 +116,14 @@ def predict(args) -> None:
     params = load_params()
     dataset = args.dataset or params.targets[0]
     params.dataset(dataset)
-    model_path = paths.finetune_model(dataset, args.arm, args.seed)
+    fold = args.split
+    if fold is None:  # a dataset run on several official splits has a model per split: its first, by default
+        folds = sorted({paths.finetune_run(p)[1] for p in paths.finetune_dir(dataset).glob("*-split*-seed*.safetensors")})
+        fold = folds[0] if folds else None
+    model_path = paths.finetune_model(dataset, args.arm, args.seed, fold)
     if not model_path.with_suffix(".safetensors").exists():
         raise DataError(f"no trained model at {model_path}.safetensors: run `dvc repro` first, or choose --dataset, "
-                        "--arm and --seed of a model that exists")
+                        "--arm, --seed (and --split) of a model that exists")
     classes_file = paths.raw(dataset) / "classes.txt"
     if not classes_file.exists():
         raise DataError(f"{classes_file} not found: run `dvc repro` (or `dvc pull`) first")
@@ -131,7 +135,8 @@ def predict(args) -> None:
         m = _video_m(args.video, backbone, params, device)
         probs = model(m).softmax(-1).mean(0).cpu()
     top = torch.topk(probs, min(5, len(classes)))
-    print(f"{args.video}  ({dataset}, {args.arm} seed {args.seed}, {len(m)} views)")
+    run = f"{args.arm} seed {args.seed}" + (f" split {fold}" if fold is not None else "")
+    print(f"{args.video}  ({dataset}, {run}, {len(m)} views)")
     for p, i in zip(top.values.tolist(), top.indices.tolist()):
         print(f"  {p:6.1%}  {classes[i]}")
 
@@ -274,6 +279,8 @@ def main(argv=None) -> None:
     p.add_argument("--dataset", help="target dataset whose model to use (default: the first of `targets`)")
     p.add_argument("--arm", default="ftp", choices=ARMS)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--split", type=int, default=None,
+                   help="official split of a dataset run on several (split: all); default: its first")
     p.add_argument("--classes", help="zero-shot: comma-separated class names to rank with stage 1 alone")
     p.add_argument("--classes-file", help="zero-shot: a file of class names, one per line")
     p.set_defaults(run=predict)

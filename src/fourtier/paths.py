@@ -67,9 +67,17 @@ def finetune_dir(dataset: str) -> Path:
     return FINETUNE / dataset
 
 
-def finetune_model(dataset: str, arm: str, seed: int) -> Path:
-    """Stem of a saved stage-2 model (.safetensors + .json)."""
-    return finetune_dir(dataset) / f"{arm}-seed{seed}"
+def finetune_model(dataset: str, arm: str, seed: int, fold: int | None = None) -> Path:
+    """Stem of a saved stage-2 model (.safetensors + .json): <arm>-seed<seed>, or <arm>-split<k>-seed<seed> for
+    official split k of a dataset run on several (README, "Three splits")."""
+    return finetune_dir(dataset) / (f"{arm}-seed{seed}" if fold is None else f"{arm}-split{fold}-seed{seed}")
+
+
+def finetune_run(path: Path) -> tuple[str, int | None, int]:
+    """(arm, official split or None, seed) of a saved stage-2 model, from its name (finetune_model)."""
+    arm, seed = Path(path).stem.rsplit("-seed", 1)
+    arm, _, fold = arm.partition("-split")
+    return arm, int(fold) if fold else None, int(seed)
 
 
 def finetune_log(dataset: str) -> Path:
@@ -80,13 +88,18 @@ def evaluation(dataset: str) -> Path:
     return Path("data/eval") / dataset
 
 
+def cross_evaluation(train: str, test: str) -> Path:
+    """A cross-dataset test's outputs: train's stage-2 models on test's shared classes."""
+    return Path("data/eval/cross") / f"{train}_to_{test}"
+
+
 def timings(stage: str, dataset: str) -> Path:
     return TIMINGS / f"{stage}-{dataset}.json"
 
 
-def stage_io(stage: str, item: str, corpus: str) -> tuple[set[str], set[str]]:
-    """The data deps and outs (as dvc.yaml writes them) of one stage; `item` is the foreach dataset, `corpus`
-    the first pretraining dataset. Code deps are checked separately, from the import closure."""
+def stage_io(stage: str, item, corpus: str) -> tuple[set[str], set[str]]:
+    """The data deps and outs (as dvc.yaml writes them) of one stage; `item` is the foreach dataset (for
+    cross-dataset, the entry's train and test datasets and class map), `corpus` the first pretraining dataset. Code deps are checked separately, from the import closure."""
     s = lambda p: p.as_posix()  # noqa: E731
     if stage in ("download-pretrain", "download-target"):
         return {s(sources(item))}, {s(raw(item))}
@@ -114,6 +127,11 @@ def stage_io(stage: str, item: str, corpus: str) -> tuple[set[str], set[str]]:
         return ({s(finetune_dir(item)), s(BACKBONE), s(features(item)), s(raw(item))},
                 {s(out / name) for name in ("metrics.json", "runs.json", "per_class.csv", "confusion_ftp.csv",
                                             "confusion_baseline.csv", "tsne.png")})
+    if stage == "cross-dataset":  # item: (train dataset, test dataset, class map)
+        train, test, class_map = item
+        out = cross_evaluation(train, test)
+        return ({class_map, s(finetune_dir(train)), s(raw(train)), s(BACKBONE), s(features(test)), s(raw(test))},
+                {s(out / "metrics.json"), s(out / "runs.json")})
     if stage == "zeroshot":
         return ({s(ALIGN), s(features(item)), s(raw(item)), s(BACKBONE), s(CLASS_TEXTS)},
                 {s(evaluation(item) / "zeroshot.json")})

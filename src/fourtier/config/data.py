@@ -1,5 +1,5 @@
 """The data group of params.yaml: `datasets` (one spec per name, a kind each), the `pretrain`, `targets` and
-`watch` lists, and `download`.
+`watch` lists, `download`, and the cross-dataset tests between targets (`cross_dataset`).
 
 A dataset kind is defined here and only here: its spec class (the keys it takes, with their types and
 defaults), the module under fourtier/data/ that downloads it (`downloader`), whether that module fetches many
@@ -93,13 +93,30 @@ class PublicSpec(DatasetSpec):
     """UCF-101 or HMDB51 from the official archives (fourtier.data.public)."""
     downloader: ClassVar[str] = "fourtier.data.public"
     type: Literal["ucf101", "hmdb51"]
-    split: StrictInt = Field(1, ge=1, le=3)  # the official split, 1-3
+    # the official split: 1-3, a list of them, or all (the three-split protocol: one stage-2 run per split, the
+    # mean and sample std over splits reported; README, "Three splits")
+    split: Union[StrictInt, Literal["all"], list[StrictInt]] = 1
     short_side: StrictInt = Field(320, ge=0)  # normalised short side (0 = keep as is)
     cache_dir: Path = Field(default_factory=_default_cache)  # archives and extracted videos, outside the workspace
     archive_url: StrictStr = ""  # "" = the official location
     splits_url: StrictStr = ""
     archive_sha256: StrictStr = ""  # "" = not pinned (the downloaded file's sha256 is recorded in the manifest)
     archive_size: StrictInt = Field(0, ge=0)  # 0 = not pinned
+
+    @field_validator("split", mode="before")
+    @classmethod
+    def _splits(cls, value):
+        official = lambda s: isinstance(s, int) and not isinstance(s, bool) and 1 <= s <= 3  # noqa: E731
+        if not (official(value) or value == "all" or isinstance(value, list) and value
+                and all(official(s) for s in value) and len(set(value)) == len(value)):
+            raise Invalid(f"'{{at}}' must be an official split (1, 2 or 3), a list of distinct ones, or 'all'; "
+                          f"got {value!r}")
+        return value
+
+    @property
+    def splits(self) -> tuple[int, ...]:
+        """The official splits this dataset is run on, in order (the first one also fills the `split` column)."""
+        return (self.split,) if isinstance(self.split, int) else (1, 2, 3) if self.split == "all" else tuple(self.split)
 
     @field_validator("cache_dir", mode="after")
     @classmethod
@@ -179,12 +196,29 @@ class DownloadParams(Section):
     parallel: StrictInt = Field(ge=1)  # archives (e.g. Kinetics parts) fetched and unpacked at once: speed only
 
 
+class CrossDataset(Section):
+    """One cross-dataset test (fourtier.evaluation.transfer): `train`'s stage-2 models on `test`'s clips of the
+    classes `class_map` pairs."""
+    train: StrictStr
+    test: StrictStr
+    class_map: Path  # CSV train_class,test_class (README, "Across datasets")
+    on: Literal["val", "all"] = "val"  # the test dataset's clips: its validation (test) split, or every clip
+
+    @field_validator("class_map", mode="before")
+    @classmethod
+    def _map_path(cls, value):
+        if not isinstance(value, (str, Path)):
+            raise Invalid(f"'{{at}}' must be str, got {value!r} ({type(value).__name__})")
+        return value
+
+
 class DataParams(Section):
     datasets: dict[StrictStr, AnySpec]
     pretrain: tuple[StrictStr, ...]
     targets: tuple[StrictStr, ...]
     watch: tuple[StrictStr, ...]
     download: DownloadParams
+    cross_dataset: tuple[CrossDataset, ...] = ()  # targets tested on other targets' shared classes
 
     @field_validator("datasets", mode="before")
     @classmethod
@@ -220,7 +254,27 @@ class DataParams(Section):
             raise Invalid(f"{both} is listed in both 'pretrain' and 'targets'; a dataset is either the captioned "
                           "pretraining corpus or a target")
         self._watched()
+        self._crossed()
         return self
+
+    def _crossed(self) -> None:
+        """Both datasets of a cross-dataset test are targets: the one's models and the other's m are theirs."""
+        pairs = set()
+        for i, entry in enumerate(self.cross_dataset):
+            for key in ("train", "test"):
+                name = getattr(entry, key)
+                if name not in self.targets:
+                    raise Invalid(f"'cross_dataset[{i}].{key}' is {name!r}, which is not listed under 'targets' "
+                                  f"({', '.join(self.targets)}); a cross-dataset test reads the stage-2 models of its "
+                                  "train dataset and the features of its test dataset, which only targets have")
+            if entry.train == entry.test:
+                raise Invalid(f"'cross_dataset[{i}]' tests {entry.train!r} on itself; the evaluate stage does that")
+            if (entry.train, entry.test) in pairs:
+                raise Invalid(f"'cross_dataset[{i}]' repeats {entry.train!r} -> {entry.test!r}")
+            pairs.add((entry.train, entry.test))
+            if not entry.class_map.is_file():
+                raise Invalid(f"'cross_dataset[{i}].class_map' is {str(entry.class_map)!r}, which is not a file (a "
+                              "CSV with the header train_class,test_class; README, \"Across datasets\")")
 
     def _watched(self) -> None:
         """`watch`: the datasets whose files DVC re-checks on every run. DVC cannot make a stage's deps depend on

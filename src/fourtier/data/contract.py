@@ -3,7 +3,9 @@
 data/raw/<ds>/
   videos/...         the videos; above download.shard_above clips, shards/shard-NNNNN.zip instead (`pack_videos`)
   annotations.csv    video_id, path (relative to the dataset folder, or shards/shard-NNNNN.zip:videos/<file> for a
-                     video in a shard: a location of fourtier.data.store), label, split
+                     video in a shard: a location of fourtier.data.store), label, split; a dataset run on several
+                     official splits (UCF-101, HMDB51 with split: all) adds `folds`, the clip's role in each
+                     ('1:train 2:val 3:unused'), and its `split` is its role in the first of them
   classes.txt        line i = class i (the class index map, versioned with the data)
   manifest.json      counts per split and class, skipped items with reasons, source, version, checksums
 """
@@ -15,7 +17,6 @@ import json
 import sys
 from collections import Counter
 from dataclasses import dataclass, replace
-from operator import itemgetter
 from pathlib import Path
 
 from fourtier.data.store import ItemWriter, open_item
@@ -23,6 +24,7 @@ from fourtier.errors import DataError
 
 ANNOTATION_COLUMNS = ("video_id", "path", "label", "split")
 SPLITS = ("train", "val", "test")
+UNUSED = "unused"  # a clip that an official split leaves out (HMDB51's tag 0)
 
 
 @dataclass(frozen=True, slots=True)  # slots: one per clip, 10^6 of them at K710's size
@@ -31,6 +33,16 @@ class Annotation:
     path: str
     label: str
     split: str
+    folds: str = ""  # '1:train 2:val 3:unused' for a dataset run on several official splits, else ""
+
+
+def parse_folds(folds: str) -> dict[int, str]:
+    """'1:train 2:val 3:unused' -> {1: 'train', 2: 'val', 3: 'unused'}."""
+    return {int(k): role for k, role in (part.split(":") for part in folds.split())}
+
+
+def format_folds(roles: dict[int, str]) -> str:
+    return " ".join(f"{k}:{roles[k]}" for k in sorted(roles))
 
 
 def sha256_file(path: Path) -> str:
@@ -75,6 +87,13 @@ def write_dataset(out_dir: Path, rows: list[Annotation], classes: list[str], sou
         "checksums": {r.path: sha256_item(out_dir, r.path) for r in rows},
         **(extra or {}),
     }
+    if any(r.folds for r in rows):  # clips per role in each official split
+        per_fold: dict[str, dict[str, int]] = {}
+        for r in rows:
+            for k, role in parse_folds(r.folds).items():
+                per_fold.setdefault(str(k), {}).setdefault(role, 0)
+                per_fold[str(k)][role] += 1
+        manifest["folds"] = {k: dict(sorted(v.items())) for k, v in sorted(per_fold.items())}
     _write_manifest(out_dir / "manifest.json", manifest)
     return manifest
 
@@ -87,11 +106,12 @@ def _write_manifest(path: Path, manifest: dict) -> None:
 
 
 def _write_annotations(out_dir: Path, rows: list[Annotation]) -> None:
+    folds = any(r.folds for r in rows)  # the column only where a dataset has folds: other files keep their bytes
     with open(out_dir / "annotations.csv", "w", newline="", encoding="utf-8") as fh:
         writer = csv.writer(fh)
-        writer.writerow(ANNOTATION_COLUMNS)
+        writer.writerow(ANNOTATION_COLUMNS + (("folds",) if folds else ()))
         for r in rows:
-            writer.writerow([r.video_id, r.path, r.label, r.split])
+            writer.writerow([r.video_id, r.path, r.label, r.split] + ([r.folds] if folds else []))
 
 
 def prune_videos(ds_dir: Path, listed: set[str] | None = None) -> int:
@@ -153,9 +173,9 @@ def read_annotations(ds_dir: Path) -> list[Annotation]:
     if not path.exists():
         raise DataError(f"{path} not found: run the download stage for this dataset first (dvc repro)")
     with open(path, newline="", encoding="utf-8") as fh:
-        # label and split interned: a few distinct strings, not one copy per clip
-        return [Annotation(video_id, path, sys.intern(label), sys.intern(split))
-                for video_id, path, label, split in (itemgetter(*ANNOTATION_COLUMNS)(row) for row in csv.DictReader(fh))]
+        # label, split and folds interned: a few distinct strings, not one copy per clip
+        return [Annotation(row["video_id"], row["path"], sys.intern(row["label"]), sys.intern(row["split"]),
+                           sys.intern(row.get("folds") or "")) for row in csv.DictReader(fh)]
 
 
 def read_classes(ds_dir: Path) -> list[str]:

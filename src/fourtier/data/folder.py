@@ -309,7 +309,7 @@ def ingest(name: str, root: Path, rows: list[dict], classes: list[str], short_si
     """Validate (and with short_side > 0 normalise) every listed video into the download contract.
 
     rows: path (relative to root, or absolute), label, split, and optionally video_id (else derived from the
-    path) and where (for messages). The manifest accounts for every listed video: expected, present, missing
+    path), folds (the roles in several official splits; fourtier.data.contract) and where (for messages). The manifest accounts for every listed video: expected, present, missing
     and unreadable per split and class, with the ids of the missing ones. A re-run into the out_dir of a killed
     run resumes it (the journal, module doc); files in videos/ that no annotation names are removed."""
     videos = out_dir / "videos"
@@ -330,17 +330,17 @@ def ingest(name: str, root: Path, rows: list[dict], classes: list[str], short_si
             missing.append({"item": item, "reason": reason, "split": row["split"], "label": row["label"]})
             continue
         jobs.append((src, videos / vid, short_side))
-        meta.append((vid, row["label"], row["split"], item))
+        meta.append((vid, row["label"], row["split"], item, row.get("folds", "")))
     skipped = list(missing)  # no file there: listed first, then the files that did not read
     results = _run_or_resume(name, jobs, meta, workers, out_dir)
     annotations, normalised, remuxed = [], 0, 0
-    for (vid, label, split, rel), result in zip(meta, results):
+    for (vid, label, split, rel, folds), result in zip(meta, results):
         if not result["ok"]:
             skipped.append({"item": rel, "reason": result["reason"], "split": split, "label": label})
             continue
         normalised += result["normalised"]
         remuxed += result["remuxed"]
-        annotations.append(Annotation(vid, f"videos/{result['file']}", label, split))
+        annotations.append(Annotation(vid, f"videos/{result['file']}", label, split, folds))
     prune_videos(out_dir, {a.path for a in annotations})
     accounting: dict[str, dict[str, dict[str, int]]] = {}
     for row in rows:

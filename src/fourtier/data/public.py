@@ -2,7 +2,8 @@
 
 download: fetch the video archive and the split archive (resumable, verified when a checksum or size is
 pinned in params, retried), extract them safely, read the chosen official split, then validate and normalise
-every listed video through the folder ingest (fourtier.data.folder.ingest). The manifest accounts for every
+every listed video through the folder ingest (fourtier.data.folder.ingest). With several splits (`split: all`
+or a list) every video any of them lists is ingested once, with its role in each (`split_rows`). The manifest accounts for every
 video the split lists: expected, present, missing (with ids) and unreadable, per split and class. The class
 index is the dataset's own order (UCF-101's classInd.txt; HMDB51 alphabetical), written to classes.txt.
 
@@ -13,7 +14,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from fourtier.data.contract import sha256_file
+from fourtier.data.contract import UNUSED, format_folds, sha256_file
 from fourtier.data.fetch import extract_once, fetch
 from fourtier.data.folder import ingest
 from fourtier.errors import DataError
@@ -79,6 +80,36 @@ def hmdb51_rows(split_dir: Path, split: int) -> tuple[list[dict], list[str]]:
 
 
 ROWS = {"ucf101": ucf101_rows, "hmdb51": hmdb51_rows}
+
+
+def split_rows(kind: str, split_dir: Path, splits: tuple[int, ...]) -> tuple[list[dict], list[str]]:
+    """The rows of one official split, or of several merged: every video any of them lists, once, with its role
+    in each (`folds`, '1:train 2:val 3:unused'; fourtier.data.contract) and in the first as its `split`. The
+    videos are the same in every split, only their roles change, so they are ingested and their m computed once."""
+    if len(splits) == 1:
+        return ROWS[kind](split_dir, splits[0])
+    merged: dict[str, dict] = {}
+    classes = None
+    for k in splits:
+        rows, these = ROWS[kind](split_dir, k)
+        if classes is not None and these != classes:
+            raise DataError(f"{kind} split {k} has other classes than split {splits[0]}: "
+                            f"{sorted(set(these) ^ set(classes))[:5]}")
+        classes = these
+        for row in rows:
+            entry = merged.setdefault(row["path"], {"path": row["path"], "label": row["label"], "roles": {}})
+            if entry["label"] != row["label"]:
+                raise DataError(f"{kind}: {row['path']!r} is {entry['label']!r} in one split and {row['label']!r} "
+                                f"in split {k}")
+            entry["roles"][k] = row["split"]
+    out = []
+    for entry in merged.values():
+        roles = {k: entry["roles"].get(k, UNUSED) for k in splits}
+        out.append({"path": entry["path"], "label": entry["label"], "split": roles[splits[0]],
+                    "folds": format_folds(roles)})
+    return out, classes
+
+
 def _video_root(videos: Path, rows: list[dict]) -> Path:
     """The folder under which the split files' relative paths ('Class/file.avi') resolve."""
     first = rows[0]["path"].split("/")[0]
@@ -98,7 +129,7 @@ def download(spec, out_dir: Path, workers: int) -> dict:
     splits_archive = fetch(urls["splits_url"], cache / Path(urls["splits_url"]).name)
     extract_once(splits_archive, cache / "splits")
     extract_once(archive, cache / "videos")
-    rows, classes = ROWS[spec.kind](cache / "splits", spec.split)
+    rows, classes = split_rows(spec.kind, cache / "splits", spec.splits)
     root = _video_root(cache / "videos", rows)
     source = {"kind": spec.kind, "version": VERSION, "split": spec.split, **urls,
               "archive_sha256": sha256_file(archive), "splits_sha256": sha256_file(splits_archive),

@@ -9,6 +9,8 @@ import torch
 
 from fourtier.errors import DataError
 
+KINDS = ("top1", "top5", "mean_class_accuracy")  # the accuracy figures metrics.json summarises per arm
+
 
 def load_classifier(path: Path, classes: list[str]):
     """A stage-2 model (path without suffix); refuses one trained with another class map than `classes`."""
@@ -40,6 +42,51 @@ def summarise(values: list[float]) -> dict:
     `dvc exp show` drop list-valued metrics, so the runs themselves go to runs.json (stages/evaluate.py)."""
     std = float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
     return {"mean": round(float(np.mean(values)), 4), "std": round(std, 4)}
+
+
+def arm_summary(results: dict[str, list[dict]]) -> dict:
+    """Per arm mean +- sample std over seeds; every arm's paired gain over the baseline and FTP's over both
+    controls (paired by seed, 95% t-interval)."""
+    metrics = {arm: {k: summarise([r[k] for r in rs]) for k in KINDS} for arm, rs in results.items()}
+    metrics.update(gains({arm: [r["top1"] for r in rs] for arm, rs in results.items()}))
+    return metrics
+
+
+def gains(top1: dict[str, list[float]]) -> dict:
+    """The paired differences of metrics.json: each arm - baseline, FTP - each control (lists paired by index)."""
+    out = {}
+    if "baseline" in top1:
+        for arm, values in top1.items():
+            if arm != "baseline":
+                out[f"{arm}_gain_top1"] = paired_gain(values, top1["baseline"])
+    if "ftp" in top1:  # what the captions add beyond the processors' capacity and beyond captions at random
+        for control in ("random", "shuffled"):
+            if control in top1:
+                out[f"ftp_minus_{control}_top1"] = paired_gain(top1["ftp"], top1[control])
+    return out
+
+
+def over_splits(results: dict[int, dict[str, list[dict]]]) -> dict:
+    """The three-split protocol (README, "Three splits"): per arm, each split's mean over seeds, then the mean
+    and sample std over splits; gains paired by split; each split's own summary under split<k>."""
+    arms = [arm for arm in next(iter(results.values())) if all(arm in r for r in results.values())]
+    per_split = {arm: {k: [float(np.mean([r[k] for r in results[fold][arm]])) for fold in results] for k in KINDS}
+                 for arm in arms}
+    metrics = {arm: {k: summarise(v) for k, v in per_split[arm].items()} for arm in arms}
+    metrics.update(gains({arm: per_split[arm]["top1"] for arm in arms}))
+    metrics.update({f"split{fold}": arm_summary(rs) for fold, rs in results.items()})
+    return metrics
+
+
+def gain_lines(metrics: dict, over: str) -> list[str]:
+    """The paired gains of metrics.json as the stages print them, one line each."""
+    lines = []
+    for key in [k for k in metrics if k.endswith("_top1")]:
+        gain = metrics[key]
+        ci = f" [{gain['ci95_low']:+.3f}, {gain['ci95_high']:+.3f}]" if "ci95_low" in gain else ""
+        lines.append(f"  {key.removesuffix('_top1').replace('_gain', ' - baseline').replace('_minus_', ' - ')}: "
+                     f"{gain['mean']:+.3f}{ci} (paired over {over}, 95% interval)")
+    return lines
 
 
 def ci95_half_width(std: float, n: int) -> float:

@@ -8,6 +8,7 @@ The cache, data/features/<ds>/, holds:
 - m-00000.npy, ... (rows of one view each: (T', h, w, D) float16; clip i's view v is row rows[i] * V + v), in
   shards of at most `features.shard_mb` (m.json says how rows map to shards);
 - videos.txt, labels.txt (class index), splits.txt, rows.txt: one line per readable clip;
+  folds.txt too for a dataset run on several official splits (its role in each);
 - meta.json (shape, views, classes, skipped clips with the reason, device).
 
 A killed run resumes from the last finished batch (its partial output is kept beside the stage output, in
@@ -148,6 +149,8 @@ def compute_features(backbone, ds_dir: Path, out_dir: Path, temporal_views: int,
     (work / "labels.txt").write_text("".join(f"{classes.index(r.label)}\n" for _, r in kept))
     (work / "splits.txt").write_text("".join(f"{r.split}\n" for _, r in kept))
     (work / "rows.txt").write_text("".join(f"{i}\n" for i, _ in kept))
+    if any(r.folds for _, r in kept):  # roles in several official splits (fourtier.data.contract)
+        (work / "folds.txt").write_text("".join(f"{r.folds}\n" for _, r in kept))
     meta = {"dataset": ds_dir.name, "backbone": backbone.name, "shape": [len(kept), v, *shape],
             "dtype": "float16", "cache": cache, "temporal_views": temporal_views, "spatial_views": spatial_views,
             "device": device.type, "classes": classes, "skipped": skipped}

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from fourtier.data.contract import read_annotations, read_classes
+from fourtier.data.contract import parse_folds, read_annotations, read_classes
 from fourtier.data.shards import ShardedArray
 from fourtier.errors import DataError
 from fourtier.features.batches import as_keys
@@ -35,6 +35,13 @@ class FeatureSource:
         self.splits = np.array((feature_dir / "splits.txt").read_text().split())
         self.rows = np.array([int(x) for x in (feature_dir / "rows.txt").read_text().split()], dtype=np.int64)
         self.classes = self.meta["classes"]
+        folds = feature_dir / "folds.txt"
+        self._set_folds(folds.read_text().splitlines() if folds.exists() else [])
+
+    def _set_folds(self, lines: list[str]) -> None:
+        """folds[k]: every clip's role in official split k (train, val or unused); {} for one split."""
+        parsed = [parse_folds(line) for line in lines if line]
+        self.folds = {k: np.array([p[k] for p in parsed]) for k in (parsed[0] if parsed else {})}
 
     @property
     def n_views(self) -> int:
@@ -51,11 +58,22 @@ class FeatureSource:
     def __len__(self) -> int:
         return len(self.videos)
 
-    def split(self, name: str) -> np.ndarray:
-        idx = np.nonzero(self.splits == name)[0]
+    @property
+    def fold_ids(self) -> list[int | None]:
+        """The official splits stage 2 runs once each (README, "Three splits"); [None]: one split, `splits`."""
+        return sorted(self.folds) or [None]
+
+    def split(self, name: str, fold: int | None = None) -> np.ndarray:
+        """The clips whose role is `name` (train or val): in `splits`, or in official split `fold`."""
+        if fold is not None and fold not in self.folds:
+            raise DataError(f"{self.meta['dataset']} has no official split {fold} (it was downloaded with "
+                            f"{sorted(self.folds) or 'one split'})")
+        roles = self.splits if fold is None else self.folds[fold]
+        idx = np.nonzero(roles == name)[0]
         if len(idx) == 0:
-            raise DataError(f"{self.meta['dataset']} has no clips in split {name!r} "
-                            f"(splits present: {sorted(set(map(str, self.splits)))})")
+            where = "" if fold is None else f" of official split {fold}"
+            raise DataError(f"{self.meta['dataset']} has no clips in split {name!r}{where} "
+                            f"(splits present: {sorted(set(map(str, roles)))})")
         return idx
 
     def load(self, indices, views) -> np.ndarray:
@@ -91,6 +109,7 @@ class OnTheFlyFeatures(FeatureSource):
             self.videos = [r.video_id for r in rows]
             self.labels = np.array([classes.index(r.label) for r in rows])
             self.splits = np.array([r.split for r in rows])
+            self._set_folds([r.folds for r in rows])
             self.rows = np.arange(len(rows))
             self.classes = classes
             self.meta = {"dataset": self.ds_dir.name, "shape": [len(rows), temporal_views * spatial_views,
