@@ -13,6 +13,7 @@ from fourtier import paths
 from fourtier.config.base import load_params
 from fourtier.config.data import DataParams
 from fourtier.config.runtime import RuntimeGroup
+from fourtier.data.contract import read_classes
 from fourtier.errors import DataError, ParamsError, exits_cleanly
 from fourtier.evaluation.metrics import KINDS, accuracy_metrics, arm_summary, gain_lines, load_classifier
 from fourtier.evaluation.predict import predict
@@ -43,7 +44,7 @@ def main() -> None:
     distributed.setup(device, params.runtime.timeout_s)
     workers = loader_workers(params.runtime.loader_workers, device)
     test = open_features(paths.features(args.test), paths.raw(args.test), paths.BACKBONE, device)
-    train_classes = (paths.raw(args.train) / "classes.txt").read_text(encoding="utf-8").splitlines()
+    train_classes = read_classes(paths.raw(args.train))
     mapping = read_class_map(entry.class_map, train_classes, test.classes)
     fold = test.fold_ids[0]
     pool = np.arange(len(test)) if entry.on == "all" else test.split("val", fold)
@@ -51,11 +52,15 @@ def main() -> None:
     if len(idx) == 0:
         raise DataError(f"{args.test} has no {'' if entry.on == 'all' else 'validation '}clip of a class that "
                         f"{entry.class_map} maps ({', '.join(shared)})")
-    runs = sorted(paths.finetune_dir(args.train).glob("*-seed*.safetensors"), key=paths.finetune_run)
-    first = min((paths.finetune_run(p)[1] or 0 for p in runs), default=0)
-    runs = [p for p in runs if (paths.finetune_run(p)[1] or 0) == first]
+    runs = list(paths.finetune_dir(args.train).glob("*-seed*.safetensors"))
     if not runs:
         raise DataError(f"no trained models in {paths.finetune_dir(args.train)}: run finetune first (dvc repro)")
+    folds = {paths.finetune_run(p)[1] for p in runs}
+    if None in folds and len(folds) > 1:
+        raise DataError(f"{paths.finetune_dir(args.train)} holds models of one split and of official splits "
+                        f"{sorted(f for f in folds if f)}: re-run finetune {args.train} (dvc repro)")
+    first = min(folds, key=lambda f: f or 0)  # a train target run on several splits: its first split's models
+    runs = sorted((p for p in runs if paths.finetune_run(p)[1] == first), key=paths.finetune_run)
     results: dict[str, list[dict]] = {}
     for path in runs:
         arm, _, seed = paths.finetune_run(path)

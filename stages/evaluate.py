@@ -69,8 +69,9 @@ def main() -> None:
     for path in runs:
         arm, fold, seed = paths.finetune_run(path)
         if fold not in results:
+            have = "one split" if folds == [None] else f"official splits {folds}"
             raise DataError(f"{path} is a model of {'official split ' + str(fold) if fold else 'one split'}, but "
-                            f"{args.dataset}'s features have {folds}: re-run finetune (dvc repro)")
+                            f"{args.dataset}'s features have {have}: re-run finetune (dvc repro)")
         model = load_classifier(path.with_suffix(""), source.classes).to(device)
         probs = predict(model, source, val[fold], workers=workers)
         results[fold].setdefault(arm, []).append(accuracy_metrics(probs, source.labels[val[fold]], source.classes))
@@ -98,6 +99,10 @@ def main() -> None:
                    **arm_summary(results[None])}
         per_seed = seed_table(results[None])
     else:
+        runs_per_split = {fold: {arm: len(rs) for arm, rs in by_arm.items()} for fold, by_arm in results.items()}
+        if len({tuple(sorted(r.items())) for r in runs_per_split.values()}) > 1:  # the protocol pairs by split
+            raise DataError(f"{paths.finetune_dir(args.dataset)} has other arms or seeds in one official split than "
+                            f"in another (models per split and arm: {runs_per_split}): re-run finetune (dvc repro)")
         metrics = {"splits": len(folds), "val_clips": {f"split{f}": int(len(val[f])) for f in folds},
                    "classes": len(source.classes), "seeds": len(seeds), "views": views, **over_splits(results)}
         per_seed = {f"split{fold}": seed_table(rs) for fold, rs in results.items()}

@@ -119,8 +119,12 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     # resumable runs are keyed by everything that shapes them, including stage 1's saved weights
     align_files = sorted(paths.ALIGN.glob("*.safetensors")) + sorted(paths.ALIGN.glob("*.json"))
-    key = ["checkpoint v5", args.dataset, device.type, repr(cfg), prompts, source.meta["shape"],
-           [hashlib.sha256(path.read_bytes()).hexdigest() for path in align_files]]
+    # and by the training clips of each split: another official split (or relabelled clips) of the same shape
+    # must not resume this one's checkpoints
+    train_clips = {str(fold): hashlib.sha256("\n".join(f"{source.videos[i]}\t{source.labels[i]}" for i in idx).encode())
+                   .hexdigest() for fold, idx in ctx["train_idx"].items()}
+    key = ["checkpoint v6", args.dataset, device.type, repr(cfg), prompts, source.meta["shape"],
+           [hashlib.sha256(path.read_bytes()).hexdigest() for path in align_files], train_clips]
     run_dir = checkpoints.run_directory(params.runtime.checkpoint_dir, "finetune", key)
     (run_dir / f"done-{distributed.group_rank()}").unlink(missing_ok=True)  # from a run that crashed elsewhere
     distributed.barrier()

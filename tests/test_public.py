@@ -140,8 +140,8 @@ def test_three_splits_give_every_video_once_with_its_role_in_each(tmp_path):
         group = int(row["path"].split("_g0")[1][0])
         assert parse_folds(row["folds"]) == {k: "val" if k == group else "train" for k in (1, 2, 3)}, row
         assert row["split"] == parse_folds(row["folds"])[1] and row["label"] == row["path"].split("/")[0]
-    rows, _ = split_rows("ucf101", tmp_path / "ucf", (3, 1))  # a list, in its order: split follows the first
-    assert {r["path"]: r["split"] for r in rows}["Biking/v_Biking_g03_c01.avi"] == "val"
+    rows, _ = split_rows("ucf101", tmp_path / "ucf", (3, 1))  # a list in any order: split follows the lowest
+    assert {r["path"]: r["split"] for r in rows}["Biking/v_Biking_g01_c01.avi"] == "val"
     assert all(set(parse_folds(r["folds"])) == {1, 3} for r in rows)
     single, _ = split_rows("ucf101", tmp_path / "ucf", (2,))
     assert all("folds" not in r for r in single)  # one split: the contract as before
@@ -166,7 +166,7 @@ def test_public_split_param_takes_a_split_a_list_or_all():
 
     assert dataset_spec("u", {"type": "ucf101"}).splits == (1,)
     assert dataset_spec("u", {"type": "ucf101", "split": "all"}).splits == (1, 2, 3)
-    assert dataset_spec("h", {"type": "hmdb51", "split": [2, 3]}).splits == (2, 3)
+    assert dataset_spec("h", {"type": "hmdb51", "split": [3, 2]}).splits == (2, 3)
     for bad in (4, [1, 1], [], "every", [0, 2]):
         with pytest.raises(ParamsError, match="official split"):
             dataset_spec("u", {"type": "ucf101", "split": bad})

@@ -33,7 +33,8 @@ from fourtier.config.base import PROMPT_IDS
 from fourtier.data.store import ItemReader
 from fourtier.errors import DataError
 from fourtier.paths import cache_dir
-from fourtier.video.tiling import read_tile_index
+from fourtier.runtime.heap import release_free_heap
+from fourtier.video.tiling import iter_tile_index
 
 
 def answer_key(tile_jpeg: bytes, prompt: str, model_id: str, settings: dict) -> str:
@@ -93,21 +94,27 @@ class AnswerCache:
 def build_requests(tile_dir: Path, k: int, prompts: dict[str, str], model_id: str, settings: dict,
                    chunk: int = 1024) -> Iterator[list[Request]]:
     """One request per (tiled video, prompt), always all four prompts, `chunk` tiles at a time: only one
-    chunk's images are in memory, whatever the corpus size."""
-    rows = [r for r in read_tile_index(tile_dir) if r["status"] == "ok"]
-    if not rows:
-        raise DataError(f"{tile_dir} has no tiles to caption")
+    chunk's images and index rows are in memory, whatever the corpus size."""
     reader = ItemReader(tile_dir)
     try:
-        for start in range(0, len(rows), chunk):
-            requests = []
-            for row in rows[start:start + chunk]:
-                jpeg = reader.get(row["location"])
-                image = hashlib.sha256(jpeg).digest()  # once per tile, not per prompt: the same keys as answer_key
-                for pid in PROMPT_IDS:
-                    requests.append(Request(row["video_id"], pid, prompts[pid], jpeg, k,
-                                            _key(image, prompts[pid], model_id, settings)))
+        requests, tiles, any_tile = [], 0, False
+        for row in iter_tile_index(tile_dir):
+            if row["status"] != "ok":
+                continue
+            jpeg = reader.get(row["location"])
+            image = hashlib.sha256(jpeg).digest()  # once per tile, not per prompt: the same keys as answer_key
+            for pid in PROMPT_IDS:
+                requests.append(Request(row["video_id"], pid, prompts[pid], jpeg, k,
+                                        _key(image, prompts[pid], model_id, settings)))
+            tiles += 1
+            if tiles == chunk:
+                yield requests
+                requests, tiles, any_tile = [], 0, True
+                release_free_heap()  # the last chunk's images are gone: their pages back to the system
+        if requests:
             yield requests
+        elif not any_tile:
+            raise DataError(f"{tile_dir} has no tiles to caption")
     finally:
         reader.close()
 

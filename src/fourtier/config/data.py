@@ -115,8 +115,9 @@ class PublicSpec(DatasetSpec):
 
     @property
     def splits(self) -> tuple[int, ...]:
-        """The official splits this dataset is run on, in order (the first one also fills the `split` column)."""
-        return (self.split,) if isinstance(self.split, int) else (1, 2, 3) if self.split == "all" else tuple(self.split)
+        """The official splits this dataset is run on, ascending: the first fills the `split` column and is the
+        one zeroshot, the plots and cross-dataset tests use."""
+        return (self.split,) if isinstance(self.split, int) else (1, 2, 3) if self.split == "all" else tuple(sorted(self.split))
 
     @field_validator("cache_dir", mode="after")
     @classmethod

@@ -86,6 +86,7 @@ def split_rows(kind: str, split_dir: Path, splits: tuple[int, ...]) -> tuple[lis
     """The rows of one official split, or of several merged: every video any of them lists, once, with its role
     in each (`folds`, '1:train 2:val 3:unused'; fourtier.data.contract) and in the first as its `split`. The
     videos are the same in every split, only their roles change, so they are ingested and their m computed once."""
+    splits = tuple(sorted(splits))  # the first is the lowest, as FeatureSource.fold_ids orders them
     if len(splits) == 1:
         return ROWS[kind](split_dir, splits[0])
     merged: dict[str, dict] = {}

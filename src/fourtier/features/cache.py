@@ -33,6 +33,7 @@ from fourtier.data.shards import ShardedArray, rows_per_shard
 from fourtier.errors import DataError
 from fourtier.features.decode import ClipViews, Ranges, clip_loader, frames_to_m, probe_view_shape
 from fourtier.runtime import distributed
+from fourtier.runtime.heap import release_free_heap
 
 
 def _run_key(rows, backbone, settings: dict) -> str:
@@ -130,6 +131,7 @@ def compute_features(backbone, ds_dir: Path, out_dir: Path, temporal_views: int,
                                     for i, reason in failed]
             progress["done"] += 1
             _write_json(progress_path, progress)
+            release_free_heap()  # the batch's freed buffers back to the system: the peak stays that of a batch
             bar.update((len(positions) + len(failed)) * world)
             done += 1
             if stop_after is not None and done >= stop_after:

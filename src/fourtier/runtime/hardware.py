@@ -10,14 +10,13 @@ Importing this module also fixes the CPU kernels (below), so every module that r
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import os
 import platform
-import sys
 
 import torch
 
 from fourtier.errors import ParamsError
+from fourtier.runtime import heap  # noqa: F401  (importing it fixes glibc's mmap threshold: fourtier.runtime.heap)
 
 DEVICES = ("auto", "cpu", "cuda")
 
@@ -29,32 +28,6 @@ DEVICES = ("auto", "cpu", "cuda")
 if platform.machine().lower() in ("x86_64", "amd64"):
     for _name, _value in (("MKL_CBWR", "AVX2"), ("ATEN_CPU_CAPABILITY", "avx2"), ("ONEDNN_MAX_CPU_ISA", "AVX2")):
         os.environ.setdefault(_name, _value)
-
-# glibc raises its mmap threshold each time a block above it is freed (up to 32 MiB), after which the per-batch
-# tensors of changing sizes (embed's padded answers, features' decoded clips) come from the heap, which
-# fragments and never shrinks: a stage's peak then grows with the number of batches, not their size (embed
-# 1,000 -> 16,000 clips: 858 -> 1,227 MB). A fixed threshold keeps blocks above it in their own mappings, given
-# back when freed: embed then peaks at 690 and 730 MB (benchmarks/results/scale.jsonl). 4 MiB, not 1: features
-# lost 9% of its speed at 4 MiB and 16% at 1 MiB (benchmarks/results/malloc_threshold.jsonl, one run each). A
-# MALLOC_MMAP_THRESHOLD_ in the environment wins; other C libraries than glibc are left alone.
-MMAP_THRESHOLD = 4 << 20
-_M_MMAP_THRESHOLD = -3  # glibc's malloc.h
-
-
-def fix_mmap_threshold(threshold: int = MMAP_THRESHOLD) -> bool:
-    """Set glibc's mmap threshold to `threshold` bytes for this process (and the workers it forks). Returns
-    whether it was set."""
-    if not sys.platform.startswith("linux") or "MALLOC_MMAP_THRESHOLD_" in os.environ:
-        return False
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-    except OSError:  # musl or another C library: no mallopt
-        return False
-    return bool(libc.mallopt(_M_MMAP_THRESHOLD, threshold))
-
-
-fix_mmap_threshold()
-
 
 def resolve_device(setting: str = "auto") -> torch.device:
     if setting not in DEVICES:

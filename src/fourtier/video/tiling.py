@@ -11,6 +11,7 @@ import csv
 import io
 import json
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -117,11 +118,16 @@ def tile_dataset(ds_dir: Path, out_dir: Path, k: int, params: TileParams, worker
 
 
 def read_tile_index(tile_dir: Path) -> list[dict]:
+    return list(iter_tile_index(tile_dir))
+
+
+def iter_tile_index(tile_dir: Path) -> Iterator[dict]:
+    """index.csv's rows one at a time (10^6 of them at K710's size)."""
     path = Path(tile_dir) / "index.csv"
     if not path.exists():
         raise DataError(f"{path} not found: run the tile stage first (dvc repro)")
     with open(path, newline="") as fh:
-        return list(csv.DictReader(fh))
+        yield from csv.DictReader(fh)
 
 
 def load_tile(tile_dir: Path, location: str, reader: ItemReader | None = None) -> np.ndarray:
