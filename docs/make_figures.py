@@ -119,16 +119,23 @@ def scale_memory(ax_pair) -> None:
         by = {r["clips"]: r["peak_rss_mb"] for r in selected if r["stage"] == stage}
         return by[16000] / by[1000] if 1000 in by and 16000 in by else None
 
-    latest = [r for r in rows if r.get("note", "").startswith("after issue 24 item 5 (fixed")]
-    streamed = [r for r in rows if r.get("note", "").startswith("after issue 24 item 5 (embed streams")]
+    def latest_ratio(stage):
+        """The stage's last measured pair: its last 16,000-clip row and the 1,000-clip row of the same run (note)."""
+        noted = [r for r in rows if r["stage"] == stage and "note" in r]
+        large = [r for r in noted if r["clips"] == 16000]
+        if not large:
+            return None
+        small = [r for r in noted[:noted.index(large[-1])] if r["clips"] == 1000 and r["note"] == large[-1]["note"]]
+        return large[-1]["peak_rss_mb"] / small[-1]["peak_rss_mb"] if small else None
+
     ax = ax_pair[1]
     width = 0.4
     for s, stage in enumerate(stages):
         before = ratio(first, stage)
-        after = ratio(latest, stage) or ratio(streamed, stage)
+        after = latest_ratio(stage)
         ax.bar(s - width / 2, before, width, color="0.7", label="first run" if s == 0 else None)
         if after is not None:
-            ax.bar(s + width / 2, after, width, color="C0", label="latest run (2026-12-02)" if s == 0 else None)
+            ax.bar(s + width / 2, after, width, color="C0", label="latest run" if s == 0 else None)
     ax.axhline(1.25, color="C3", ls="--", lw=1, label="bar: 1.25")
     ax.set_xticks(range(len(stages)), stages)
     ax.set_ylabel("peak RSS at 16,000 / at 1,000 clips")

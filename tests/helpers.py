@@ -173,3 +173,20 @@ def hmdb_mirror(www: Path, build: Path, classes: list[str]) -> None:
             for k, tags in HMDB_TAGS.items():
                 zf.writestr(f"testTrainMulti_7030_splits/{cls}_test_split{k}.txt",
                             "".join(f"{v}.avi {t} \n" for v, t in tags.items()))
+
+
+def counted(item):
+    """map_progress's job in tests/test_parallel.py: counts the items started, in every worker (a forked
+    shared counter), and returns the item with a 4 KB payload."""
+    with STARTED.get_lock():
+        STARTED.value += 1
+    return item, b"x" * 4096
+
+
+def _shared_counter():
+    import multiprocessing as mp
+
+    return mp.get_context("fork").Value("i", 0)
+
+
+STARTED = _shared_counter()

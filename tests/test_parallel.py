@@ -72,3 +72,33 @@ def test_a_run_that_loses_the_race_for_dvclives_signal_file_still_ends(tmp_path,
         run_that_loses_the_race("a").end()  # dvclive alone fails the run
     stage.end_live(run_that_loses_the_race("b"))
     assert (tmp_path / "b" / "metrics.json").is_file()  # the run's summary was written before the clean-up
+
+
+def test_map_progress_hands_out_items_only_as_fast_as_their_results_are_taken():
+    """A caller slower than its workers (tile on 2 cores) must not hold every result: at most 8 chunks per
+    worker are started beyond what was taken, and the results still come in input order."""
+    import time
+
+    import helpers
+    from fourtier.runtime.parallel import map_progress
+
+    helpers.STARTED.value = 0
+    n, workers = 3000, 2
+    window = 8 * workers * 16  # chunks of 16 items at this size
+    taken, ahead = [], 0
+    for item, _ in map_progress(helpers.counted, range(n), workers, "test"):
+        taken.append(item)
+        ahead = max(ahead, helpers.STARTED.value - len(taken))
+        if len(taken) % 100 == 0:
+            time.sleep(0.05)  # a slow caller
+    assert taken == list(range(n))
+    assert ahead <= window + 16, ahead
+
+
+def test_map_progress_lets_a_caller_stop_early():
+    import helpers
+    from fourtier.runtime.parallel import map_progress
+
+    for item, _ in map_progress(helpers.counted, range(5000), 2, "test"):
+        if item == 10:
+            break  # the pool's task thread must not wait forever on the items not handed out

@@ -5,6 +5,7 @@ from __future__ import annotations
 import multiprocessing as mp
 import os
 import sys
+import threading
 from typing import Callable, Iterable, Iterator, TypeVar
 
 from tqdm import tqdm
@@ -22,9 +23,17 @@ def _init_worker() -> None:
         torch.set_num_threads(1)
 
 
+ITEMS_PER_WORKER = 256  # items a map_progress worker process takes before a new one replaces it
+
+
 def map_progress(fn: Callable[[T], R], items: Iterable[T], workers: int, desc: str,
                  total: int | None = None) -> Iterator[R]:
-    """Yield fn(item) in input order, using `workers` processes (1 = in this process)."""
+    """Yield fn(item) in input order, using `workers` processes (1 = in this process). At most `8 x workers`
+    chunks of items are handed out beyond the results taken: Pool.imap alone submits every item at once and keeps
+    every result until it is taken, so a caller slower than its workers (tile, on 2 cores the main process
+    competes with them for the CPU) would hold the whole corpus's results (a JPEG per clip). Each worker is
+    replaced after about 256 items: the decoding libraries' memory grows with the clips a process has decoded
+    (tile's workers: 90 to 230 MB over 8,000 clips each), and a fresh fork of the caller starts from its size."""
     items = list(items)
     bar = tqdm(total=total or len(items), desc=desc, unit="clip", dynamic_ncols=True, mininterval=1.0)
     try:
@@ -34,11 +43,25 @@ def map_progress(fn: Callable[[T], R], items: Iterable[T], workers: int, desc: s
                 bar.update()
             return
         ctx = mp.get_context("fork")
-        with ctx.Pool(workers, initializer=_init_worker) as pool:
-            chunk = max(1, min(16, len(items) // (workers * 8)))
-            for result in pool.imap(fn, items, chunksize=chunk):
-                yield result
-                bar.update()
+        chunk = max(1, min(16, len(items) // (workers * 8)))
+        slots, stop = threading.Semaphore(8 * workers * chunk), threading.Event()
+
+        def handed_out():  # runs in the pool's task thread: it waits here while the results are not taken
+            for item in items:
+                slots.acquire()
+                if stop.is_set():
+                    return
+                yield item
+
+        with ctx.Pool(workers, initializer=_init_worker, maxtasksperchild=max(1, ITEMS_PER_WORKER // chunk)) as pool:
+            try:
+                for result in pool.imap(fn, handed_out(), chunksize=chunk):
+                    slots.release()
+                    yield result
+                    bar.update()
+            finally:  # a caller that stops early: the task thread must not wait forever (the pool joins it)
+                stop.set()
+                slots.release(len(items))
     finally:
         bar.close()
 

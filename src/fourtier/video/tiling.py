@@ -95,18 +95,22 @@ def tile_dataset(ds_dir: Path, out_dir: Path, k: int, params: TileParams, worker
     out_dir.mkdir(parents=True, exist_ok=True)
     jobs = [(a.video_id, ds_dir, a.path, k, params.height, params.jpeg_quality) for a in annotations]
     start = time.perf_counter()
-    rows = []
-    with ItemWriter(out_dir, len(jobs), params.shard_above, params.shard_size) as writer:
-        for result in map_progress(_tile_job, jobs, workers, desc=f"tile {ds_dir.name}"):
-            location = writer.put(f"{result.video_id}.jpg", result.jpeg) if result.jpeg else ""
-            rows.append({"video_id": result.video_id, "location": location, **result.row})
-    seconds = time.perf_counter() - start
-    with open(out_dir / "index.csv", "w", newline="") as fh:
+    skipped, tiled = [], 0
+    partial = out_dir / "index.csv.partial"  # the index is written as the tiles come, renamed when whole
+    with ItemWriter(out_dir, len(jobs), params.shard_above, params.shard_size) as writer, \
+            open(partial, "w", newline="") as fh:
         writer_csv = csv.DictWriter(fh, fieldnames=INDEX_COLUMNS)
         writer_csv.writeheader()
-        writer_csv.writerows(rows)
-    skipped = [{"video_id": r["video_id"], "reason": r["reason"]} for r in rows if r["status"] != "ok"]
-    tiled = len(rows) - len(skipped)
+        for result in map_progress(_tile_job, jobs, workers, desc=f"tile {ds_dir.name}"):
+            location = writer.put(f"{result.video_id}.jpg", result.jpeg) if result.jpeg else ""
+            row = {"video_id": result.video_id, "location": location, **result.row}
+            writer_csv.writerow(row)
+            if row["status"] == "ok":
+                tiled += 1
+            else:
+                skipped.append({"video_id": row["video_id"], "reason": row["reason"]})
+    partial.replace(out_dir / "index.csv")
+    seconds = time.perf_counter() - start
     if tiled == 0:
         raise DataError(f"no video of {ds_dir.name} could be tiled; first reasons: "
                         + "; ".join(f"{s['video_id']}: {s['reason']}" for s in skipped[:3]))
