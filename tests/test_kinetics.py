@@ -43,21 +43,12 @@ def test_kinetics_params_are_checked():
 def test_kinetics_from_a_local_mirror(tmp_path):
     """Path lists, two tar.gz parts per split and the annotation CSVs, as the CVDF lays them out. One annotated
     clip is in no archive: the manifest reports it missing by its clip name."""
-    import functools
-    import threading
-    from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
-
-    from helpers import index_frames, write_video
+    from helpers import index_frames, served_directory, write_video
 
     from fourtier.data.registry import download
 
     www = tmp_path / "www"
-    handler = functools.partial(SimpleHTTPRequestHandler, directory=str(www))
-    handler.log_message = lambda *a: None
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    threading.Thread(target=httpd.serve_forever, daemon=True).start()
-    url = f"http://127.0.0.1:{httpd.server_address[1]}"
-    try:
+    with served_directory(www) as url:
         clips = {"train": [("yt1", "abseiling"), ("yt2", "archery"), ("yt3", "archery")],
                  "val": [("yt4", "abseiling"), ("yt5", "archery")]}
         for split, items in clips.items():
@@ -80,8 +71,6 @@ def test_kinetics_from_a_local_mirror(tmp_path):
         spec = dataset_spec("k400", {"type": "kinetics", "version": 400, "short_side": 32, "base_url": url,
                                       "cache_dir": str(tmp_path / "cache")})
         manifest = download(spec, tmp_path / "raw" / "k400", workers=1)
-    finally:
-        httpd.shutdown()
     assert (tmp_path / "raw/k400/classes.txt").read_text() == "abseiling\narchery\n"
     assert manifest["num_videos"] == 5 and manifest["expected"] == 6
     assert manifest["missing_ids"] == ["ytmissing_000005_000015"]
