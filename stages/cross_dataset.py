@@ -15,7 +15,7 @@ from fourtier.config.data import DataParams
 from fourtier.config.runtime import RuntimeGroup
 from fourtier.data.contract import read_classes
 from fourtier.errors import DataError, ParamsError, exits_cleanly
-from fourtier.evaluation.metrics import KINDS, accuracy_metrics, arm_summary, gain_lines, load_classifier
+from fourtier.evaluation.metrics import accuracy_metrics, arm_summary, gain_lines, load_classifier, seed_table, top1_line
 from fourtier.evaluation.predict import predict
 from fourtier.evaluation.transfer import mapped_scores, read_class_map, shared_clips
 from fourtier.features.source import open_features
@@ -79,12 +79,12 @@ def main() -> None:
         metrics["train_split"] = first
     out = paths.cross_evaluation(args.train, args.test)
     out.mkdir(parents=True, exist_ok=True)
-    per_seed = {"seeds": seeds, **{arm: {k: [round(r[k], 4) for r in rs] for k in KINDS} for arm, rs in results.items()},
+    per_seed = {**seed_table(results, seeds),
                 "per_class": {arm: {c: round(float(np.mean([r["per_class"].get(c, 0.0) for r in rs])), 4)
                                     for c in shared} for arm, rs in results.items()}}
     (out / "runs.json").write_text(json.dumps(per_seed, indent=1) + "\n")
     (out / "metrics.json").write_text(json.dumps(metrics, indent=1) + "\n")
-    line = ", ".join(f"{arm} {metrics[arm]['top1']['mean']:.3f}+-{metrics[arm]['top1']['std']:.3f}" for arm in results)
+    line = top1_line(metrics, results)
     print(f"cross-dataset {args.train} -> {args.test}: {len(idx)} clips of {len(shared)} shared classes "
           f"({metrics['test_clips_unmapped']} of unmapped classes left out); top-1 {line}")
     for line in gain_lines(metrics, f"{len(seeds)} seeds"):

@@ -21,8 +21,8 @@ from fourtier.config.base import load_params
 from fourtier.config.data import DataParams
 from fourtier.config.runtime import RuntimeGroup
 from fourtier.errors import DataError, exits_cleanly
-from fourtier.evaluation.metrics import (KINDS, accuracy_metrics, arm_summary, gain_lines, latency_ms, load_classifier,
-                                         over_splits, overhead)
+from fourtier.evaluation.metrics import (accuracy_metrics, arm_summary, gain_lines, latency_ms, load_classifier,
+                                         over_splits, overhead, seed_table, top1_line)
 from fourtier.evaluation.plots import placeholder, plot_tsne, write_class_table
 from fourtier.evaluation.predict import classifier_features, predict
 from fourtier.features.source import open_features
@@ -91,13 +91,10 @@ def main() -> None:
     seeds = sorted({paths.finetune_run(path)[2] for path in runs})
     views = {"temporal": source.meta["temporal_views"], "spatial": source.meta["spatial_views"]}
 
-    def seed_table(rs: dict[str, list[dict]]) -> dict:
-        return {"seeds": seeds, **{arm: {k: [round(r[k], 4) for r in of_arm] for k in KINDS} for arm, of_arm in rs.items()}}
-
     if folds == [None]:
         metrics = {"val_clips": int(len(idx)), "classes": len(source.classes), "seeds": len(seeds), "views": views,
                    **arm_summary(results[None])}
-        per_seed = seed_table(results[None])
+        per_seed = seed_table(results[None], seeds)
     else:
         runs_per_split = {fold: {arm: len(rs) for arm, rs in by_arm.items()} for fold, by_arm in results.items()}
         if len({tuple(sorted(r.items())) for r in runs_per_split.values()}) > 1:  # the protocol pairs by split
@@ -105,7 +102,7 @@ def main() -> None:
                             f"in another (models per split and arm: {runs_per_split}): re-run finetune (dvc repro)")
         metrics = {"splits": len(folds), "val_clips": {f"split{f}": int(len(val[f])) for f in folds},
                    "classes": len(source.classes), "seeds": len(seeds), "views": views, **over_splits(results)}
-        per_seed = {f"split{fold}": seed_table(rs) for fold, rs in results.items()}
+        per_seed = {f"split{fold}": seed_table(rs, seeds) for fold, rs in results.items()}
     (out / "runs.json").write_text(json.dumps(per_seed, indent=1) + "\n")
     every = {}  # every run of every split, per arm
     for rs in results.values():
@@ -134,8 +131,7 @@ def main() -> None:
     paths.TIMINGS.mkdir(parents=True, exist_ok=True)
     paths.timings("evaluate", args.dataset).write_text(json.dumps({"cpu_latency_ms_per_clip": latency}, indent=1) + "\n")
     over = f"{len(seeds)} seeds" if folds == [None] else f"{len(folds)} official splits, each the mean of {len(seeds)} seeds"
-    line = ", ".join(f"{arm} {metrics[arm]['top1']['mean']:.3f}+-{metrics[arm]['top1']['std']:.3f}"
-                     for arm in every if arm in metrics)
+    line = top1_line(metrics, [arm for arm in every if arm in metrics])
     print(f"evaluate {args.dataset}: top-1 {line}" + ("" if folds == [None] else f" (mean +- sample std over {over})"))
     for line in gain_lines(metrics, over):
         print(line)

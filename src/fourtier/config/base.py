@@ -82,6 +82,16 @@ def _real(value: Any) -> float:
 Real = Annotated[float, BeforeValidator(_real)]
 
 
+def _path(value: Any):
+    """A path written as text (pydantic would take other types it can turn into a Path, or say less)."""
+    if not isinstance(value, (str, Path)):
+        raise Invalid(f"'{{at}}' must be str, got {value!r} ({type(value).__name__})")
+    return value
+
+
+PathText = Annotated[Path, BeforeValidator(_path)]
+
+
 def _presets(value: Any) -> dict[str, dict]:
     """A presets section (vlms, backbones, text_encoders): name -> mapping, backend keys checked by the backend."""
     if not isinstance(value, dict) or not value:

@@ -16,7 +16,7 @@ from typing import Annotated, ClassVar, Literal, Union
 
 from pydantic import Field, StrictInt, StrictStr, field_validator, model_validator
 
-from fourtier.config.base import Invalid, Real, Section, unique, validate
+from fourtier.config.base import Invalid, PathText, Real, Section, unique, validate
 from fourtier.errors import ParamsError
 
 
@@ -75,18 +75,11 @@ class FolderSpec(DatasetSpec):
     downloader: ClassVar[str] = "fourtier.data.folder"
     reads_outside: ClassVar[bool] = True
     type: Literal["folder"] = "folder"
-    root: Path
-    csv: Path
+    root: PathText
+    csv: PathText
     val_fraction: Real = Field(0.2, ge=0.0, lt=1.0)  # used for rows whose CSV has no split
     short_side: StrictInt = Field(0, ge=0)  # 0 = keep the videos as they are (still validated)
     seed: StrictInt = 0
-
-    @field_validator("root", "csv", mode="before")
-    @classmethod
-    def _path(cls, value):
-        if not isinstance(value, (str, Path)):
-            raise Invalid(f"'{{at}}' must be str, got {value!r} ({type(value).__name__})")
-        return value
 
 
 class PublicSpec(DatasetSpec):
@@ -169,15 +162,8 @@ class SSv2Spec(DatasetSpec):
     downloader: ClassVar[str] = "fourtier.data.ssv2"
     reads_outside: ClassVar[bool] = True
     type: Literal["ssv2"] = "ssv2"
-    root: Path
+    root: PathText
     short_side: StrictInt = Field(320, ge=0)
-
-    @field_validator("root", mode="before")
-    @classmethod
-    def _path(cls, value):
-        if not isinstance(value, (str, Path)):
-            raise Invalid(f"'{{at}}' must be str, got {value!r} ({type(value).__name__})")
-        return value
 
     @field_validator("root", mode="after")
     @classmethod
@@ -202,15 +188,8 @@ class CrossDataset(Section):
     classes `class_map` pairs."""
     train: StrictStr
     test: StrictStr
-    class_map: Path  # CSV train_class,test_class (README, "Across datasets")
+    class_map: PathText  # CSV train_class,test_class (README, "Across datasets")
     on: Literal["val", "all"] = "val"  # the test dataset's clips: its validation (test) split, or every clip
-
-    @field_validator("class_map", mode="before")
-    @classmethod
-    def _map_path(cls, value):
-        if not isinstance(value, (str, Path)):
-            raise Invalid(f"'{{at}}' must be str, got {value!r} ({type(value).__name__})")
-        return value
 
 
 class DataParams(Section):

@@ -78,6 +78,16 @@ def over_splits(results: dict[int, dict[str, list[dict]]]) -> dict:
     return metrics
 
 
+def seed_table(results: dict[str, list[dict]], seeds: list[int]) -> dict:
+    """runs.json's table: every arm's top-1, top-5 and mean class accuracy per seed (metrics.json has scalars)."""
+    return {"seeds": seeds, **{arm: {k: [round(r[k], 4) for r in rs] for k in KINDS} for arm, rs in results.items()}}
+
+
+def top1_line(metrics: dict, arms) -> str:
+    """'ftp 0.612+-0.012, baseline ...': each arm's top-1 mean and sample std, as the stages print them."""
+    return ", ".join(f"{arm} {metrics[arm]['top1']['mean']:.3f}+-{metrics[arm]['top1']['std']:.3f}" for arm in arms)
+
+
 def gain_lines(metrics: dict, over: str) -> list[str]:
     """The paired gains of metrics.json as the stages print them, one line each."""
     lines = []

@@ -20,16 +20,27 @@ MMAP_THRESHOLD = 4 << 20
 _M_MMAP_THRESHOLD = -3  # glibc's malloc.h
 
 
+def _glibc():
+    """glibc, or None (another system, or musl and others, which have no mallopt / malloc_trim)."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        libc.mallopt, libc.malloc_trim  # noqa: B018
+    except (OSError, AttributeError):
+        return None
+    return libc
+
+
+_LIBC = _glibc()
+
+
 def fix_mmap_threshold(threshold: int = MMAP_THRESHOLD) -> bool:
     """Set glibc's mmap threshold to `threshold` bytes for this process (and the workers it forks). Returns
     whether it was set."""
-    if not sys.platform.startswith("linux") or "MALLOC_MMAP_THRESHOLD_" in os.environ:
+    if _LIBC is None or "MALLOC_MMAP_THRESHOLD_" in os.environ:
         return False
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-    except OSError:  # musl or another C library: no mallopt
-        return False
-    return bool(libc.mallopt(_M_MMAP_THRESHOLD, threshold))
+    return bool(_LIBC.mallopt(_M_MMAP_THRESHOLD, threshold))
 
 
 fix_mmap_threshold()
@@ -43,17 +54,3 @@ def release_free_heap() -> None:
     Other C libraries: nothing."""
     if _LIBC is not None:
         _LIBC.malloc_trim(0)
-
-
-def _glibc():
-    if not sys.platform.startswith("linux"):
-        return None
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-        libc.malloc_trim  # noqa: B018  (musl and others have none)
-    except (OSError, AttributeError):
-        return None
-    return libc
-
-
-_LIBC = _glibc()
