@@ -258,11 +258,7 @@ class OpenAIBackend:
         try:
             await asyncio.gather(*tasks)
         finally:
-            for t in tasks:
-                t.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
-            bar.close()
-            await client.close()
+            await _wind_down(tasks, bar, client)
 
     # -- the Batch API ------------------------------------------------------------------------
     def _server(self) -> str:
@@ -345,11 +341,7 @@ class OpenAIBackend:
                            f"every batch submitted so far is kept in {state_dir}, so a re-run collects it "
                            "instead of paying for it again") from None
         finally:
-            for t in running:
-                t.cancel()
-            await asyncio.gather(*running, return_exceptions=True)
-            bar.close()
-            await client.close()
+            await _wind_down(running, bar, client)
 
     async def _submit(self, client, batch: "_BatchFile", state_dir: Path, running: set, collect) -> None:
         """Upload and create one batch once fewer than batch_concurrency are out. Its state file is written
@@ -480,6 +472,17 @@ def _write_state(path: Path, state: dict) -> None:
     partial = path.with_suffix(".partial")
     partial.write_text(json.dumps(state))
     os.replace(partial, path)  # all or nothing: a kill never leaves half a state file
+
+
+async def _wind_down(tasks, bar, client) -> None:
+    """The end of a run, finished or failed: cancel the tasks still running, wait for them, close the progress
+    bar and the client."""
+    tasks = list(tasks)
+    for t in tasks:
+        t.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+    bar.close()
+    await client.close()
 
 
 async def _finish_one(running: set) -> None:
